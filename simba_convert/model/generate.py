@@ -1,0 +1,56 @@
+"""Autoregressive decoding over any model with `prefill(ids) -> (logits [B, V], states)` and `step(token, states)`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None):
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos)."""
+    if max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    gen = None
+    if do_sample and seed is not None:
+        gen = torch.Generator(device=input_ids.device).manual_seed(seed)
+    out = input_ids
+    if max_new_tokens == 0:
+        return out
+    logits, states = model.prefill(input_ids)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        nxt = _sample(logits, temperature, top_k, top_p, gen) if do_sample else logits.argmax(-1)
+        if eos_token_id is not None:
+            nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+            finished |= nxt == eos_token_id
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        if (eos_token_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
+            break
+        logits, states = model.step(nxt, states)
+    return out

@@ -1,0 +1,208 @@
+"""A readable PyTorch Mamba-1 language model whose parameter names are those of mamba_ssm.
+
+Shapes: input_ids [B, L]; hidden [B, L, d]; inside the mixer [B, L, D] with D = expand·d; states
+conv [B, D, K-1] and ssm [B, D, N] (fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.conv1d import causal_conv1d_ref, conv_state_from
+from ..ops.selective_scan import selective_scan
+from .config import MambaConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(self.weight.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return y.to(self.weight.dtype)
+
+
+def make_norm(cfg: MambaConfig, d: int) -> nn.Module:
+    return RMSNorm(d, cfg.norm_eps) if cfg.rms_norm else LayerNorm(d, eps=cfg.norm_eps)
+
+
+@dataclass
+class MixerInternals:
+    """What the impact score needs from one mixer call: u, delta [B, L, D]; Bm, Cm [B, L, N]; A [D, N]."""
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    Bm: torch.Tensor
+    Cm: torch.Tensor
+    A: torch.Tensor
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        d, D, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+        self.d_inner, self.d_state, self.dt_rank, self.d_conv = D, N, R, K
+        self.in_proj = nn.Linear(d, 2 * D, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(D, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, D, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(D, 1))
+        self.D = nn.Parameter(torch.ones(D))
+        self.out_proj = nn.Linear(D, d, bias=cfg.bias)
+        self.backend = "auto"
+
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())
+
+    def _ssm_inputs(self, u: torch.Tensor):
+        dt_low, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt_low, self.dt_proj.weight)  # the bias is applied inside the scan, in fp32
+        return dt, Bm, Cm
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        *,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        return_state: bool = False,
+        return_internals: bool = False,
+    ):
+        """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and MixerInternals."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        w = self.conv1d.weight.squeeze(1)
+        u = causal_conv1d_ref(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu")
+        dt, Bm, Cm = self._ssm_inputs(u)
+        A = self.A()
+        res = selective_scan(
+            u, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(), True,
+            initial_state=ssm_state, return_last_state=return_state, backend=self.backend,
+        )
+        y, last = res if return_state else (res, None)
+        out = self.out_proj(y)
+        extras = []
+        if return_state:
+            extras.append((conv_state_from(x, self.d_conv, conv_state), last))
+        if return_internals:
+            delta = F.softplus(dt.float() + self.dt_proj.bias.float())
+            extras.append(MixerInternals(u=u, delta=delta, Bm=Bm, Cm=Cm, A=A))
+        return (out, *extras) if extras else out
+
+    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
+        """One recurrent step: h [B, d] with conv_state [B, D, K-1], ssm_state [B, D, N] -> out [B, d], new states."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        window = torch.cat([conv_state.to(x.dtype), x[:, :, None]], dim=2)  # [B, D, K]
+        w = self.conv1d.weight.squeeze(1)
+        xc = (window.float() * w.float()).sum(-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias.float()
+        u = F.silu(xc).to(x.dtype)
+        dt, Bm, Cm = self._ssm_inputs(u)
+        delta = F.softplus(dt.float() + self.dt_proj.bias.float())  # [B, D]
+        dA = torch.exp(delta[:, :, None] * self.A())
+        h_new = dA * ssm_state + (delta * u.float())[:, :, None] * Bm.float()[:, None, :]
+        y = torch.einsum("bdn,bn->bd", h_new, Cm.float()) + self.D.float() * u.float()
+        y = (y * F.silu(z.float())).to(x.dtype)
+        return self.out_proj(y), window[:, :, 1:].contiguous(), h_new
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: residual = hidden + residual; hidden = mixer(norm(residual))."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.mixer = MambaMixer(cfg)
+
+    def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        residual = hidden if residual is None else hidden.to(residual.dtype) + residual
+        h = self.norm(residual)
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return h, residual
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.d_model)
+
+
+class MambaLM(nn.Module):
+    """Mamba-1 LM: embedding, n pre-norm Mamba blocks, final norm, head (tied to the embedding by default)."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.config = cfg
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    def set_backend(self, backend: str) -> "MambaLM":
+        for layer in self.backbone.layers:
+            layer.mixer.backend = backend
+        return self
+
+    def head(self, residual: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on a residual stream [..., d] -> logits [..., V]."""
+        return self.lm_head(self.backbone.norm_f(residual))
+
+    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False):
+        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state)."""
+        hidden, residual = self.backbone.embedding(input_ids), None
+        states = []
+        for layer in self.backbone.layers:
+            h, residual = layer.add_norm(hidden, residual)
+            if return_state:
+                hidden, st = layer.mixer(h, return_state=True)
+                states.append(st)
+            else:
+                hidden = layer.mixer(h)
+        logits = self.head(hidden.to(residual.dtype) + residual)
+        return (logits, states) if return_state else logits
+
+    def prefill(self, input_ids: torch.Tensor):
+        """Run the prompt [B, L]; return last-position logits [B, V] and the per-layer recurrent states."""
+        logits, states = self.forward(input_ids, return_state=True)
+        return logits[:, -1], states
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, states: list):
+        """One decoding step: token [B] -> logits [B, V], new states."""
+        hidden, residual = self.backbone.embedding(token), None
+        new_states = []
+        for layer, (conv_state, ssm_state) in zip(self.backbone.layers, states):
+            h, residual = layer.add_norm(hidden, residual)
+            hidden, cs, ss = layer.mixer.step(h, conv_state, ssm_state)
+            new_states.append((cs, ss))
+        return self.head(hidden.to(residual.dtype) + residual), new_states
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
+        from .generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kw)

@@ -1,0 +1,73 @@
+"""The Mamba-1 selective scan (SIMBA.md §2): readable fp32 reference and the dispatching entry point.
+
+Shapes: u, delta, z: [B, L, D]; A: [D, N]; B, C: [B, L, N]; D (skip): [D]; state: [B, D, N].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+):
+    """y_t = C_t · h_t + D ⊙ u_t, with h_t = exp(delta_t ⊗ A) ⊙ h_{t-1} + (delta_t ⊙ u_t) ⊗ B_t; gated by silu(z).
+
+    Computes in fp32 one step at a time and returns y in u's dtype ([B, L, D]) and, if asked, the
+    last state [B, D, N] in fp32.
+    """
+    dtype = u.dtype
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    bsz, L, d = u.shape
+    h = (
+        initial_state.float().clone()
+        if initial_state is not None
+        else u.new_zeros(bsz, d, A.shape[1])
+    )
+    ys = []
+    for t in range(L):
+        dA = torch.exp(delta[:, t, :, None] * A)  # [B, D, N]
+        dBu = (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
+        h = dA * h + dBu
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+    y = torch.stack(ys, dim=1) if ys else u.new_zeros(bsz, 0, d)
+    if D is not None:
+        y = y + u * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype)
+    return (y, h) if return_last_state else y
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_last_state=False, *, backend: str = "auto",
+):
+    """Same contract as `selective_scan_ref`; `backend` is auto | triton | reference (see ops.backend)."""
+    from . import backend as _backend
+
+    chosen = _backend.resolve("selective_scan", backend, u.device)
+    if chosen == "triton":
+        from .selective_scan_triton import selective_scan_triton
+
+        return selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
+        )
+    return selective_scan_ref(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
+    )
