@@ -114,7 +114,7 @@ class MambaMixer(nn.Module):
         delta = F.softplus(dt.float() + self.dt_proj.bias.float())  # [B, D]
         dA = torch.exp(delta[:, :, None] * self.A())
         h_new = dA * ssm_state + (delta * u.float())[:, :, None] * Bm.float()[:, None, :]
-        y = torch.einsum("bdn,bn->bd", h_new, Cm.float()) + self.D.float() * u.float()
+        y = (h_new * Cm.float()[:, None, :]).sum(-1) + self.D.float() * u.float()
         y = (y * F.silu(z.float())).to(x.dtype)
         return self.out_proj(y), window[:, :, 1:].contiguous(), h_new
 

@@ -44,7 +44,7 @@ def selective_scan_ref(
         dA = torch.exp(delta[:, t, :, None] * A)  # [B, D, N]
         dBu = (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
         h = dA * h + dBu
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
+        ys.append((h * C[:, t, None, :]).sum(-1))
     y = torch.stack(ys, dim=1) if ys else u.new_zeros(bsz, 0, d)
     if D is not None:
         y = y + u * D.float()

@@ -1,0 +1,136 @@
+"""Search for per-layer keep ratios under a FLOPs budget (SIMBA.md §6).
+
+1. Evaluate `linear` and `uniform` at the budget (the search can always fall back to them).
+2. Evaluate a small grid of the `shaped` family (dense prefix × curvature), each solved to the budget.
+3. Refine per layer from the best: move δ of keep ratio between two layers, re-solve the budget by
+   scaling every layer's pruned fraction, keep the move if the KL falls; δ shrinks over rounds.
+The move order comes from `seed`, so the same seed gives the same ratios.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import ConfigError
+from ..model.config import MambaConfig
+from ..pruning import schedules
+from ..pruning.flops import flops_report
+from ..pruning.spec import DEFAULT_FLOOR
+
+
+@dataclass
+class Candidate:
+    label: str
+    ratios: tuple[float, ...]
+    kl: float
+    nll: float
+    flops_ratio: float
+
+
+@dataclass
+class CalibrationResult:
+    best: Candidate
+    linear: Candidate
+    uniform: Candidate
+    history: list[Candidate] = field(default_factory=list)
+
+    def curve(self) -> list[float]:
+        """Best KL so far after each evaluation (the calibration curve)."""
+        out, best = [], float("inf")
+        for c in self.history:
+            best = min(best, c.kl)
+            out.append(best)
+        return out
+
+    def to_dict(self) -> dict:
+        def cd(c: Candidate):
+            return {"label": c.label, "keep_ratios": list(c.ratios), "kl": c.kl, "nll": c.nll, "flops_ratio": c.flops_ratio}
+
+        return {"best": cd(self.best), "linear": cd(self.linear), "uniform": cd(self.uniform),
+                "evaluations": len(self.history), "curve": self.curve(), "history": [cd(c) for c in self.history]}
+
+
+def rebalance(ratios, cfg: MambaConfig, budget: float, L: int, protect: int, criterion: str, floor: float):
+    """Scale every layer's pruned fraction (1 - r) by one factor so the budget is met; None if it cannot be."""
+    base = tuple(ratios)
+    top = max(base[1:], default=1.0)
+    if top >= 1.0:
+        return None
+    t_max = (1.0 - floor) / (1.0 - top)  # at t_max every layer after the first sits at the floor
+    make = lambda s: tuple(max(floor, min(1.0, 1.0 - (1.0 - r) * s * t_max)) if i else 1.0 for i, r in enumerate(base))  # noqa: E731
+    try:
+        return schedules.solve_budget(make, cfg, budget, L, protect, criterion)
+    except ConfigError:
+        return None
+
+
+def calibrate(
+    evaluate: Callable,
+    cfg: MambaConfig,
+    budget: float,
+    L: int,
+    protect: int,
+    *,
+    criterion: str = "last",
+    floor: float = DEFAULT_FLOOR,
+    seed: int = 0,
+    max_evals: int = 40,
+    on_eval: Callable[[Candidate], None] | None = None,
+) -> CalibrationResult:
+    """Minimise evaluate(ratios).kl over schedules meeting `budget` (exact FLOPs at length L, protect P)."""
+    n = cfg.n_layer
+    history: list[Candidate] = []
+    seen: dict[tuple, Candidate] = {}
+
+    def run(label: str, ratios) -> Candidate:
+        key = tuple(round(r, 6) for r in ratios)
+        if key in seen:
+            return seen[key]
+        ev = evaluate(ratios)
+        c = Candidate(label, tuple(ratios), ev.kl, ev.nll, flops_report(cfg, ratios, L, protect, criterion).ratio)
+        seen[key] = c
+        history.append(c)
+        if on_eval:
+            on_eval(c)
+        return c
+
+    lin = run("linear", schedules.schedule_for_budget("linear", cfg, budget, L, protect, criterion, floor))
+    uni = run("uniform", schedules.schedule_for_budget("uniform", cfg, budget, L, protect, criterion, floor))
+    best = min((lin, uni), key=lambda c: c.kl)
+    if budget >= 1.0 or n < 3:
+        return CalibrationResult(best, lin, uni, history)
+
+    prefixes = sorted({1, 2, max(1, n // 4)})
+    for prefix in prefixes:
+        for gamma in (0.5, 1.0, 2.0):
+            if len(history) >= max_evals:
+                break
+            make = schedules.family("shaped", n, floor, prefix=prefix, gamma=gamma)
+            try:
+                r = schedules.solve_budget(make, cfg, budget, L, protect, criterion)
+            except ConfigError:
+                continue
+            c = run(f"shaped(prefix={prefix},gamma={gamma})", r)
+            best = min(best, c, key=lambda c: c.kl)
+
+    rng = random.Random(seed)
+    pairs = [(i, j) for i in range(1, n) for j in range(1, n) if i != j]
+    for delta in (0.1, 0.05, 0.025):
+        rng.shuffle(pairs)
+        for i, j in pairs:
+            if len(history) >= max_evals:
+                break
+            r = list(best.ratios)
+            r[i], r[j] = r[i] + delta, r[j] - delta
+            r = [max(floor, min(1.0, x)) for x in r]
+            if any(b > a + 1e-12 for a, b in zip(r, r[1:])):
+                continue
+            r = rebalance(r, cfg, budget, L, protect, criterion, floor)
+            if r is None:
+                continue
+            c = run(f"refine(δ={delta},{i}↔{j})", r)
+            if c.kl < best.kl:
+                best = c
+    return CalibrationResult(best, lin, uni, history)

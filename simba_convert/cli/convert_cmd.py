@@ -1,0 +1,40 @@
+"""Options of the main job (`simba-convert --in SRC --budget B ...`) and the call into the pipeline."""
+
+from __future__ import annotations
+
+import click
+
+CRITERIA = ("last", "global", "delta", "output", "random")
+SCHEDULES = ("calibrated", "linear", "uniform")
+
+
+def convert_options(fn):
+    opts = [
+        click.option("--in", "src", metavar="SRC", help="Checkpoint: a directory, a hub id, or a short name (mamba-tiny, mamba-1.4b, ...)."),
+        click.option("--budget", type=float, default=0.6, show_default=True, help="Sparse/dense FLOPs ratio, 0 < b <= 1."),
+        click.option("--out", "out", type=click.Path(), default=None, help="Output directory [default: <name>-simba-<budget>]."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default="calibrated", show_default=True),
+        click.option("--criterion", type=click.Choice(CRITERIA), default="last", show_default=True),
+        click.option("--protect", type=int, default=64, show_default=True, help="Protected suffix P (always kept)."),
+        click.option("--samples", type=int, default=32, show_default=True, help="Calibration sequences."),
+        click.option("--seq-len", type=int, default=512, show_default=True, help="Calibration sequence length L."),
+        click.option("--calib", type=str, default=None, help="Calibration text: .txt, .jsonl, a directory or a dataset name [default: bundled]."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", type=str, default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True),
+        click.option("--tokenizer", type=str, default=None, help="Tokenizer file or directory, when the checkpoint has none."),
+        click.option("--finetune-steps", type=int, default=0, show_default=True, help="Distillation steps with pruning active."),
+        click.option("--onnx", "onnx_export", is_flag=True, help="Also export an ONNX prefill graph."),
+        click.option("--report", type=click.Choice(["text", "json"]), default="text", show_default=True),
+        click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
+        click.option("--offline", is_flag=True, help="Never contact the Hugging Face Hub."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def run_convert(**opts):
+    from ..pipeline.convert import convert_from_cli
+
+    convert_from_cli(**opts)

@@ -1,0 +1,72 @@
+"""The conversion's configuration: frozen, validated, versioned, and written into the output."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..pruning.spec import CRITERIA, DEFAULT_FLOOR
+
+CONFIG_VERSION = 1
+SCHEDULES = ("calibrated", "linear", "uniform")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    src: str
+    budget: float = 0.6
+    out: str | None = None
+    schedule: str = "calibrated"
+    criterion: str = "last"
+    protect: int = 64
+    samples: int = 32
+    seq_len: int = 512
+    calib: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    tokenizer: str | None = None
+    finetune_steps: int = 0
+    onnx: bool = False
+    force: bool = False
+    offline: bool = False
+    max_evals: int = 40
+    batch_size: int = 8
+    floor: float = DEFAULT_FLOOR
+    progress: bool = True
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        if not self.src:
+            raise ConfigError("--in is required: a checkpoint directory, a hub id or a short name such as mamba-tiny")
+        b = self.budget
+        if not (isinstance(b, (int, float)) and math.isfinite(b) and 0.0 < b <= 1.0):
+            raise ConfigError(f"--budget must satisfy 0 < budget <= 1, got {b!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name, lo in (("protect", 0), ("samples", 1), ("seq_len", 2), ("finetune_steps", 0), ("max_evals", 2), ("batch_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < lo:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+        if self.protect >= self.seq_len:
+            raise ConfigError(f"--protect ({self.protect}) must be smaller than --seq-len ({self.seq_len})")
+        if not 0.0 < self.floor <= 1.0:
+            raise ConfigError(f"floor must be in (0, 1], got {self.floor}")
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"convert config version {self.version} is not supported")
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        name = Path(str(self.src).rstrip("/")).name or "model"
+        return Path(f"{name}-simba-{self.budget:g}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,169 @@
+"""The named stages of a conversion: load → score → calibrate → (fine-tune) → save → (export).
+
+Each stage takes the frozen ConvertConfig and what earlier stages produced, and returns its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..calibrate import data as calib_data
+from ..calibrate.objective import KLObjective, score_profile
+from ..calibrate.search import CalibrationResult, Candidate, calibrate
+from ..errors import CheckpointError
+from ..pruning import schedules
+from ..pruning.flops import flops_report
+from ..pruning.model import PrunedMambaLM
+from ..pruning.spec import PruningSpec
+from .config import ConvertConfig
+from .progress import bar
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    info: object
+    device: torch.device
+
+
+@dataclass
+class Scored:
+    objective: KLObjective
+    fingerprint: str
+    source: str
+    profile: list[float]
+    dense_ppl: float
+
+
+def _dtype(cfg: ConvertConfig, device: torch.device):
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def load_stage(cfg: ConvertConfig) -> Loaded:
+    from ..io.load import _device, load_with_tokenizer
+    from ..io.layout import inspect_checkpoint
+    from ..io.resolve import resolve
+
+    device = _device(cfg.device)
+    r = resolve(cfg.src, offline=cfg.offline)
+    info = inspect_checkpoint(r.path)
+    if info.sparsified:
+        raise CheckpointError(
+            f"{cfg.src} is already a sparsified checkpoint; convert the original dense checkpoint instead "
+            "(use `simba-convert eval` or `info` on this one)"
+        )
+    model, tok, linfo = load_with_tokenizer(cfg.src, device=device, dtype=_dtype(cfg, device),
+                                            offline=cfg.offline, tokenizer=cfg.tokenizer)
+    return Loaded(model.eval(), tok, linfo, device)
+
+
+def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
+    """Cut the calibration windows, run the dense model once (the KL target) and profile the layer scores."""
+    text, source = calib_data.read_calibration_text(cfg.calib)
+    ids = calib_data.encode(loaded.tokenizer, text)
+    windows = calib_data.make_windows(ids, cfg.samples, cfg.seq_len, cfg.seed)
+    objective = KLObjective(
+        loaded.model, windows, cfg.protect, batch_size=cfg.batch_size,
+        spec_kw={"criterion": cfg.criterion, "floor": cfg.floor, "seed": cfg.seed},
+        progress=lambda it, desc: bar(it, desc, cfg.progress),
+    )
+    with torch.no_grad():
+        profile = score_profile(loaded.model, windows, cfg.criterion, batch_size=cfg.batch_size)
+    return Scored(objective, calib_data.fingerprint(windows), source, profile, float(torch.tensor(objective.dense_nll).exp()))
+
+
+def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> CalibrationResult:
+    """Choose keep ratios: the calibrated search, or a closed-form schedule evaluated for the report."""
+    mcfg = loaded.model.config
+    L, P = cfg.seq_len, cfg.protect
+    if cfg.schedule != "calibrated":
+        cands = {}
+        for name in ("linear", "uniform"):
+            r = schedules.schedule_for_budget(name, mcfg, cfg.budget, L, P, cfg.criterion, cfg.floor)
+            ev = scored.objective(r)
+            cands[name] = Candidate(name, r, ev.kl, ev.nll, flops_report(mcfg, r, L, P, cfg.criterion).ratio)
+        chosen = cands[cfg.schedule]
+        return CalibrationResult(chosen, cands["linear"], cands["uniform"], [cands["linear"], cands["uniform"]])
+    with bar(None, "calibrate", cfg.progress, total=cfg.max_evals) as pb:
+        def on_eval(c):
+            pb.update(1)
+            pb.set_postfix_str(f"KL {c.kl:.4f}")
+
+        return calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
+                         seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval)
+
+
+def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) -> PrunedMambaLM:
+    spec = PruningSpec(result.best.ratios, criterion=cfg.criterion, protect=cfg.protect, floor=cfg.floor, seed=cfg.seed)
+    return PrunedMambaLM(loaded.model, spec)
+
+
+def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, result: CalibrationResult, versions: dict) -> dict:
+    mcfg = model.config
+    rep = flops_report(mcfg, model.spec.keep_ratios, cfg.seq_len, cfg.protect, cfg.criterion)
+    return {
+        "format_version": 1,
+        "spec": model.spec.to_dict(),
+        "budget": cfg.budget,
+        "achieved_flops_ratio": rep.ratio,
+        "backbone_flops_ratio": rep.backbone_ratio,
+        "flops_reference": {"seq_len": cfg.seq_len, "protect": cfg.protect},
+        "keep_ratios": list(model.spec.keep_ratios),
+        "criterion": cfg.criterion,
+        "protect": cfg.protect,
+        "schedule": cfg.schedule,
+        "calibration": {"fingerprint": scored.fingerprint, "source": scored.source, "samples": cfg.samples,
+                        "seq_len": cfg.seq_len, "seed": cfg.seed, "kl": result.best.kl},
+        "versions": versions,
+    }
+
+
+def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section: dict, dest: Path, finetuned: bool) -> None:
+    """Write the sparsified checkpoint into `dest` (an empty staging directory): the input's layout and
+    weight files unchanged unless fine-tuned, config.json with the `simba` section, tokenizer files."""
+    from ..io.layout import inspect_checkpoint
+
+    src = inspect_checkpoint(loaded.info.path)
+    if finetuned:
+        from ..io.checkpoint import write_checkpoint
+
+        write_checkpoint(model.dense, dest, layout=src.layout, extra_config={"simba": section})
+    else:
+        for f in src.weight_files:
+            shutil.copyfile(f, dest / f.name)
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (src.path / index).is_file():
+                shutil.copyfile(src.path / index, dest / index)
+        raw = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
+        raw["simba"] = section
+        (dest / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    tok_json = src.path / "tokenizer.json"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src.path / name).is_file():
+            shutil.copyfile(src.path / name, dest / name)
+    if not tok_json.is_file() and hasattr(loaded.tokenizer, "save"):
+        loaded.tokenizer.save(str(dest / "tokenizer.json"))
+
+
+def finetune_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored, model: PrunedMambaLM) -> dict:
+    """Distil the pruned model from the dense one on the calibration text (ratios fixed); returns its report."""
+    from ..finetune import FinetuneConfig, finetune
+
+    ft = FinetuneConfig(steps=cfg.finetune_steps, seed=cfg.seed, progress=cfg.progress)
+    return finetune(model, scored.objective, ft)
+
+
+def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path) -> dict:
+    from ..export import export_onnx
+
+    rep = export_onnx(model, dest / "model.onnx", protect=cfg.protect)
+    rep["path"] = "model.onnx"
+    return rep

@@ -1,0 +1,218 @@
+"""The token-pruned Mamba (SIMBA.md §4, §8): hierarchical pruning over a dense `MambaLM`'s weights.
+
+Each sample keeps its own set of alive tokens, held compacted and right-padded: `pos [B, k]` gives the
+original position of each slot and `valid [B, k]` which slots are real. Right padding is harmless
+because every operation of a layer is causal along the sequence: padded slots come after all real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..model.mamba import MambaLM
+from ..ops.impact_score import impact_score
+from .spec import PruningSpec, forced_count
+
+
+@dataclass
+class PruneInfo:
+    """Which original positions each layer processed: kept[l] is [B, k_l] (-1 in padded slots)."""
+
+    kept: list[torch.Tensor]
+    lengths: torch.Tensor  # [B] real tokens per sample
+
+    def counts(self) -> torch.Tensor:
+        """[n_layer, B] tokens processed by each layer for each sample."""
+        return torch.stack([(k >= 0).sum(1) for k in self.kept])
+
+    def pruned_mask(self, L: int) -> torch.Tensor:
+        """[B, L] True where a real position did not reach the last layer (its logits come off the highway)."""
+        last = self.kept[-1]
+        reached = torch.zeros(last.shape[0], L + 1, dtype=torch.bool, device=last.device)
+        reached.scatter_(1, torch.where(last >= 0, last, L), True)
+        real = torch.arange(L, device=last.device)[None] < self.lengths[:, None]
+        return real & ~reached[:, :L]
+
+
+def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Real positions of each sample packed to the left: pos [B, n] (L in padded slots), valid [B, n], lengths [B]."""
+    bsz, L = mask.shape
+    lengths = mask.sum(1)
+    n = int(lengths.max()) if bsz else 0
+    ar = torch.arange(L, device=mask.device).expand(bsz, L)
+    key = torch.where(mask, ar, ar + L)  # real positions first, in order
+    pos = key.sort(dim=1).values[:, :n]
+    valid = torch.arange(n, device=mask.device)[None] < lengths[:, None]
+    return torch.where(valid, pos, L), valid, lengths
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, k, ...] at slots idx [B, k'] -> [B, k', ...]."""
+    return torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+
+
+def select_kept(
+    scores: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor, k_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slots to keep for the next layer, in original order: (slots [B, K], valid [B, K]) with K = max(k_next).
+
+    Protected slots (the last `protect` real tokens, and always the last) win over any score; padded
+    slots never win. Slots are in original order, so sorting the chosen slots restores that order.
+    """
+    key = torch.where(protected, torch.full_like(scores, float("inf")), scores.float())
+    key = torch.where(valid, key, torch.full_like(key, float("-inf")))
+    K = int(k_next.max())
+    top = torch.topk(key, K, dim=1, sorted=True).indices  # best first
+    keep = torch.arange(K, device=key.device)[None] < k_next[:, None]
+    order_key = torch.where(keep, top, top.new_full(top.shape, key.shape[1]))
+    slots = order_key.sort(dim=1).values  # original order (slots are in position order), padding last
+    kept_valid = slots < key.shape[1]
+    return torch.where(kept_valid, slots, 0), kept_valid
+
+
+class PrunedMambaLM(nn.Module):
+    """A dense MambaLM run with Simba token pruning; `forward` returns logits for every position."""
+
+    is_pruned = True
+    checkpoint_layers = False  # fine-tuning sets it: mixers are recomputed in the backward pass (less memory)
+
+    def __init__(self, dense: MambaLM, spec: PruningSpec, *, score_backend: str = "auto"):
+        super().__init__()
+        if spec.n_layer != dense.config.n_layer:
+            raise ValueError(f"spec has {spec.n_layer} ratios for a model with {dense.config.n_layer} layers")
+        self.dense = dense
+        self.spec = spec
+        self.score_backend = score_backend
+
+    @property
+    def config(self):
+        return self.dense.config
+
+    @property
+    def device(self):
+        return self.dense.device
+
+    @property
+    def dtype(self):
+        return self.dense.dtype
+
+    def with_spec(self, spec: PruningSpec) -> "PrunedMambaLM":
+        return PrunedMambaLM(self.dense, spec, score_backend=self.score_backend)
+
+    def forward(self, input_ids, attention_mask=None, *, protect=None, return_info=False, generator=None):
+        """input_ids [B, L] (mask [B, L], True = real) -> logits [B, L, V] (pad positions: zeros)."""
+        logits, info, _ = self._run(input_ids, attention_mask, protect, generator, want_state=False)
+        return (logits, info) if return_info else logits
+
+    def _run(self, input_ids, attention_mask, protect, generator, want_state):
+        P = self.spec.protect if protect is None else int(protect)
+        bsz, L = input_ids.shape
+        dev = input_ids.device
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        layers = self.dense.backbone.layers
+        emb = self.dense.backbone.embedding(input_ids)
+        if attention_mask is None:
+            pos = torch.arange(L, device=dev).expand(bsz, L)
+            valid = torch.ones(bsz, L, dtype=torch.bool, device=dev)
+            lengths = torch.full((bsz,), L, device=dev)
+            hidden = emb
+        else:
+            pos, valid, lengths = _compact(mask)
+            hidden = _gather(emb, pos.clamp_max(L - 1))
+        # rank among the sample's real tokens decides protection (positions differ under left padding)
+        rank = torch.arange(pos.shape[1], device=dev).expand_as(pos)
+        protected = valid & (rank >= (lengths[:, None] - max(1, P)))
+        if self.spec.criterion == "random" and generator is None:
+            generator = torch.Generator(device=dev).manual_seed(self.spec.seed)
+        ratios = torch.tensor(self.spec.keep_ratios, dtype=torch.float64)
+        kept_log, states, residual = [], [], None
+        frozen = None  # [B, L+1, d]: the final stream of pruned tokens; slot L absorbs padding writes
+        for i, layer in enumerate(layers):
+            kept_log.append(torch.where(valid, pos, -1))
+            h, residual = layer.add_norm(hidden, residual)
+            k_next = None
+            if i + 1 < len(layers):
+                k_next = self._next_counts(ratios[i + 1], lengths, P).to(dev)
+            cur = valid.sum(1)
+            prune = k_next is not None and bool((k_next < cur).any())
+            res = self._mixer(layer, h, want_state, prune)
+            hidden, extras = (res[0], res[1:]) if isinstance(res, tuple) else (res, ())
+            if want_state:
+                states.append(extras[0])
+            if not prune:
+                continue
+            internals = extras[-1]
+            it = internals
+            with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
+                scores = impact_score(it.u, it.delta, it.A, it.Bm, it.Cm, criterion=self.spec.criterion,
+                                      signed=self.spec.signed, mask=valid, y=hidden, generator=generator,
+                                      backend=self.score_backend)
+            slots, new_valid = select_kept(scores, valid, protected, k_next)
+            stream = hidden.to(residual.dtype) + residual
+            frozen = self._freeze(frozen, stream, pos, valid, L)
+            hidden, residual = _gather(hidden, slots), _gather(residual, slots)
+            pos, valid = torch.where(new_valid, _gather(pos, slots), L), new_valid
+            protected = _gather(protected, slots) & valid
+        stream = hidden.to(residual.dtype) + residual
+        frozen = self._freeze(frozen, stream, pos, valid, L)
+        logits = self.dense.head(frozen[:, :L])
+        logits = logits.masked_fill(~mask[:, :, None], 0.0)
+        info = PruneInfo(kept=kept_log, lengths=lengths)
+        return logits, info, states
+
+    def _mixer(self, layer, h, want_state, internals):
+        if self.checkpoint_layers and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(layer.mixer, h, use_reentrant=False, return_state=want_state, return_internals=internals)
+        return layer.mixer(h, return_state=want_state, return_internals=internals)
+
+    @staticmethod
+    def _next_counts(r: torch.Tensor, lengths: torch.Tensor, P: int) -> torch.Tensor:
+        """k = ceil(r·n) per sample, never below the forced set (same rule as spec.keep_counts)."""
+        n = lengths.double().cpu()
+        k = torch.ceil(torch.round(r * n * 1e9) / 1e9).long()
+        forced = torch.tensor([forced_count(int(x), P) for x in lengths.tolist()], dtype=torch.long)
+        return torch.minimum(torch.maximum(k, forced), lengths.cpu().long())
+
+    @staticmethod
+    def _freeze(frozen, stream, pos, valid, L):
+        """Write the current stream of every alive token to its original position (later layers overwrite survivors)."""
+        if frozen is None:
+            frozen = stream.new_zeros(stream.shape[0], L + 1, stream.shape[2])
+        idx = torch.where(valid, pos, L)
+        return frozen.scatter(1, idx[:, :, None].expand(-1, -1, stream.shape[2]), stream)
+
+    # --- generation (SIMBA.md §8): pruned prefill, dense recurrent decoding --------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask=None, *, protect=None):
+        """Run the prompt pruned; return last-position logits [B, V] and per-layer (conv, ssm) states.
+
+        The states are those of each layer's compacted sequence. Samples are run one by one when padded,
+        so each state ends at that sample's own last token.
+        """
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            outs = [self.prefill(input_ids[b: b + 1, attention_mask[b].bool()], protect=protect)
+                    for b in range(input_ids.shape[0])]
+            logits = torch.cat([o[0] for o in outs])
+            states = [tuple(torch.cat([o[1][i][j] for o in outs]) for j in range(2)) for i in range(len(outs[0][1]))]
+            return logits, states
+        logits, _, states = self._run(input_ids, None, protect, None, want_state=True)
+        return logits[:, -1], states
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, states: list):
+        return self.dense.step(token, states)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
+        from ..model.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kw)
+
+
+def from_simba_config(dense: MambaLM, section: dict) -> PrunedMambaLM:
+    """The pruned model described by the `simba` section of a sparsified checkpoint's config.json."""
+    return PrunedMambaLM(dense, PruningSpec.from_dict(section.get("spec", section)))

@@ -1,0 +1,194 @@
+"""The token-pruned model: decisions (kept sets, protection, padding, highway) and exactness (budget 1.0 ≡ dense)."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from simba_convert.errors import ConfigError
+from simba_convert.model.config import MambaConfig
+from simba_convert.model.mamba import MambaLM
+from simba_convert.ops.impact_score import impact_score_ref
+from simba_convert.pruning import flops, schedules
+from simba_convert.pruning.model import PrunedMambaLM
+from simba_convert.pruning.spec import PruningSpec
+from tolerance import assert_matches
+
+CFG = MambaConfig(d_model=24, n_layer=4, vocab_size=61, d_state=5, d_conv=3)
+
+
+@pytest.fixture
+def model():
+    m = MambaLM(CFG).eval()
+    with torch.no_grad():  # non-trivial dt and A so scores differ between tokens
+        for layer in m.backbone.layers:
+            layer.mixer.dt_proj.bias.uniform_(-4, 0)
+            layer.mixer.A_log.uniform_(-1, 1)
+    return m
+
+
+def spec(r, **kw):
+    return PruningSpec(tuple(r), **kw)
+
+
+@torch.no_grad()
+def test_budget_one_is_dense_exactly(model):
+    ids = torch.randint(0, 61, (2, 33))
+    assert torch.equal(PrunedMambaLM(model, spec([1.0] * 4, protect=3))(ids), model(ids))
+
+
+@torch.no_grad()
+def test_kept_counts_order_nesting_and_protection(model):
+    L, P = 50, 6
+    s = spec([1.0, 0.7, 0.4, 0.2], protect=P)
+    _, info = PrunedMambaLM(model, s)(torch.randint(0, 61, (3, L)), return_info=True)
+    assert info.counts()[:, 0].tolist() == s.keep_counts(L)
+    prev = None
+    for kept in info.kept:
+        for row in kept:
+            row = row[row >= 0].tolist()
+            assert row == sorted(row), "kept tokens are in original order"
+            assert set(range(L - P, L)) <= set(row), "protected suffix always kept"
+        if prev is not None:
+            for a, b in zip(prev, kept):
+                assert set(b[b >= 0].tolist()) <= set(a[a >= 0].tolist()), "a pruned token never returns"
+        prev = kept
+
+
+@torch.no_grad()
+def test_first_decision_is_topk_of_reference_score(model):
+    L, P = 40, 4
+    ids = torch.randint(0, 61, (2, L))
+    s = spec([1.0, 0.5, 0.5, 0.5], protect=P)
+    _, info = PrunedMambaLM(model, s, score_backend="reference")(ids, return_info=True)
+    layer = model.backbone.layers[0]
+    h, _ = layer.add_norm(model.backbone.embedding(ids), None)
+    _, it = layer.mixer(h, return_internals=True)
+    sc = impact_score_ref(it.u, it.delta, it.A, it.Bm, it.Cm, criterion="last")
+    k = s.keep_counts(L)[1]
+    for b in range(2):
+        rest = sc[b, : L - P]
+        expect = set(torch.topk(rest, k - P).indices.tolist()) | set(range(L - P, L))
+        assert set(info.kept[1][b].tolist()) == expect
+
+
+@torch.no_grad()
+def test_padding_never_kept_and_batched_equals_unbatched(model):
+    L = 37
+    ids = torch.randint(0, 61, (3, L))
+    mask = torch.ones(3, L, dtype=torch.bool)
+    mask[1, 25:] = False  # right padding
+    mask[2, :9] = False  # left padding
+    pm = PrunedMambaLM(model, spec([1.0, 0.6, 0.4, 0.3], protect=3))
+    out, info = pm(ids, mask, return_info=True)
+    for kept in info.kept:
+        for b in range(3):
+            row = kept[b][kept[b] >= 0]
+            assert mask[b, row].all(), "a padded position was kept"
+    for b in range(3):
+        single, sinfo = pm(ids[b : b + 1, mask[b]], return_info=True)
+        assert_matches(out[b, mask[b]], single[0])
+        real = torch.nonzero(mask[b]).squeeze(1)
+        for kb, ks in zip(info.kept, sinfo.kept):
+            assert kb[b][kb[b] >= 0].tolist() == real[ks[0][ks[0] >= 0]].tolist()
+    assert (out[~mask] == 0).all()
+
+
+@torch.no_grad()
+def test_highway_logits_of_tokens_pruned_after_layer_one(model):
+    ids = torch.randint(0, 61, (1, 30))
+    out, info = PrunedMambaLM(model, spec([1.0, 0.3, 0.3, 0.3], protect=2))(ids, return_info=True)
+    layer = model.backbone.layers[0]
+    h, res = layer.add_norm(model.backbone.embedding(ids), None)
+    stream = layer.mixer(h) + res
+    expect = model.head(stream)
+    pruned = info.pruned_mask(30)[0]
+    assert pruned.sum() > 0
+    assert_matches(out[0, pruned], expect[0, pruned])
+
+
+@torch.no_grad()
+def test_generation_pruned_prefill_then_dense_steps(model):
+    ids = torch.randint(0, 61, (2, 25))
+    pm = PrunedMambaLM(model, spec([1.0, 0.5, 0.4, 0.3], protect=2))
+    last, states = pm.prefill(ids)
+    assert_matches(last, pm(ids)[:, -1])
+    g1, g2 = pm.generate(ids, 6), pm.generate(ids, 6)
+    assert torch.equal(g1, g2) and g1.shape == (2, 31)
+    dense_spec = PrunedMambaLM(model, spec([1.0] * 4))
+    assert torch.equal(dense_spec.generate(ids, 6), model.generate(ids, 6))
+    # the recurrent state of the last layer is that of its compacted sequence: replay it densely
+    _, info = pm(ids, return_info=True)
+    kept_last = info.kept[-1][0]
+    assert kept_last[-1].item() == 24
+
+
+def test_random_criterion_reproducible_from_seed(model):
+    ids = torch.randint(0, 61, (2, 40))
+    a = PrunedMambaLM(model, spec([1.0, 0.5, 0.3, 0.3], criterion="random", seed=3, protect=2))(ids, return_info=True)[1]
+    b = PrunedMambaLM(model, spec([1.0, 0.5, 0.3, 0.3], criterion="random", seed=3, protect=2))(ids, return_info=True)[1]
+    c = PrunedMambaLM(model, spec([1.0, 0.5, 0.3, 0.3], criterion="random", seed=4, protect=2))(ids, return_info=True)[1]
+    assert all(torch.equal(x, y) for x, y in zip(a.kept, b.kept))
+    assert not all(torch.equal(x, y) for x, y in zip(a.kept, c.kept))
+
+
+@pytest.mark.parametrize("criterion", ["last", "global", "delta", "output", "random"])
+def test_every_criterion_runs(model, criterion):
+    out = PrunedMambaLM(model, spec([1.0, 0.5, 0.3, 0.2], criterion=criterion, protect=2))(torch.randint(0, 61, (2, 20)))
+    assert torch.isfinite(out).all()
+
+
+def test_spec_validation():
+    with pytest.raises(ConfigError, match="non-increasing"):
+        spec([1.0, 0.5, 0.6])
+    with pytest.raises(ConfigError, match="must be 1.0"):
+        spec([0.9, 0.5])
+    with pytest.raises(ConfigError, match="floor"):
+        spec([1.0, 0.01])
+    with pytest.raises(ConfigError, match="criterion"):
+        spec([1.0], criterion="magic")
+
+
+def test_flops_match_torch_flop_counter_on_dense_path():
+    """FlopCounterMode counts the matmuls and the conv; the scan and elementwise work are ours alone."""
+    m = MambaLM(CFG).eval()
+    L = 19
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.randint(0, 61, (1, L)))
+    parts = flops.layer_parts(CFG)
+    D, R = CFG.d_inner, CFG.dt_rank
+    counted = parts["in_proj"] + parts["x_proj"] + 2 * R * D + 2 * D * CFG.d_conv + parts["out_proj"]
+    head = 2 * CFG.d_model * CFG.padded_vocab_size
+    assert fc.get_total_flops() == L * (CFG.n_layer * counted + head)
+
+
+def test_flops_hand_count_mamba_1_4b():
+    cfg = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277)
+    D, d, N, R, K = 4096, 2048, 16, 128, 4
+    hand = 6 * d * D + 2 * D * (R + 2 * N) + 2 * R * D + 2 * D * K + 9 * D * N  # notes/CHECKPOINTS.md §5: 53.35 M
+    assert abs(hand / 1e6 - 53.35) < 0.05  # the notes add the D-skip, gate and bias terms to their 53.35
+    ours = flops.layer_flops(cfg)
+    assert 0 < ours - hand < 0.002 * hand  # the elementwise terms the notes leave out
+    rep = flops.flops_report(cfg, [1.0] * 48, 2048, 64)
+    assert rep.ratio == 1.0 and rep.scoring == 0
+
+
+@pytest.mark.parametrize("name", ["linear", "uniform"])
+@pytest.mark.parametrize("budget", [0.35, 0.5, 0.6, 0.8, 1.0])
+def test_schedules_meet_budget(name, budget):
+    cfg = MambaConfig(d_model=64, n_layer=8, vocab_size=100)
+    r = schedules.schedule_for_budget(name, cfg, budget, 512, 16)
+    achieved = flops.flops_report(cfg, r, 512, 16).ratio
+    assert budget - 0.005 <= achieved <= budget
+    assert r[0] == 1.0 and all(a >= b for a, b in zip(r, r[1:]))
+    if name == "uniform":
+        assert len(set(r[1:])) == 1
+
+
+def test_paper_linear_and_infeasible_budget():
+    r = schedules.paper_linear(12)
+    assert r[0] == 1.0 and abs(r[-1] - 0.1) < 1e-12
+    cfg = MambaConfig(d_model=64, n_layer=4, vocab_size=100)
+    with pytest.raises(ConfigError, match="below what this schedule can reach"):
+        schedules.schedule_for_budget("linear", cfg, 0.2, 512, 16)
+    with pytest.raises(ConfigError, match="0 < budget"):
+        schedules.schedule_for_budget("linear", cfg, 1.5, 512, 16)
