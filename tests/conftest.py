@@ -1,7 +1,14 @@
 import os
+import sys
 
 import pytest
 import torch
+
+# Triton chooses interpreter or compiler when @triton.jit decorates a function, its own library included, so
+# without CUDA the interpreter must be switched on before anything imports triton (CONTRIBUTING.md: Triton
+# kernels are tested on the CPU under TRITON_INTERPRET=1).
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

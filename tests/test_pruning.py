@@ -192,3 +192,17 @@ def test_paper_linear_and_infeasible_budget():
         schedules.schedule_for_budget("linear", cfg, 0.2, 512, 16)
     with pytest.raises(ConfigError, match="0 < budget"):
         schedules.schedule_for_budget("linear", cfg, 1.5, 512, 16)
+
+
+@torch.no_grad()
+def test_num_last_matches_full_logits(model):
+    ids = torch.randint(0, 61, (3, 31))
+    mask = torch.ones(3, 31, dtype=torch.bool)
+    mask[1, 20:] = False
+    mask[2, :4] = False
+    pm = PrunedMambaLM(model, spec([1.0, 0.6, 0.4, 0.3], protect=5))
+    full = pm(ids, mask)
+    last = pm(ids, mask, num_last=5)
+    for b in range(3):
+        assert torch.equal(last[b], full[b, mask[b]][-5:])
+    assert torch.equal(model(ids, num_last=4), model(ids)[:, -4:])

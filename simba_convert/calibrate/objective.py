@@ -38,7 +38,7 @@ class KLObjective:
         self.calls = 0
         with torch.no_grad():
             self.dense_logp = torch.cat(
-                [self._logp(self.dense(ids)) for ids in self._batches(progress, "dense reference")]
+                [self._logp(self.dense(ids, num_last=self.P)) for ids in self._batches(progress, "dense reference")]
             )
         self.dense_nll = self._nll(self.dense_logp)
 
@@ -61,7 +61,7 @@ class KLObjective:
         model = PrunedMambaLM(self.dense, spec)
         kl_sum, logps = 0.0, []
         for i, ids in enumerate(self._batches()):
-            lp = self._logp(model(ids))
+            lp = self._logp(model(ids, num_last=self.P))
             ref = self.dense_logp[i * self.batch_size: i * self.batch_size + ids.shape[0]]
             kl_sum += float((ref.exp() * (ref - lp)).sum())
             logps.append(lp.gather(-1, self.targets[i * self.batch_size: i * self.batch_size + ids.shape[0], :, None]))

@@ -172,8 +172,11 @@ class MambaLM(nn.Module):
         """Final norm and LM head on a residual stream [..., d] -> logits [..., V]."""
         return self.lm_head(self.backbone.norm_f(residual))
 
-    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False):
-        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state)."""
+    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False, num_last: int | None = None):
+        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state).
+
+        num_last=n computes the head on the last n positions only: logits [B, n, V].
+        """
         hidden, residual = self.backbone.embedding(input_ids), None
         states = []
         for layer in self.backbone.layers:
@@ -183,7 +186,8 @@ class MambaLM(nn.Module):
                 states.append(st)
             else:
                 hidden = layer.mixer(h)
-        logits = self.head(hidden.to(residual.dtype) + residual)
+        stream = hidden.to(residual.dtype) + residual
+        logits = self.head(stream if num_last is None else stream[:, stream.shape[1] - num_last:])
         return (logits, states) if return_state else logits
 
     def prefill(self, input_ids: torch.Tensor):

@@ -102,12 +102,16 @@ class PrunedMambaLM(nn.Module):
     def with_spec(self, spec: PruningSpec) -> "PrunedMambaLM":
         return PrunedMambaLM(self.dense, spec, score_backend=self.score_backend)
 
-    def forward(self, input_ids, attention_mask=None, *, protect=None, return_info=False, generator=None):
-        """input_ids [B, L] (mask [B, L], True = real) -> logits [B, L, V] (pad positions: zeros)."""
-        logits, info, _ = self._run(input_ids, attention_mask, protect, generator, want_state=False)
+    def forward(self, input_ids, attention_mask=None, *, protect=None, return_info=False, generator=None, num_last=None):
+        """input_ids [B, L] (mask [B, L], True = real) -> logits [B, L, V] (pad positions: zeros).
+
+        num_last=n returns only the logits of each sample's last n real positions, [B, n, V], and skips
+        the head elsewhere (what calibration and protected-position evaluation need).
+        """
+        logits, info, _ = self._run(input_ids, attention_mask, protect, generator, want_state=False, num_last=num_last)
         return (logits, info) if return_info else logits
 
-    def _run(self, input_ids, attention_mask, protect, generator, want_state):
+    def _run(self, input_ids, attention_mask, protect, generator, want_state, num_last=None):
         P = self.spec.protect if protect is None else int(protect)
         bsz, L = input_ids.shape
         dev = input_ids.device
@@ -158,9 +162,12 @@ class PrunedMambaLM(nn.Module):
             protected = _gather(protected, slots) & valid
         stream = hidden.to(residual.dtype) + residual
         frozen = self._freeze(frozen, stream, pos, valid, L)
+        info = PruneInfo(kept=kept_log, lengths=lengths)
+        if num_last is not None:
+            last_real = self._last_real_positions(mask, lengths, int(num_last))
+            return self.dense.head(_gather(frozen, last_real)), info, states
         logits = self.dense.head(frozen[:, :L])
         logits = logits.masked_fill(~mask[:, :, None], 0.0)
-        info = PruneInfo(kept=kept_log, lengths=lengths)
         return logits, info, states
 
     def _mixer(self, layer, h, want_state, internals):
@@ -169,6 +176,15 @@ class PrunedMambaLM(nn.Module):
 
             return checkpoint(layer.mixer, h, use_reentrant=False, return_state=want_state, return_internals=internals)
         return layer.mixer(h, return_state=want_state, return_internals=internals)
+
+    @staticmethod
+    def _last_real_positions(mask: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, n] original positions of each sample's last n real tokens (n <= every length)."""
+        if n > int(lengths.min()):
+            raise ValueError(f"num_last={n} exceeds the shortest sample ({int(lengths.min())} real tokens)")
+        pos, _, _ = _compact(mask)
+        rank = lengths[:, None] - n + torch.arange(n, device=mask.device)[None]
+        return torch.gather(pos, 1, rank)
 
     @staticmethod
     def _next_counts(r: torch.Tensor, lengths: torch.Tensor, P: int) -> torch.Tensor:

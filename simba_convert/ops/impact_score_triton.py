@@ -1,0 +1,217 @@
+"""Fused Triton kernels for the `last` and `global` impact scores (contract: `impact_score_ref`).
+
+Shapes: u, delta [B, L, D]; A [D, N]; B, C [B, L, N]; mask [B, L] bool; scores [B, L] fp32. Inputs may be
+fp32/bf16/fp16 with any strides; all arithmetic is fp32. Layout and floor arithmetic: ops/README.md.
+
+Both kernels give each program one sample and one block of BLOCK_D channels and walk the sequence
+backwards, so the running quantity (the reverse cumsum R for `last`, the state G for `global`) stays in
+registers. A program writes the max over its channels for each token to a partial buffer
+[B, nD, L]; `torch.amax` over nD then gives the score. Max is exact, so the result is bit-for-bit
+deterministic and no atomics are needed.
+
+`last` can also split the sequence into `chunks` independent pieces (the "chunked" layout): a first
+kernel sums delta over each chunk, a cumsum over chunks gives every piece its starting R, and the pieces
+run in parallel. That trades one extra read of delta for B·nD·chunks-way parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .impact_score import last_real_index
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _delta_chunk_sums_kernel(
+    delta_ptr, mask_ptr, sums_ptr, L, D,
+    s_db, s_dl, s_dd, s_mb, s_ml, s_sb, s_sc,
+    CHUNK, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """sums[b, c, d] = Σ of the masked delta over chunk c, chunks counted from the END of the sequence."""
+    pid_b, pid_d, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    rows = tl.arange(0, BLOCK_T)
+    base_b = pid_b.to(tl.int64)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for j in range(0, CHUNK, BLOCK_T):
+        offs_t = L - 1 - (pid_c * CHUNK + j + rows)
+        ok = offs_t >= 0
+        x = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        if HAS_MASK:
+            m = tl.load(mask_ptr + base_b * s_mb + offs_t * s_ml, mask=ok, other=0) != 0
+            x = tl.where(m[:, None], x, 0.0)
+        acc += tl.sum(x, axis=0)
+    tl.store(sums_ptr + base_b * s_sb + pid_c * s_sc + offs_d, acc, mask=d_ok)
+
+
+@triton.jit
+def _last_kernel(
+    u_ptr, delta_ptr, a2t_ptr, b_ptr, ct_ptr, mask_ptr, carry_ptr, part_ptr, L, D,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_mb, s_ml, s_cb, s_cc, s_pb, s_pd, CHUNK_TILES,
+    N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_CARRY: tl.constexpr, SIGNED: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """part[b, dblk, t] = max over the block's channels of |Δy_T(t)[d]| for the tokens of one chunk.
+
+    Tiles are aligned to the end of the sequence and rows run backwards in time (row i of tile j is token
+    L-1-(j·BLOCK_T+i)), so a forward tl.cumsum over rows is the reverse cumsum over time. The sum over the
+    N states is unrolled: every term is a [BLOCK_T, BLOCK_D] tile, so no cross-lane reduction is needed.
+    """
+    pid_b, pid_d, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    rows = tl.arange(0, BLOCK_T)
+    base_b = pid_b.to(tl.int64)
+    if HAS_CARRY:
+        carry = tl.load(carry_ptr + base_b * s_cb + pid_c * s_cc + offs_d, mask=d_ok, other=0.0)
+    else:
+        carry = tl.zeros([BLOCK_D], tl.float32)
+    for j in range(CHUNK_TILES):
+        offs_t = L - 1 - ((pid_c * CHUNK_TILES + j) * BLOCK_T + rows)
+        t_ok = offs_t >= 0
+        dmask = t_ok[:, None] & d_ok[None, :]
+        dt = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
+                     mask=dmask, other=0.0).to(tl.float32)
+        # delta_{t+1} for all rows but the tile's first: that token's successor is in `carry` already.
+        nxt_ok = t_ok & (rows > 0)
+        dn = tl.load(delta_ptr + base_b * s_db + (offs_t + 1)[:, None] * s_dl + offs_d[None, :] * s_dd,
+                     mask=nxt_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        if HAS_MASK:
+            m = tl.load(mask_ptr + base_b * s_mb + offs_t * s_ml, mask=t_ok, other=0) != 0
+            mn = tl.load(mask_ptr + base_b * s_mb + (offs_t + 1) * s_ml, mask=nxt_ok, other=0) != 0
+            dt = tl.where(m[:, None], dt, 0.0)
+            dn = tl.where(mn[:, None], dn, 0.0)
+        R = carry[None, :] + tl.cumsum(dn, axis=0)  # [BLOCK_T, BLOCK_D] = Σ_{k>t} delta_k ≥ 0
+        carry += tl.sum(dt, axis=0)
+        reach = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+        for n in tl.static_range(N):
+            a_n = tl.load(a2t_ptr + n * D + offs_d, mask=d_ok, other=0.0)  # A[:, n]·log2(e), a contiguous row
+            w_n = tl.load(b_ptr + base_b * s_bb + offs_t * s_bl + n * s_bn, mask=t_ok, other=0.0).to(tl.float32)
+            w_n = w_n * tl.load(ct_ptr + pid_b * N + n)  # B_t[n]·C_T[n]
+            reach += w_n[:, None] * tl.exp2(a_n[None, :] * R)  # exponents ≤ 0
+        ut = tl.load(u_ptr + base_b * s_ub + offs_t[:, None] * s_ul + offs_d[None, :] * s_ud,
+                     mask=dmask, other=0.0).to(tl.float32)
+        dy = ut * dt * reach
+        if not SIGNED:
+            dy = tl.abs(dy)
+        best = tl.max(tl.where(d_ok[None, :], dy, float("-inf")), axis=1)
+        if HAS_MASK:
+            best = tl.where(m, best, float("-inf"))
+        tl.store(part_ptr + base_b * s_pb + pid_d * s_pd + offs_t, best, mask=t_ok)
+
+
+@triton.jit
+def _global_kernel(
+    u_ptr, delta_ptr, a2t_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
+    HAS_MASK: tl.constexpr, SIGNED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """part[b, dblk, t] = max over the block's channels of |u_t δ_t Σ_n B_t[n] G_t[d,n]|, by the reverse scan
+    G_t = C_t + exp(δ_{t+1} A) ⊙ G_{t+1} with G^T [BLOCK_N, BLOCK_D] in registers (channels along lanes,
+    like the coalesced loads of u and delta)."""
+    pid_b, pid_d = tl.program_id(0), tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok, n_ok = offs_d < D, offs_n < N
+    base_b = pid_b.to(tl.int64)
+    a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
+    for j in range(L):
+        t = L - 1 - j
+        ct = tl.load(c_ptr + base_b * s_cb + t * s_cl + offs_n * s_cn, mask=n_ok, other=0.0).to(tl.float32)
+        bt = tl.load(b_ptr + base_b * s_bb + t * s_bl + offs_n * s_bn, mask=n_ok, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + base_b * s_db + t * s_dl + offs_d * s_dd, mask=d_ok, other=0.0).to(tl.float32)
+        ut = tl.load(u_ptr + base_b * s_ub + t * s_ul + offs_d * s_ud, mask=d_ok, other=0.0).to(tl.float32)
+        if HAS_MASK:
+            # An absent token adds no readout and no decay: G passes through it unchanged.
+            m = tl.load(mask_ptr + base_b * s_mb + t * s_ml) != 0
+            ct = tl.where(m, ct, 0.0)
+            dt = tl.where(m, dt, 0.0)
+        G = ct[:, None] + tl.exp2(a2t * d_next[None, :]) * G
+        dy = ut * dt * tl.sum(G * bt[:, None], axis=0)
+        if not SIGNED:
+            dy = tl.abs(dy)
+        best = tl.max(tl.where(d_ok, dy, float("-inf")), axis=0)
+        if HAS_MASK:
+            best = tl.where(m, best, float("-inf"))
+        tl.store(part_ptr + base_b * s_pb + pid_d * s_pd + t, best)
+        d_next = dt
+
+
+def default_config(criterion: str) -> dict:
+    """Block sizes and warps. Initial choices, not yet measured: benchmarks/bench_impact.py sweeps the
+    alternatives on the GPU and reports the fastest."""
+    if criterion == "last":
+        return dict(block_t=16, block_d=32, chunks=1, num_warps=4)
+    return dict(block_d=32, num_warps=2)
+
+
+def impact_score_triton(
+    u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None, config=None,
+) -> torch.Tensor:
+    """`last` or `global` scores [B, L] fp32 with the contract of `impact_score_ref`.
+
+    `config` overrides `default_config` (keys: block_t, block_d, chunks, num_warps); benchmarks sweep it.
+    """
+    bsz, L, D = u.shape
+    N = A.shape[1]
+    dev = u.device
+    scores = out if out is not None else torch.empty(bsz, L, dtype=torch.float32, device=dev)
+    if L == 0 or bsz == 0:
+        return scores
+    cfg = {**default_config(criterion), **(config or {})}
+    block_d = cfg["block_d"]
+    n_dblk = triton.cdiv(D, block_d)
+    a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
+    part = torch.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
+    m = mask.to(torch.uint8) if mask is not None else torch.zeros(1, 1, dtype=torch.uint8, device=dev)
+    common = dict(HAS_MASK=mask is not None, SIGNED=signed, BLOCK_D=block_d, num_warps=cfg["num_warps"])
+    if criterion == "last":
+        _launch_last(u, delta, a2t, B, C, m, part, mask, cfg, common)
+    elif criterion == "global":
+        _global_kernel[(bsz, n_dblk)](
+            u, delta, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+            *m.stride(), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
+        )
+    else:
+        raise ValueError(f"no Triton kernel for criterion {criterion!r}")
+    torch.amax(part, dim=1, out=scores)
+    return scores
+
+
+def _launch_last(u, delta, a2t, B, C, m, part, mask, cfg, common):
+    bsz, L, D = u.shape
+    N = a2t.shape[0]
+    block_t = cfg["block_t"]
+    n_tiles = triton.cdiv(L, block_t)
+    chunks = max(1, min(cfg.get("chunks", 1), n_tiles))
+    chunk_tiles = math.ceil(n_tiles / chunks)
+    chunks = triton.cdiv(n_tiles, chunk_tiles)
+    T = last_real_index(mask, bsz, L, u.device)
+    ct = C[torch.arange(bsz, device=u.device), T].float().contiguous()  # [B, N]: readout at the last real token
+    n_dblk = part.shape[1]
+    if chunks > 1:
+        sums = torch.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
+        _delta_chunk_sums_kernel[(bsz, n_dblk, chunks)](
+            delta, m, sums, L, D, *delta.stride(), *m.stride(), sums.stride(0), sums.stride(1),
+            chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], BLOCK_T=block_t,
+            BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
+        )
+        # Exclusive cumsum over chunks (counted from the end): the delta of every token after the chunk.
+        carry = torch.cat([torch.zeros_like(sums[:, :1]), sums[:, :-1].cumsum(dim=1)], dim=1)
+    else:
+        carry = torch.zeros(1, 1, dtype=torch.float32, device=u.device)
+    _last_kernel[(bsz, n_dblk, chunks)](
+        u, delta, a2t, B, ct, m, carry, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
+        *m.stride(), carry.stride(0), carry.stride(1), part.stride(0), part.stride(1), chunk_tiles,
+        N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
+    )
