@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+CHUNKED_MIN_LEN = 64  # the `reference` backend runs the chunked scan from this length on
+
 
 def selective_scan_ref(
     u: torch.Tensor,
@@ -58,7 +60,11 @@ def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     initial_state=None, return_last_state=False, *, backend: str = "auto",
 ):
-    """Same contract as `selective_scan_ref`; `backend` is auto | triton | reference (see ops.backend)."""
+    """Same contract as `selective_scan_ref`; `backend` is auto | triton | reference (see ops.backend).
+
+    `reference` runs `selective_scan_ref` for short sequences and the equivalent chunked PyTorch scan
+    (`selective_scan_chunked`) for L >= CHUNKED_MIN_LEN.
+    """
     from . import backend as _backend
 
     chosen = _backend.resolve("selective_scan", backend, u.device)
@@ -66,6 +72,13 @@ def selective_scan(
         from .selective_scan_triton import selective_scan_triton
 
         return selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
+        )
+    if u.shape[1] >= CHUNKED_MIN_LEN:
+        # Same results as the loop (fp32 contract), 2-4x faster on CPU: ops/README.md, "Selective scan".
+        from .selective_scan_chunked import selective_scan_chunked
+
+        return selective_scan_chunked(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
     return selective_scan_ref(

@@ -1,0 +1,229 @@
+"""Selective scan benchmark: Triton vs the PyTorch paths vs the floor, and a whole-model training step.
+
+GPU:   PYTHONPATH=. python3 benchmarks/bench_scan.py --out $OUT/bench_scan.json
+Smoke: PYTHONPATH=. python3 benchmarks/bench_scan.py --smoke --out /tmp/bench_scan.json   (CPU, interpreter)
+
+Floor of one scan call = max(bytes it must move / measured copy bandwidth, exponentials / SFU rate).
+The SFU rate is an assumption, not a measurement: 132 SMs x 16 ex2/clk/SM x 1.98 GHz = 4.2e12 ex2/s (H200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+SFU_EX2_PER_S = 132 * 16 * 1.98e9
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON results file")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    p.add_argument("--iters", type=int, default=20)
+    return p.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.smoke:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels pick the interpreter at definition
+
+import torch  # noqa: E402
+
+from simba_convert.model.config import MambaConfig  # noqa: E402
+from simba_convert.model.mamba import MambaLM  # noqa: E402
+from simba_convert.ops import selective_scan_triton as sst  # noqa: E402
+from simba_convert.ops.selective_scan import selective_scan  # noqa: E402
+from simba_convert.ops.selective_scan_chunked import selective_scan_chunked  # noqa: E402
+
+DEV = "cpu" if ARGS.smoke else "cuda"
+
+
+def timed(fn, iters, warmup=2):
+    """Median milliseconds of fn() (CUDA events on the GPU, perf_counter on the CPU)."""
+    if ARGS.smoke:  # the interpreter compiles nothing: one untimed-warm-up-free run checks the code path
+        iters, warmup = 1, 0
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        if DEV == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            out.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(out)
+
+
+def copy_bandwidth(nbytes):
+    """Device-to-device copy rate in bytes/s (read + write counted)."""
+    src = torch.empty(nbytes // 4, device=DEV, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    ms = timed(lambda: dst.copy_(src), ARGS.iters)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def scan_inputs(bsz, L, d, N, dtype, requires_grad=False):
+    g = dict(device=DEV)
+    t = {
+        "u": torch.randn(bsz, L, d, **g).to(dtype),
+        "delta": (torch.randn(bsz, L, d, **g) * 0.5 - 2.0).to(dtype),
+        "A": -torch.exp(torch.rand(d, N, **g) * 2.5),
+        "B": torch.randn(bsz, L, N, **g).to(dtype),
+        "C": torch.randn(bsz, L, N, **g).to(dtype),
+        "D": torch.randn(d, **g),
+        "z": torch.randn(bsz, L, d, **g).to(dtype),
+        "delta_bias": torch.randn(d, **g) * 0.5,
+    }
+    for v in t.values():
+        v.requires_grad_(requires_grad)
+    return [t[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+
+def scan_floor(bsz, L, d, N, elt, bw):
+    """(forward ms, forward+backward ms, bytes) lower bounds for one call.
+
+    Forward moves u, delta, z in and y out ([B, L, D] each) plus B, C ([B, L, N]); the backward reads
+    those inputs and dy and writes du, d delta, dz, dB, dC. Each needs B·L·D·N exponentials at least.
+    """
+    tok = bsz * L
+    fwd_bytes = tok * (4 * d + 2 * N) * elt
+    bwd_bytes = tok * (7 * d + 4 * N) * elt
+    exps = tok * d * N
+    fwd = max(fwd_bytes / bw, exps / SFU_EX2_PER_S) * 1e3
+    bwd = max(bwd_bytes / bw, exps / SFU_EX2_PER_S) * 1e3
+    return fwd, fwd + bwd, fwd_bytes, exps
+
+
+def bench_layer(name, bsz, L, d, N, L_ref, bw, configs):
+    dtype = torch.bfloat16
+    row = {"shape": name, "B": bsz, "L": L, "D": d, "N": N, "dtype": "bf16"}
+    ins = scan_inputs(bsz, L, d, N, dtype)
+    floor_f, floor_fb, nbytes, exps = scan_floor(bsz, L, d, N, 2, bw)
+    row.update(floor_fwd_ms=floor_f, floor_fwd_bwd_ms=floor_fb, fwd_bytes=nbytes, exps=exps)
+
+    def fwd_of(cfg):
+        return lambda: sst.scan_forward(*ins, True, None, False, False, config=cfg)
+
+    sweep = []
+    for cfg in configs:
+        y, _, chk = sst.scan_forward(*ins, True, None, False, True, config=cfg)
+        dy = torch.randn_like(y)
+        f_ms = timed(fwd_of(cfg), ARGS.iters)
+        b_ms = timed(lambda: sst.scan_backward(dy, *ins, True, chk, False, config=cfg), ARGS.iters)
+        sweep.append({"config": cfg.__dict__, "fwd_ms": f_ms, "bwd_ms": b_ms})
+        del chk
+    row["triton_sweep"] = sweep
+    row["triton_fwd_ms"] = min(s["fwd_ms"] for s in sweep)
+    row["triton_bwd_ms"] = min(s["bwd_ms"] for s in sweep)
+    row["triton_default_fwd_ms"] = sweep[0]["fwd_ms"]  # configs[0] is the default LaunchConfig
+
+    # The full-length autograd through the dense-state PyTorch scan would need tens of GB: time the
+    # chunked path at L_ref and scale linearly in L (it is linear: L/T chunks of equal work).
+    scale = L / L_ref
+    ref_ins = scan_inputs(bsz, L_ref, d, N, dtype, requires_grad=True)
+    ref_f = timed(lambda: selective_scan_chunked(*ref_ins, True), max(3, ARGS.iters // 4))
+
+    def ref_fb():
+        selective_scan_chunked(*ref_ins, True).float().sum().backward()
+
+    row["ref_chunked_L"] = L_ref
+    row["ref_fwd_ms_extrapolated"] = ref_f * scale
+    row["ref_fwd_bwd_ms_extrapolated"] = timed(ref_fb, max(3, ARGS.iters // 4)) * scale
+    row["triton_fwd_over_floor"] = row["triton_fwd_ms"] / floor_f
+    row["triton_fwd_bwd_ms"] = row["triton_fwd_ms"] + row["triton_bwd_ms"]
+    row["triton_fwd_bwd_over_floor"] = row["triton_fwd_bwd_ms"] / floor_fb
+    return row
+
+
+def bench_training(cfg, bsz, L, iters):
+    """ms per AdamW step (bf16 autocast, fp32 master weights) for each backend."""
+    out = {}
+    for backend in ("triton", "reference"):
+        torch.manual_seed(0)
+        model = MambaLM(cfg).to(DEV).set_backend(backend)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        ids = torch.randint(0, cfg.vocab_size, (bsz, L + 1), device=DEV)
+
+        def step():
+            with torch.autocast(DEV, dtype=torch.bfloat16):
+                logits = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        try:
+            out[backend] = timed(step, iters, warmup=2)
+        except torch.cuda.OutOfMemoryError:  # the PyTorch path keeps [B, T, D, N] chunk states for autograd
+            out[backend] = float("nan")
+            out[f"{backend}_error"] = "out of memory"
+        if DEV == "cuda":
+            out[f"{backend}_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            torch.cuda.reset_peak_memory_stats()
+        out["params"] = sum(p.numel() for p in model.parameters())
+        del model, opt
+    return out
+
+
+def main():
+    LC = sst.LaunchConfig
+    meta = {
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "python": sys.version.split()[0],
+        "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (TRITON_INTERPRET=1)",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "sfu_ex2_per_s_assumed": SFU_EX2_PER_S,
+        "chunk": sst.CHUNK,
+    }
+    if ARGS.smoke:
+        bw = copy_bandwidth(1 << 22)
+        shapes = [("smoke", 1, 20, 8, 16, 10)]
+        configs = [LC(), LC(8, 2, 4, 2)]
+        train_cfg, tb, tl_ = MambaConfig(d_model=8, n_layer=1, vocab_size=64, d_state=4), 1, 8
+    else:
+        bw = copy_bandwidth(1 << 30)
+        # B·L = 16k tokens at L = 2048; reference chunked path timed at L = 256 and scaled.
+        shapes = [("mamba-130m layer", 8, 2048, 1536, 16, 256), ("mamba-1.4b layer", 8, 2048, 4096, 16, 256)]
+        configs = [LC(), LC(8, 4, 4, 4), LC(16, 8, 8, 8), LC(32, 8, 16, 8), LC(32, 4, 8, 2), LC(64, 8, 16, 4)]
+        train_cfg, tb, tl_ = MambaConfig(d_model=512, n_layer=10, vocab_size=8192), 16, 512
+    meta["copy_bandwidth_gbs"] = bw / 1e9
+    rows = [bench_layer(*s, bw=bw, configs=configs) for s in shapes]
+    train = bench_training(train_cfg, tb, tl_, iters=3 if ARGS.smoke else 10)
+    train.update(config=train_cfg.to_dict(), batch=tb, seq_len=tl_, optimizer="AdamW", autocast="bf16")
+    result = {"meta": meta, "scan": rows, "train_step": train}
+    os.makedirs(os.path.dirname(os.path.abspath(ARGS.out)), exist_ok=True)
+    with open(ARGS.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+    print(f"copy bandwidth {bw / 1e9:.0f} GB/s; SFU rate assumed {SFU_EX2_PER_S:.2e} ex2/s; {meta['device']}")
+    print("| shape | floor fwd ms | triton fwd ms | x floor | floor f+b ms | triton f+b ms | x floor "
+          "| chunked ref fwd ms* | chunked ref f+b ms* |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} B={r['B']} L={r['L']} D={r['D']} | {r['floor_fwd_ms']:.3f} | {r['triton_fwd_ms']:.3f} "
+              f"| {r['triton_fwd_over_floor']:.2f} | {r['floor_fwd_bwd_ms']:.3f} | {r['triton_fwd_bwd_ms']:.3f} "
+              f"| {r['triton_fwd_bwd_over_floor']:.2f} | {r['ref_fwd_ms_extrapolated']:.1f} "
+              f"| {r['ref_fwd_bwd_ms_extrapolated']:.1f} |")
+    print(f"* timed at L={rows[0]['ref_chunked_L']} and scaled linearly to L")
+    for r in rows:
+        print(f"sweep {r['shape']}: " + "; ".join(
+            f"{tuple(s['config'].values())}: fwd {s['fwd_ms']:.3f} bwd {s['bwd_ms']:.3f}" for s in r["triton_sweep"]))
+    print(f"train step ({train['params'] / 1e6:.1f}M params, d_model={train_cfg.d_model}, n_layer={train_cfg.n_layer}, "
+          f"vocab={train_cfg.vocab_size}, batch {tb}x{tl_}, AdamW, bf16 autocast): "
+          f"triton {train['triton']:.1f} ms, reference {train['reference']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

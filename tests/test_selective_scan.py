@@ -1,0 +1,250 @@
+"""Selective scan: Triton kernel (fwd + bwd) and chunked PyTorch scan against the step-by-step reference.
+
+On a CPU box the Triton kernels run under TRITON_INTERPRET=1 (set here before triton is imported,
+because `triton.jit` picks the interpreter when a kernel is defined); on a GPU box the same small
+cases run on CUDA, plus the `gpu`-marked realistic shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from simba_convert.errors import BackendError  # noqa: E402
+from simba_convert.ops import selective_scan as ss  # noqa: E402
+from simba_convert.ops.selective_scan_chunked import selective_scan_chunked  # noqa: E402
+from tests.tolerance import assert_matches, poison_like  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+def make_inputs(bsz, L, d, N, *, D=True, z=True, bias=True, h0=False, device="cpu", dtype=torch.float64):
+    """Random inputs in `dtype` (fp64 by default); A is fp32-representable and negative."""
+    g = dict(device=device, dtype=dtype)
+    return {
+        "u": torch.randn(bsz, L, d, **g),
+        "delta": torch.randn(bsz, L, d, **g) * 0.5 - 1.0,
+        "A": -(torch.rand(d, N, device=device) * 3 + 0.1).to(dtype),
+        "B": torch.randn(bsz, L, N, **g),
+        "C": torch.randn(bsz, L, N, **g),
+        "D": torch.randn(d, **g) if D else None,
+        "z": torch.randn(bsz, L, d, **g) if z else None,
+        "delta_bias": torch.randn(d, **g) * 0.5 if bias else None,
+        "initial_state": torch.randn(bsz, d, N, **g) if h0 else None,
+    }
+
+
+def run_with_grads(fn, inputs, softplus, dy, *, last=False):
+    """Call fn(u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, last) and back-propagate dy."""
+    xs = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    out = fn(*(xs[k] for k in NAMES[:8]), softplus, xs["initial_state"], last)
+    y, h = out if last else (out, None)
+    (y.double() * dy.double()).sum().backward()
+    y, h = y.detach(), (h.detach() if h is not None else None)
+    return y, h, {k: v.grad for k, v in xs.items() if v is not None}
+
+
+def cast(inputs, dtype):
+    """Activations (u, delta, z, B, C) in `dtype`; parameters and state in fp32, as the model passes them."""
+    lowp = {"u", "delta", "z", "B", "C"}
+    return {k: (v.to(dtype if k in lowp else torch.float32) if v is not None else None) for k, v in inputs.items()}
+
+
+def triton_fn(*args):
+    from simba_convert.ops.selective_scan_triton import selective_scan_triton
+
+    return selective_scan_triton(*args)
+
+
+CASES = [
+    # bsz, L, d, N, D, z, bias, softplus, h0
+    (1, 1, 5, 4, True, True, True, True, False),
+    (2, 7, 5, 16, False, False, False, False, False),
+    (2, 63, 17, 4, True, True, True, True, True),
+    (1, 100, 5, 16, True, False, True, True, True),
+    (2, 17, 9, 3, False, True, False, True, False),  # N not a power of two
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-L{}-D{}-N{}".format(*c[:4]))
+def test_triton_matches_reference_fp32(case):
+    bsz, L, d, N, D, z, bias, sp, h0 = case
+    inp = make_inputs(bsz, L, d, N, D=D, z=z, bias=bias, h0=h0, device=DEV)
+    dy = torch.randn(bsz, L, d, device=DEV, dtype=torch.float64)
+    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, sp, dy, last=True)
+    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), sp, dy, last=True)
+    assert y.dtype == torch.float32 and h.dtype == torch.float32
+    assert_matches(y, y_ref, torch.float32)
+    assert_matches(h, h_ref, torch.float32)
+    assert set(g) == set(g_ref)
+    for k in g_ref:
+        assert g[k].dtype == torch.float32, k
+        assert_matches(g[k], g_ref[k], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_inputs(dtype):
+    inp = cast(make_inputs(1, 45, 7, 16, h0=True, device=DEV), dtype)
+    dy = torch.randn(1, 45, 7, device=DEV, dtype=torch.float64).to(dtype)
+    ref_in = {k: (v.double() if v is not None else None) for k, v in inp.items()}
+    y_ref, _, g_ref = run_with_grads(ss.selective_scan_ref, ref_in, True, dy)
+    y, _, g = run_with_grads(triton_fn, inp, True, dy)
+    assert y.dtype == dtype
+    assert_matches(y, y_ref, dtype)
+    for k in g_ref:
+        assert g[k].dtype == inp[k].dtype, k
+        assert_matches(g[k], g_ref[k], dtype)
+
+
+def test_triton_non_contiguous_inputs():
+    """z and u as halves of one projection, B/C as slices of x_proj's output, as the mixer passes them."""
+    bsz, L, d, N = 2, 20, 6, 4
+    xz = torch.randn(bsz, L, 2 * d, device=DEV)
+    u, z = xz.chunk(2, dim=-1)
+    xbc = torch.randn(bsz, L, 3 + 2 * N, device=DEV)
+    _, Bm, Cm = torch.split(xbc, [3, N, N], dim=-1)
+    delta = torch.randn(bsz, L, d, device=DEV).transpose(0, 1).contiguous().transpose(0, 1)
+    A = -torch.rand(d, N, device=DEV) - 0.5
+    args = (u, delta, A, Bm, Cm, torch.randn(d, device=DEV), z, torch.randn(d, device=DEV), True)
+    assert_matches(triton_fn(*args), ss.selective_scan_ref(*args))
+
+
+def test_triton_writes_every_output_element(monkeypatch):
+    """Outputs, partial buffers and state gradients start as NaN: any element left unwritten fails."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    monkeypatch.setattr(sst, "_empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device, dtype=dtype))
+    inp = make_inputs(2, 20, 9, 16, h0=True, device=DEV)
+    dy = torch.randn(2, 20, 9, device=DEV, dtype=torch.float64)
+    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
+    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
+    assert_matches(y, y_ref, torch.float32)
+    assert_matches(h, h_ref, torch.float32)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], torch.float32)
+    assert torch.isnan(poison_like(y)).all()  # the poison really is NaN
+
+
+def test_triton_no_checkpoints_without_grad(monkeypatch):
+    """Inference (no tensor needs a gradient) must not allocate the [B, L/CHUNK, D, N] checkpoints."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    shapes = []
+    real = sst._empty
+    monkeypatch.setattr(sst, "_empty", lambda *s, **kw: shapes.append(s) or real(*s, **kw))
+    inp = cast(make_inputs(1, 40, 4, 4, device=DEV), torch.float32)
+    sst.selective_scan_triton(*(inp[k] for k in NAMES[:8]), True)
+    assert all(len(s) != 4 for s in shapes), shapes
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 32])
+@pytest.mark.parametrize("L", [1, 7, 100])
+def test_chunked_matches_reference(L, chunk):
+    inp = make_inputs(2, L, 5, 16, h0=True)
+    dy = torch.randn(2, L, 5, dtype=torch.float64)
+    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
+    fn = lambda *a: selective_scan_chunked(*a, chunk=chunk)  # noqa: E731
+    y, h, g = run_with_grads(fn, cast(inp, torch.float32), True, dy, last=True)
+    assert_matches(y, y_ref, torch.float32)
+    assert_matches(h, h_ref, torch.float32)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], torch.float32)
+
+
+def test_chunked_is_finite_with_large_decay():
+    """Large delta·|A| (a_t underflows to 0) must not produce inf/NaN: every exponent is <= 0."""
+    inp = cast(make_inputs(1, 70, 3, 4, h0=True), torch.float32)
+    inp["delta"] = inp["delta"].abs() * 50
+    inp["A"] = inp["A"] * 20
+    y = selective_scan_chunked(*(inp[k] for k in NAMES[:8]), False, inp["initial_state"])
+    assert_matches(y, ss.selective_scan_ref(*(inp[k] for k in NAMES[:8]), False, inp["initial_state"]))
+
+
+def test_reference_backend_uses_chunked_for_long_sequences(monkeypatch):
+    import simba_convert.ops.selective_scan_chunked as ssc
+
+    calls = []
+    real = ssc.selective_scan_chunked
+    monkeypatch.setattr(ssc, "selective_scan_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inp = cast(make_inputs(1, ss.CHUNKED_MIN_LEN, 3, 4), torch.float32)
+    args = [inp[k] for k in NAMES[:8]]
+    y = ss.selective_scan(*args, True, backend="reference")
+    assert calls == [1]
+    assert_matches(y, ss.selective_scan_ref(*args, True))
+    short = [t[:, :5] if t is not None and t.dim() == 3 else t for t in args]
+    ss.selective_scan(*short, True, backend="reference")
+    assert calls == [1]
+
+
+def test_auto_on_cpu_is_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from simba_convert.ops.backend import resolve
+
+    assert resolve("selective_scan", "auto", torch.device("cpu")) == "reference"
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    inp = cast(make_inputs(1, 3, 2, 4), torch.float32)
+    with pytest.raises(BackendError):
+        ss.selective_scan(*(inp[k] for k in NAMES[:8]), backend="triton")
+
+
+def test_dispatch_triton_is_differentiable():
+    inp = make_inputs(1, 9, 3, 4, device=DEV)
+    dy = torch.randn(1, 9, 3, device=DEV, dtype=torch.float64)
+    _, _, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy)
+    fn = lambda *a: ss.selective_scan(*a, backend="triton")  # noqa: E731
+    _, _, g = run_with_grads(fn, cast(inp, torch.float32), True, dy)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], torch.float32)
+
+
+def test_import_does_not_load_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, simba_convert.ops.selective_scan; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def test_tiny_model_trains_through_triton():
+    """A 2-layer model: logits and every parameter gradient agree between backends."""
+    from simba_convert.model.config import MambaConfig
+    from simba_convert.model.mamba import MambaLM
+
+    cfg = MambaConfig(d_model=8, n_layer=2, vocab_size=32, d_state=4)
+    model = MambaLM(cfg).to(DEV)
+    ids = torch.randint(0, 32, (2, 11), device=DEV)
+    grads = {}
+    for backend in ("reference", "triton"):
+        model.zero_grad()
+        logits = model.set_backend(backend)(ids)
+        logits.float().logsumexp(-1).sum().backward()
+        grads[backend] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert_matches(grads["triton"][0], grads["reference"][0])
+    for n, gref in grads["reference"][1].items():
+        # 1e-5 is relative to each tensor's max: a few parameters see sums of ~100 fp32 products.
+        assert_matches(grads["triton"][1][n], gref, scale=4.0)
+
+
+# ----------------------------------------------------------------------------------- GPU shapes
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [1536, 4096])
+def test_gpu_realistic_shapes_bf16(d):
+    bsz, L, N = 2, 1024, 16
+    inp = cast(make_inputs(bsz, L, d, N, h0=True, device="cuda", dtype=torch.float32), torch.bfloat16)
+    dy = torch.randn(bsz, L, d, device="cuda").to(torch.bfloat16)
+    ref_in = {k: (v.float() if v is not None else None) for k, v in inp.items()}
+    y_ref, h_ref, g_ref = run_with_grads(selective_scan_chunked, ref_in, True, dy, last=True)
+    y, h, g = run_with_grads(lambda *a: ss.selective_scan(*a, backend="auto"), inp, True, dy, last=True)
+    assert_matches(y, y_ref, torch.bfloat16)
+    assert_matches(h, h_ref, torch.float32)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], inp[k].dtype)
