@@ -1,0 +1,35 @@
+"""simba-convert: token-pruned (Simba) Mamba-1 models from dense checkpoints.
+
+`import simba_convert` is light (no torch); the API below is imported on first use.
+"""
+
+from ._version import __version__
+
+_LAZY = {
+    "load": ("simba_convert.io.load", "load"),
+    "load_with_tokenizer": ("simba_convert.io.load", "load_with_tokenizer"),
+    "save_checkpoint": ("simba_convert.io.checkpoint", "save_checkpoint"),
+    "load_tokenizer": ("simba_convert.io.tokenizer", "load_tokenizer"),
+    "MambaConfig": ("simba_convert.model.config", "MambaConfig"),
+    "convert": ("simba_convert.pipeline.convert", "convert"),
+    "PrunedMambaLM": ("simba_convert.pruning.model", "PrunedMambaLM"),
+    "PruningSpec": ("simba_convert.pruning.spec", "PruningSpec"),
+    "export_onnx": ("simba_convert.export", "export_onnx"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'simba_convert' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

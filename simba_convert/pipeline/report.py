@@ -39,6 +39,11 @@ def summary_text(report: dict) -> str:
     ]
     for i, (r, k, prof) in enumerate(zip(s["keep_ratios"], report["flops"]["tokens_per_layer"], report["score_profile"])):
         lines.append(f"  {i:5d}  {r:5.3f}  {k:8d}  {prof:6.3f}")
+    ft = report.get("finetune")
+    if ft:
+        cal_ft = ft.get("calibration", {})
+        lines.insert(8, f"  fine-tune               {ft.get('steps_done', ft.get('steps'))} steps; calibration KL "
+                        f"{cal_ft.get('kl_before', float('nan')):.5f} -> {cal_ft.get('kl_after', float('nan')):.5f}")
     lines += ["", "  stage        seconds"]
     for name, sec in report["timings"].items():
         lines.append(f"  {name:<12} {sec:8.2f}")

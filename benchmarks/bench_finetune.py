@@ -1,0 +1,234 @@
+"""Brief fine-tune of sparsified models (issue 8, SIMBA.md §7): quality before and after N steps, time per step.
+
+For each dense checkpoint (the trained family, given by path), the pipeline's own stages calibrate the
+keep ratios at `--budget` (default 0.5); then, from the same calibrated starting point each time, the
+pruned model is distilled from the dense one for each step count in `--steps` (default 200 and 1000)
+and each trainable set in `--trainable`. Every variant — dense, sparse before, sparse after N steps —
+is evaluated the same way with `simba_convert.evaluate.evaluate`: perplexity of the protected positions
+on held-out text and zero-shot BIG-bench multiple-choice accuracy. Early stopping is off (patience 0,
+no restoring) so "after N steps" means exactly N steps.
+
+    PYTHONPATH=. python3 benchmarks/bench_finetune.py --model /tmp/models/mamba-tiny --model /tmp/models/family-l \\
+        --tasks shared/data/eval/bigbench --out $OUT/finetune.json                     # H200
+    PYTHONPATH=. python3 benchmarks/bench_finetune.py --smoke --out /tmp/finetune.json  # CPU, tiny, random
+
+Defaults: training text `.data/corpus/train.txt` (first --train-chars characters), held-out text
+`.data/corpus/valid.txt`, calibration text: the bundled one. Writes JSON (--out) and a markdown table
+(--md, default: the JSON path with .md), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simba_convert.calibrate.data import encode  # noqa: E402
+from simba_convert.evaluate import evaluate  # noqa: E402
+from simba_convert.evaluate.bigbench import Task, find_tasks  # noqa: E402
+from simba_convert.finetune import FinetuneConfig, all_windows, finetune, frozen_teacher, split_windows  # noqa: E402
+from simba_convert.pipeline import stages  # noqa: E402
+from simba_convert.pipeline.config import ConvertConfig  # noqa: E402
+from simba_convert.pruning.flops import flops_report  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", default=[], help="dense checkpoint directory (repeat for a family)")
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--steps", default="200,1000", help="comma-separated step counts, each from the same start")
+    ap.add_argument("--trainable", default="all", help="comma-separated: all, norms_dt_xproj, lora")
+    ap.add_argument("--lr", type=float, default=None, help="default: the trainable set's default")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--protect", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=32, help="calibration windows")
+    ap.add_argument("--max-evals", type=int, default=40, help="calibration candidates")
+    ap.add_argument("--calib", default=None, help="calibration text (default: the bundled one)")
+    ap.add_argument("--train-text", default=str(ROOT / ".data" / "corpus" / "train.txt"))
+    ap.add_argument("--train-chars", type=int, default=8_000_000)
+    ap.add_argument("--eval-text", default=str(ROOT / ".data" / "corpus" / "valid.txt"))
+    ap.add_argument("--eval-windows", type=int, default=None, help="held-out windows (default: all)")
+    ap.add_argument("--eval-batch-size", type=int, default=32)
+    ap.add_argument("--tasks", default=None, help="BIG-bench tasks directory (omit: no accuracy)")
+    ap.add_argument("--max-examples", type=int, default=200, help="examples per task")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
+    ap.add_argument("--md", default=None)
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny random models and data")
+    return ap.parse_args(argv)
+
+
+# --- smoke-mode inputs ------------------------------------------------------------------------------
+def smoke_inputs(args, tmp: Path) -> None:
+    """Two random checkpoints of different depth sharing a small BPE tokenizer, text slices and one task."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from simba_convert.io.checkpoint import save_checkpoint
+    from simba_convert.model.config import MambaConfig
+    from simba_convert.model.mamba import MambaLM
+
+    text = (ROOT / "calibration" / "default.txt").read_text(encoding="utf-8")
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([text[:50_000]], trainers.BpeTrainer(vocab_size=200, special_tokens=["[UNK]"],
+                                                                 show_progress=False))
+    tok.save(str(tmp / "tokenizer.json"))
+    for n_layer in (2, 4):
+        torch.manual_seed(n_layer)
+        m = MambaLM(MambaConfig(d_model=32, n_layer=n_layer, vocab_size=tok.get_vocab_size(), d_state=8))
+        with torch.no_grad():  # long SSM memory and a small embedding, so that pruning changes the predictions
+            m.backbone.embedding.weight.mul_(0.3)
+            for layer in m.backbone.layers:
+                layer.mixer.dt_proj.bias.uniform_(-4, -1)
+        save_checkpoint(m, tmp / f"random-{n_layer}l", tokenizer_dir=tmp / "tokenizer.json")
+        args.model.append(str(tmp / f"random-{n_layer}l"))
+    (tmp / "train.txt").write_text(text[:30_000], encoding="utf-8")
+    (tmp / "valid.txt").write_text(text[30_000:40_000], encoding="utf-8")
+    (tmp / "calib.txt").write_text(text[40_000:52_000], encoding="utf-8")
+    task = {"examples": [{"input": f"{a} plus {b} is", "target_scores": {str(a + b): 1, str(a + b + 1): 0}}
+                         for a, b in ((1, 2), (2, 3), (3, 4))]}
+    (tmp / "tasks" / "add").mkdir(parents=True)
+    (tmp / "tasks" / "add" / "task.json").write_text(json.dumps(task), encoding="utf-8")
+    args.train_text, args.eval_text, args.calib = str(tmp / "train.txt"), str(tmp / "valid.txt"), str(tmp / "calib.txt")
+    args.tasks, args.steps, args.seq_len, args.protect = str(tmp / "tasks"), "3,6", 64, 8
+    args.samples, args.max_evals, args.batch_size, args.eval_windows = 4, 4, 4, 8
+    args.budget = 0.8  # two random layers and a 200-token head cannot reach 0.5 at L=64
+
+
+# --- measuring --------------------------------------------------------------------------------------
+def load_tasks(root, max_examples: int) -> list[Task] | None:
+    if root is None:
+        return None
+    return [Task(t.name, t.path, t.examples[:max_examples]) for t in find_tasks(root)]
+
+
+def quality(model, tok, args, tasks) -> dict:
+    r = evaluate(model, tok, text=args.eval_text, seq_len=args.seq_len, protect=args.protect,
+                 windows=args.eval_windows, tasks=tasks, batch_size=args.eval_batch_size, progress=False)
+    acc = r["accuracy"]
+    return {
+        "ppl": r["perplexity"], "nll": r["nll"], "tokens_scored": r["tokens_scored"],
+        "acc_mean": sum(a["acc"] for a in acc.values()) / len(acc) if acc else None,
+        "acc_norm_mean": sum(a["acc_norm"] for a in acc.values()) / len(acc) if acc else None,
+        "accuracy": acc,
+    }
+
+
+def bench_model(model_dir: str, args, tasks, dev: str) -> dict:
+    cfg = ConvertConfig(src=model_dir, budget=args.budget, samples=args.samples, seq_len=args.seq_len,
+                        protect=args.protect, calib=args.calib, seed=args.seed, device=dev, dtype="float32",
+                        max_evals=args.max_evals, batch_size=args.batch_size, progress=False)
+    t0 = time.perf_counter()
+    loaded = stages.load_stage(cfg)
+    scored = stages.score_stage(cfg, loaded)
+    result = stages.calibrate_stage(cfg, loaded, scored)
+    model = stages.pruned_model(cfg, loaded, result)
+    calib_s = time.perf_counter() - t0
+    dense = loaded.model
+    fl = flops_report(dense.config, model.spec.keep_ratios, args.seq_len, args.protect, cfg.criterion)
+
+    text = Path(args.train_text).read_text(encoding="utf-8")[: args.train_chars]
+    train, valid = split_windows(all_windows(encode(loaded.tokenizer, text), args.seq_len), seed=args.seed,
+                                 max_valid=64)
+    original = {k: v.detach().to("cpu", copy=True) for k, v in dense.state_dict().items()}
+    teacher = frozen_teacher(dense)
+    out = {
+        "model": model_dir, "n_layer": dense.config.n_layer, "d_model": dense.config.d_model,
+        "params": sum(p.numel() for p in dense.parameters()), "keep_ratios": list(model.spec.keep_ratios),
+        "flops_ratio": fl.ratio, "calibration_kl": result.best.kl, "calibrate_s": calib_s,
+        "train_windows": int(train.shape[0]), "valid_windows": int(valid.shape[0]),
+        "dense": quality(dense, loaded.tokenizer, args, tasks),
+        "sparse": quality(model, loaded.tokenizer, args, tasks),
+        "runs": [],
+    }
+    for trainable in args.trainable.split(","):
+        for steps in (int(s) for s in args.steps.split(",")):
+            dense.load_state_dict(original)
+            ft = FinetuneConfig(steps=steps, lr=args.lr, trainable=trainable, batch_size=args.batch_size,
+                                grad_accum=args.grad_accum, checkpointing=args.checkpointing,
+                                eval_every=max(1, steps // 4), patience=0, restore_best=False, seed=args.seed,
+                                progress=False)
+            rep = finetune(model, train, valid, ft, teacher=teacher)
+            keep = ("steps", "trainable", "trainable_params", "before", "after", "s_per_step", "tokens_per_s",
+                    "train_s", "wall_s", "loss_steps", "losses", "evals", "autocast_bf16")
+            run = {k: rep[k] for k in keep}
+            run["lr"] = ft.lr
+            run["quality"] = quality(model, loaded.tokenizer, args, tasks)
+            out["runs"].append(run)
+            print(f"  {Path(model_dir).name} {trainable} {steps} steps: valid KL {rep['before']['kl']:.4f} -> "
+                  f"{rep['after']['kl']:.4f}, {rep['s_per_step'] or 0:.3f} s/step", flush=True)
+    dense.load_state_dict(original)
+    return out
+
+
+# --- reporting --------------------------------------------------------------------------------------
+def _f(x, fmt):
+    return "n/a" if x is None else format(x, fmt)
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"budget {res['args']['budget']}, L={res['args']['seq_len']}, P={res['args']['protect']}; "
+        f"{res['meta']['device']}, torch {res['meta']['torch']}, {res['meta']['date']}",
+        "",
+        "| model | variant | FLOPs | ppl (protected) | acc | acc_norm | valid KL | s/step | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in res["models"]:
+        name = Path(m["model"]).name
+        rows = [("dense", 1.0, m["dense"], None, None, None), ("sparse, before", m["flops_ratio"], m["sparse"],
+                m["runs"][0]["before"]["kl"] if m["runs"] else None, None, None)]
+        rows += [(f"sparse + {r['steps']} steps ({r['trainable']})", m["flops_ratio"], r["quality"], r["after"]["kl"],
+                  r["s_per_step"], r["tokens_per_s"]) for r in m["runs"]]
+        for variant, fr, q, kl, sps, tps in rows:
+            lines.append(f"| {name} | {variant} | {fr:.3f} | {_f(q['ppl'], '.3f')} | {_f(q['acc_mean'], '.3f')} | "
+                         f"{_f(q['acc_norm_mean'], '.3f')} | {_f(kl, '.4f')} | {_f(sps, '.3f')} | {_f(tps, ',.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            smoke_inputs(args, Path(tmp))
+        if not args.model:
+            raise SystemExit("give at least one --model DIR (or --smoke)")
+        tasks = load_tasks(args.tasks, args.max_examples)
+        t0 = time.perf_counter()
+        models = [bench_model(m, args, tasks, dev) for m in args.model]
+        meta = {
+            "device": torch.cuda.get_device_name() if dev == "cuda" else f"cpu ({platform.processor() or 'unknown'})",
+            "torch": torch.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(sys.argv), "total_s": time.perf_counter() - t0,
+        }
+        try:
+            import triton
+
+            meta["triton"] = triton.__version__
+        except ImportError:
+            pass
+        res = {"meta": meta, "args": vars(args), "models": models}
+    md = table(res)
+    print(md)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    Path(args.md or out.with_suffix(".md")).write_text(md, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""`simba-convert info SRC`: what a checkpoint is, without loading its weights.
+
+No torch at module level; torch is imported only to read the dtype of a .bin checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("info")
+@click.argument("src", metavar="SRC")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--offline", is_flag=True, help="Never contact the Hugging Face Hub.")
+def info_command(src, as_json, offline):
+    """Show the layout, architecture, parameter count, dtype, tokenizer and Simba section of SRC
+    (a directory, a short name such as mamba-tiny, or a Hub id)."""
+    from .main import report_errors  # here, not at import: main imports this module while registering it
+
+    report_errors(run_info)(src, as_json, offline)
+
+
+def checkpoint_summary(src, offline: bool = False) -> dict:
+    """The facts `info` prints, as a JSON-ready dict."""
+    from ..io.layout import TOKENIZER_FILES, inspect_checkpoint, parameter_count
+    from ..io.resolve import resolve
+
+    r = resolve(src, offline=offline)
+    info = inspect_checkpoint(r.path)
+    dtypes = info.stored_dtypes()
+    if dtypes is None:
+        from ..io.checkpoint import stored_dtypes
+
+        dtypes = stored_dtypes(info)
+    cfg = info.config
+    return {
+        "source": str(src),
+        "path": str(r.path),
+        "kind": r.kind,
+        "repo_id": r.repo_id,
+        "layout": info.layout,
+        "weights": {"format": info.weight_format, "files": [f.name for f in info.weight_files]},
+        "architecture": "mamba1",
+        "config": cfg.to_dict() | {"d_inner": cfg.d_inner, "padded_vocab_size": cfg.padded_vocab_size},
+        "parameters": parameter_count(cfg),
+        "dtypes": dtypes,
+        "tokenizer": [f for f in TOKENIZER_FILES if (info.path / f).is_file()],
+        "sparsified": info.sparsified,
+        "simba": info.simba,
+    }
+
+
+def _text(s: dict) -> str:
+    c = s["config"]
+    where = f"{s['path']}" + (f" (Hub {s['repo_id']})" if s["repo_id"] else f" ({s['kind']})")
+    files = s["weights"]["files"]
+    weights = files[0] if len(files) == 1 else f"{len(files)} {s['weights']['format']} shards"
+    arch = (
+        f"Mamba-1, {c['n_layer']} layers, d_model {c['d_model']}, d_inner {c['d_inner']}, d_state {c['d_state']}, "
+        f"d_conv {c['d_conv']}, dt_rank {c['dt_rank']}, vocab {c['vocab_size']} (padded {c['padded_vocab_size']}), "
+        f"{'RMSNorm' if c['rms_norm'] else 'LayerNorm'}, {'tied' if c['tie_embeddings'] else 'untied'} head"
+    )
+    dtypes = ", ".join(f"{k} ({v} tensors)" for k, v in sorted(s["dtypes"].items(), key=lambda kv: -kv[1]))
+    tok = ", ".join(s["tokenizer"]) if s["tokenizer"] else "none in the checkpoint (EleutherAI/gpt-neox-20b will be used)"
+    lines = [
+        f"checkpoint:   {where}",
+        f"layout:       {s['layout']} ({weights})",
+        f"architecture: {arch}",
+        f"parameters:   {s['parameters'] / 1e6:.2f} M ({s['parameters']:,})",
+        f"dtype:        {dtypes}",
+        f"tokenizer:    {tok}",
+        f"sparsified:   {'yes (Simba)' if s['sparsified'] else 'no (dense)'}",
+    ]
+    if s["sparsified"]:
+        lines.append("simba:        " + json.dumps(s["simba"], sort_keys=True))
+    return "\n".join(lines)
+
+
+def run_info(src, as_json: bool, offline: bool) -> None:
+    s = checkpoint_summary(src, offline=offline)
+    click.echo(json.dumps(s, indent=2) if as_json else _text(s))

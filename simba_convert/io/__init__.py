@@ -1,0 +1,1 @@
+"""Checkpoint I/O: resolving `--in`, reading and writing checkpoints, tokenizers (see load.py)."""

@@ -1,0 +1,231 @@
+"""What is in a checkpoint directory: its layout, its config, its weight files, the tensors it must hold.
+
+Everything here is torch-free (JSON and safetensors headers only), so `simba-convert info` and the
+early checks of a run stay cheap. Reading and writing tensors is in `checkpoint.py`.
+
+Two layouts hold the same Mamba-1 tensors (CHECKPOINTS.md §1.3, §2.2):
+- `mamba_ssm`: config.json with d_model/n_layer/ssm_cfg/...; weights usually `pytorch_model.bin`.
+- `hf` (transformers): config.json with model_type "mamba"; `model.safetensors` (maybe sharded with
+  `model.safetensors.index.json`) or `pytorch_model.bin`. The embedding is named
+  `backbone.embeddings.weight` instead of `backbone.embedding.weight`; all other names are equal.
+A sparsified (Simba) checkpoint is either layout with a `simba` section in config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, SimbaError
+from ..model.config import MambaConfig
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+)
+LAYOUTS = ("mamba_ssm", "hf")
+SUPPORTED = (
+    "supported: Mamba-1 checkpoints in the mamba_ssm layout (state-spaces/mamba-*) "
+    "or the transformers layout (model_type 'mamba')"
+)
+WEIGHT_FILES = f"{SAFETENSORS}, {SAFETENSORS_INDEX} + shards, {BIN} or {BIN_INDEX} + shards"
+
+# The canonical (our and mamba_ssm's) tensor names differ from transformers' in this one place.
+_HF_RENAMES = {"backbone.embedding.weight": "backbone.embeddings.weight"}
+_FROM_HF = {v: k for k, v in _HF_RENAMES.items()}
+
+# safetensors dtype codes -> torch dtype names
+ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+
+
+def canonical_name(name: str) -> str:
+    """A tensor name of either layout -> the canonical (mamba_ssm) name."""
+    return _FROM_HF.get(name, name)
+
+
+def layout_name(name: str, layout: str) -> str:
+    """A canonical tensor name -> its name in `layout`."""
+    return _HF_RENAMES.get(name, name) if layout == "hf" else name
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt or truncated") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def parse_config(raw: Any, where: Path) -> tuple[str, MambaConfig]:
+    """config.json contents -> (layout, MambaConfig); a one-line CheckpointError for anything else."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(raw).__name__}, not a model config; {SUPPORTED}")
+    try:
+        if "model_type" in raw:
+            return "hf", MambaConfig.from_hf(raw)
+        if "d_model" in raw and "n_layer" in raw:
+            return "mamba_ssm", MambaConfig.from_mamba_ssm(raw)
+    except SimbaError as e:
+        tail = "" if "supported" in str(e) else f"; {SUPPORTED}"
+        raise CheckpointError(f"{where}: {e}{tail}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has a malformed Mamba config ({e}); {SUPPORTED}") from None
+    raise CheckpointError(
+        f"{where} is not a Mamba config (no model_type, no d_model/n_layer); {SUPPORTED}"
+    )
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a .safetensors file {name: {dtype, shape, data_offsets}}, checked against the file size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes); not a safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise CheckpointError(f"{path} is truncated or corrupt (header of {n} bytes in a {size}-byte file)")
+            table = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is corrupt (unreadable safetensors header)") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(table, dict):
+        raise CheckpointError(f"{path} is corrupt (unreadable safetensors header)")
+    table.pop("__metadata__", None)
+    end = max((int(t["data_offsets"][1]) for t in table.values()), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: {size} bytes, its header describes {8 + n + end}")
+    return table
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint directory, inspected without reading tensor data."""
+
+    path: Path
+    layout: str  # "mamba_ssm" | "hf"
+    config: MambaConfig
+    raw_config: dict
+    weight_format: str  # "safetensors" | "bin"
+    weight_files: tuple[Path, ...]
+
+    @property
+    def simba(self) -> dict | None:
+        """The `simba` section of a sparsified checkpoint, else None."""
+        return self.raw_config.get("simba")
+
+    @property
+    def sparsified(self) -> bool:
+        return self.simba is not None
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer.json").is_file()
+
+    def stored_dtypes(self) -> dict[str, int] | None:
+        """{torch dtype name: number of tensors} from the safetensors headers; None for .bin (needs torch)."""
+        if self.weight_format != "safetensors":
+            return None
+        counts: dict[str, int] = {}
+        for f in self.weight_files:
+            for t in safetensors_header(f).values():
+                name = ST_DTYPES.get(t["dtype"], t["dtype"])
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
+def find_weights(path: Path) -> tuple[str, tuple[Path, ...]]:
+    """(format, files) of the weights in `path`; safetensors is preferred when both are present."""
+    for index, fmt in ((SAFETENSORS_INDEX, "safetensors"), (BIN_INDEX, "bin")):
+        if (path / index).is_file():
+            index_json = read_json(path / index)
+            weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{path / index} has no weight_map; the index is corrupt")
+            files = tuple(path / f for f in dict.fromkeys(weight_map.values()))
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(
+                    f"{path / index} lists shard {missing[0]} which is missing"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                    + "; the download is incomplete"
+                )
+            return fmt, files
+    if (path / SAFETENSORS).is_file():
+        return "safetensors", (path / SAFETENSORS,)
+    if (path / BIN).is_file():
+        return "bin", (path / BIN,)
+    raise CheckpointError(f"no weights in {path} (expected {WEIGHT_FILES})")
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Detect the layout of a checkpoint directory and check that its config and weight files are there."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"no {CONFIG} in {path}; not a model checkpoint directory")
+    raw = read_json(path / CONFIG)
+    layout, cfg = parse_config(raw, path / CONFIG)
+    fmt, files = find_weights(path)
+    return CheckpointInfo(path, layout, cfg, raw, fmt, files)
+
+
+def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical tensor names and shapes a checkpoint of `cfg` holds (lm_head.weight included)."""
+    d, D, N, R, K, V = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv, cfg.padded_vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"backbone.embedding.weight": (V, d)}
+
+    def norm(prefix: str):
+        shapes[f"{prefix}.weight"] = (d,)
+        if not cfg.rms_norm:
+            shapes[f"{prefix}.bias"] = (d,)
+
+    for i in range(cfg.n_layer):
+        p = f"backbone.layers.{i}"
+        norm(f"{p}.norm")
+        m = f"{p}.mixer"
+        shapes[f"{m}.A_log"] = (D, N)
+        shapes[f"{m}.D"] = (D,)
+        shapes[f"{m}.in_proj.weight"] = (2 * D, d)
+        if cfg.bias:
+            shapes[f"{m}.in_proj.bias"] = (2 * D,)
+        shapes[f"{m}.conv1d.weight"] = (D, 1, K)
+        if cfg.conv_bias:
+            shapes[f"{m}.conv1d.bias"] = (D,)
+        shapes[f"{m}.x_proj.weight"] = (R + 2 * N, D)
+        shapes[f"{m}.dt_proj.weight"] = (D, R)
+        shapes[f"{m}.dt_proj.bias"] = (D,)
+        shapes[f"{m}.out_proj.weight"] = (d, D)
+        if cfg.bias:
+            shapes[f"{m}.out_proj.bias"] = (d,)
+    norm("backbone.norm_f")
+    shapes["lm_head.weight"] = (V, d)
+    return shapes
+
+
+def parameter_count(cfg: MambaConfig) -> int:
+    """Number of parameters, counting a tied LM head once."""
+    shapes = expected_shapes(cfg)
+    if cfg.tie_embeddings:
+        del shapes["lm_head.weight"]
+    return sum(math.prod(s) for s in shapes.values())
