@@ -166,7 +166,7 @@ def test_chunked_is_finite_with_large_decay():
     assert_matches(y, ss.selective_scan_ref(*(inp[k] for k in NAMES[:8]), False, inp["initial_state"]))
 
 
-def test_reference_backend_uses_chunked_for_long_sequences(monkeypatch):
+def test_reference_backend_uses_chunked_for_long_sequences_under_autograd(monkeypatch):
     import simba_convert.ops.selective_scan_chunked as ssc
 
     calls = []
@@ -174,9 +174,13 @@ def test_reference_backend_uses_chunked_for_long_sequences(monkeypatch):
     monkeypatch.setattr(ssc, "selective_scan_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
     inp = cast(make_inputs(1, ss.CHUNKED_MIN_LEN, 3, 4), torch.float32)
     args = [inp[k] for k in NAMES[:8]]
+    with torch.no_grad():
+        ss.selective_scan(*args, True, backend="reference")
+    assert calls == [], "without gradients the loop is used"
+    args[0] = args[0].clone().requires_grad_()
     y = ss.selective_scan(*args, True, backend="reference")
     assert calls == [1]
-    assert_matches(y, ss.selective_scan_ref(*args, True))
+    assert_matches(y.detach(), ss.selective_scan_ref(*[a.detach() if a is not None else a for a in args], True))
     short = [t[:, :5] if t is not None and t.dim() == 3 else t for t in args]
     ss.selective_scan(*short, True, backend="reference")
     assert calls == [1]

@@ -62,8 +62,10 @@ def selective_scan(
 ):
     """Same contract as `selective_scan_ref`; `backend` is auto | triton | reference (see ops.backend).
 
-    `reference` runs `selective_scan_ref` for short sequences and the equivalent chunked PyTorch scan
-    (`selective_scan_chunked`) for L >= CHUNKED_MIN_LEN.
+    `reference` runs `selective_scan_ref`, except when autograd will differentiate a long sequence
+    (L >= CHUNKED_MIN_LEN): then the equivalent chunked PyTorch scan (`selective_scan_chunked`), whose
+    graph has L/T nodes instead of L. Without gradients the loop is the faster of the two on the CPU
+    (ops/README.md, "Selective scan").
     """
     from . import backend as _backend
 
@@ -74,8 +76,10 @@ def selective_scan(
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
-    if u.shape[1] >= CHUNKED_MIN_LEN:
-        # Same results as the loop (fp32 contract), 2-4x faster on CPU: ops/README.md, "Selective scan".
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    )
+    if needs_grad and u.shape[1] >= CHUNKED_MIN_LEN:
         from .selective_scan_chunked import selective_scan_chunked
 
         return selective_scan_chunked(
