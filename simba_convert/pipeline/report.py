@@ -21,6 +21,10 @@ def versions() -> dict:
     return out
 
 
+def _ppl(nll: float) -> float:
+    return math.exp(nll) if nll < 700 else float("inf")
+
+
 def summary_text(report: dict) -> str:
     """The final summary table printed by the CLI and written to report.txt."""
     s = report["simba"]
@@ -33,7 +37,7 @@ def summary_text(report: dict) -> str:
         f" L={s['flops_reference']['seq_len']}, P={s['protect']}, criterion {s['criterion']})",
         f"  schedule                {s['schedule']} ({cal['best']['label']}, {cal['evaluations']} candidates)",
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
-        f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {math.exp(cal['best']['nll']):.3f}",
+        f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {_ppl(cal['best']['nll']):.3f}",
         "",
         "  layer  keep   tokens@L  score top-25% share",
     ]

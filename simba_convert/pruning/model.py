@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..model.mamba import MambaLM
 from ..ops.impact_score import impact_score
-from .spec import PruningSpec, forced_count
+from .spec import PruningSpec, keep_counts
 
 
 @dataclass
@@ -55,18 +55,22 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def select_kept(
-    scores: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor, k_next: torch.Tensor
+    scores: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor, k_next: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Slots to keep for the next layer, in original order: (slots [B, K], valid [B, K]) with K = max(k_next).
+
+    k_next holds each sample's count on the host, so choosing costs no device-to-host synchronisation.
 
     Protected slots (the last `protect` real tokens, and always the last) win over any score; padded
     slots never win. Slots are in original order, so sorting the chosen slots restores that order.
     """
     key = torch.where(protected, torch.full_like(scores, float("inf")), scores.float())
     key = torch.where(valid, key, torch.full_like(key, float("-inf")))
-    K = int(k_next.max())
+    K = max(k_next)
     top = torch.topk(key, K, dim=1, sorted=True).indices  # best first
-    keep = torch.arange(K, device=key.device)[None] < k_next[:, None]
+    if min(k_next) == K:
+        return top.sort(dim=1).values, torch.ones_like(top, dtype=torch.bool)
+    keep = torch.arange(K, device=key.device)[None] < torch.tensor(k_next, device=key.device)[:, None]
     order_key = torch.where(keep, top, top.new_full(top.shape, key.shape[1]))
     slots = order_key.sort(dim=1).values  # original order (slots are in position order), padding last
     kept_valid = slots < key.shape[1]
@@ -122,48 +126,46 @@ class PrunedMambaLM(nn.Module):
             pos = torch.arange(L, device=dev).expand(bsz, L)
             valid = torch.ones(bsz, L, dtype=torch.bool, device=dev)
             lengths = torch.full((bsz,), L, device=dev)
+            n_real = [L] * bsz
             hidden = emb
         else:
             pos, valid, lengths = _compact(mask)
+            n_real = lengths.tolist()  # the one host sync: every later count follows from these
             hidden = _gather(emb, pos.clamp_max(L - 1))
         # rank among the sample's real tokens decides protection (positions differ under left padding)
         rank = torch.arange(pos.shape[1], device=dev).expand_as(pos)
         protected = valid & (rank >= (lengths[:, None] - max(1, P)))
         if self.spec.criterion == "random" and generator is None:
             generator = torch.Generator(device=dev).manual_seed(self.spec.seed)
-        ratios = torch.tensor(self.spec.keep_ratios, dtype=torch.float64)
+        counts = [keep_counts(self.spec.keep_ratios, n, P) for n in n_real]  # [B][layer], known on the host
         kept_log, states, residual = [], [], None
-        frozen = None  # [B, L+1, d]: the final stream of pruned tokens; slot L absorbs padding writes
+        frozen = None  # [B, L+1, d]: the final stream of every token; slot L absorbs padding writes
         for i, layer in enumerate(layers):
             kept_log.append(torch.where(valid, pos, -1))
             h, residual = layer.add_norm(hidden, residual)
-            k_next = None
-            if i + 1 < len(layers):
-                k_next = self._next_counts(ratios[i + 1], lengths, P).to(dev)
-            cur = valid.sum(1)
-            prune = k_next is not None and bool((k_next < cur).any())
+            prune = i + 1 < len(layers) and any(c[i + 1] < c[i] for c in counts)
             res = self._mixer(layer, h, want_state, prune)
             hidden, extras = (res[0], res[1:]) if isinstance(res, tuple) else (res, ())
             if want_state:
                 states.append(extras[0])
             if not prune:
                 continue
-            internals = extras[-1]
-            it = internals
+            it = extras[-1]
             with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
                 scores = impact_score(it.u, it.delta, it.A, it.Bm, it.Cm, criterion=self.spec.criterion,
                                       signed=self.spec.signed, mask=valid, y=hidden, generator=generator,
                                       backend=self.score_backend)
+            k_next = [c[i + 1] for c in counts]
             slots, new_valid = select_kept(scores, valid, protected, k_next)
-            stream = hidden.to(residual.dtype) + residual
-            frozen = self._freeze(frozen, stream, pos, valid, L)
+            frozen = self._freeze(frozen, hidden.to(residual.dtype) + residual, pos, valid, L)
             hidden, residual = _gather(hidden, slots), _gather(residual, slots)
             pos, valid = torch.where(new_valid, _gather(pos, slots), L), new_valid
             protected = _gather(protected, slots) & valid
-        stream = hidden.to(residual.dtype) + residual
-        frozen = self._freeze(frozen, stream, pos, valid, L)
+        frozen = self._freeze(frozen, hidden.to(residual.dtype) + residual, pos, valid, L)
         info = PruneInfo(kept=kept_log, lengths=lengths)
         if num_last is not None:
+            if num_last > min(n_real):
+                raise ValueError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
             last_real = self._last_real_positions(mask, lengths, int(num_last))
             return self.dense.head(_gather(frozen, last_real)), info, states
         logits = self.dense.head(frozen[:, :L])
@@ -180,27 +182,19 @@ class PrunedMambaLM(nn.Module):
     @staticmethod
     def _last_real_positions(mask: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
         """[B, n] original positions of each sample's last n real tokens (n <= every length)."""
-        if n > int(lengths.min()):
-            raise ValueError(f"num_last={n} exceeds the shortest sample ({int(lengths.min())} real tokens)")
         pos, _, _ = _compact(mask)
         rank = lengths[:, None] - n + torch.arange(n, device=mask.device)[None]
         return torch.gather(pos, 1, rank)
-
-    @staticmethod
-    def _next_counts(r: torch.Tensor, lengths: torch.Tensor, P: int) -> torch.Tensor:
-        """k = ceil(r·n) per sample, never below the forced set (same rule as spec.keep_counts)."""
-        n = lengths.double().cpu()
-        k = torch.ceil(torch.round(r * n * 1e9) / 1e9).long()
-        forced = torch.tensor([forced_count(int(x), P) for x in lengths.tolist()], dtype=torch.long)
-        return torch.minimum(torch.maximum(k, forced), lengths.cpu().long())
 
     @staticmethod
     def _freeze(frozen, stream, pos, valid, L):
         """Write the current stream of every alive token to its original position (later layers overwrite survivors)."""
         if frozen is None:
             frozen = stream.new_zeros(stream.shape[0], L + 1, stream.shape[2])
-        idx = torch.where(valid, pos, L)
-        return frozen.scatter(1, idx[:, :, None].expand(-1, -1, stream.shape[2]), stream)
+        idx = torch.where(valid, pos, L)[:, :, None].expand(-1, -1, stream.shape[2])
+        if torch.is_grad_enabled():  # out of place, so autograd sees each write (fine-tuning)
+            return frozen.scatter(1, idx, stream)
+        return frozen.scatter_(1, idx, stream)
 
     # --- generation (SIMBA.md §8): pruned prefill, dense recurrent decoding --------------------------
     @torch.no_grad()
