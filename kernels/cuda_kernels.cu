@@ -1,0 +1,224 @@
+// CUDA kernels of SelectiveScan and ImpactScore, and their extern "C" launchers (cuda_kernels.h).
+// Only kernels live here: nvcc cannot parse the ORT lite custom-op header (ONNX.md pitfall 8), so the
+// ORT glue is cuda_ops.cc, compiled by the host compiler.
+//
+// One thread per (batch row, channel) walks the sequence with its N-state in registers; a block's
+// threads share a batch row, so the per-step B/C rows are staged once per block in shared memory.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda_kernels.h"
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kTile = 32;  // time steps of B/C staged in shared memory at once
+
+__device__ __forceinline__ float ld(float x) { return x; }
+__device__ __forceinline__ float ld(__half x) { return __half2float(x); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+
+// Stages rows [t0, t0 + n) of a [B, L, N] tensor into s[kTile][N] (fp32) for batch row b.
+template <typename T>
+__device__ void stage(const T* x, float* s, int64_t b, int64_t L, int N, int64_t t0, int n) {
+  for (int i = threadIdx.x; i < n * N; i += blockDim.x) s[i] = ld(x[(b * L + t0) * N + i]);
+}
+
+template <typename T, int NMAX>
+__global__ void __launch_bounds__(kThreads) selective_scan_kernel(
+    const T* __restrict__ u, const T* __restrict__ delta, const float* __restrict__ A, const T* __restrict__ Bm,
+    const T* __restrict__ Cm, const float* __restrict__ Dskip, const T* __restrict__ z,
+    const float* __restrict__ dbias, T* __restrict__ y, float* __restrict__ last, int64_t L, int64_t D, int N) {
+  extern __shared__ float smem[];
+  float* sB = smem;
+  float* sC = smem + kTile * N;
+  const int64_t b = blockIdx.y, d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool live = d < D;
+  float a[NMAX], h[NMAX];
+#pragma unroll
+  for (int n = 0; n < NMAX; ++n) {
+    a[n] = (live && n < N) ? A[d * N + n] : 0.f;
+    h[n] = 0.f;
+  }
+  const float bias = live ? dbias[d] : 0.f, dsk = live ? Dskip[d] : 0.f;
+  for (int64_t t0 = 0; t0 < L; t0 += kTile) {
+    const int nt = static_cast<int>(L - t0 < kTile ? L - t0 : kTile);
+    __syncthreads();
+    stage(Bm, sB, b, L, N, t0, nt);
+    stage(Cm, sC, b, L, N, t0, nt);
+    __syncthreads();
+    if (!live) continue;
+    for (int i = 0; i < nt; ++i) {
+      const int64_t idx = (b * L + t0 + i) * D + d;
+      const float dl = softplus(ld(delta[idx]) + bias), uu = ld(u[idx]), du = dl * uu;
+      float acc = 0.f;
+#pragma unroll
+      for (int n = 0; n < NMAX; ++n) {
+        if (n < N) {
+          h[n] = __expf(dl * a[n]) * h[n] + du * sB[i * N + n];
+          acc += h[n] * sC[i * N + n];
+        }
+      }
+      const float zz = ld(z[idx]);
+      st(&y[idx], (acc + dsk * uu) * (zz / (1.f + __expf(-zz))));
+    }
+  }
+  if (live) {
+#pragma unroll
+    for (int n = 0; n < NMAX; ++n)
+      if (n < N) last[(b * D + d) * N + n] = h[n];
+  }
+}
+
+// Order-preserving float <-> int map, so atomicMax on ints gives the max of floats.
+__device__ __forceinline__ int f2key(float f) {
+  const int i = __float_as_int(f);
+  return i >= 0 ? i : i ^ 0x7fffffff;
+}
+__device__ __forceinline__ float key2f(int k) { return __int_as_float(k >= 0 ? k : k ^ 0x7fffffff); }
+
+__global__ void fill_keys(int* key, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) key[i] = f2key(-__int_as_float(0x7f800000));
+}
+
+__global__ void keys_to_float(int* key, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) reinterpret_cast<float*>(key)[i] = key2f(key[i]);
+}
+
+// Max over the block's channels of v for one time step -> one atomicMax per warp.
+__device__ __forceinline__ void block_max(float v, int* key) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  if ((threadIdx.x & 31) == 0) atomicMax(key, f2key(v));
+}
+
+// criterion 0 = last: contribution of token t to y_T; 1 = global: to all y_t..y_T (reverse scan G).
+template <typename T, int NMAX>
+__global__ void __launch_bounds__(kThreads) impact_score_kernel(
+    const T* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ A,
+    const T* __restrict__ Bm, const T* __restrict__ Cm, int* __restrict__ key, int64_t L, int64_t D, int N,
+    int criterion, int signed_score) {
+  extern __shared__ float smem[];
+  float* sB = smem;
+  float* sC = smem + kTile * N;
+  const int64_t b = blockIdx.y, d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool live = d < D;
+  const float ninf = -__int_as_float(0x7f800000);
+  float a[NMAX], g[NMAX], cT[NMAX];
+#pragma unroll
+  for (int n = 0; n < NMAX; ++n) {
+    a[n] = (live && n < N) ? A[d * N + n] : 0.f;
+    g[n] = 0.f;
+    cT[n] = n < N ? ld(Cm[(b * L + L - 1) * N + n]) : 0.f;
+  }
+  float R = 0.f, dnext = 0.f;  // last: Σ_{k>t} delta_k ; global: delta_{t+1}
+  for (int64_t t1 = L; t1 > 0; t1 -= kTile) {
+    const int64_t t0 = t1 - kTile > 0 ? t1 - kTile : 0;
+    const int nt = static_cast<int>(t1 - t0);
+    __syncthreads();
+    stage(Bm, sB, b, L, N, t0, nt);
+    stage(Cm, sC, b, L, N, t0, nt);
+    __syncthreads();
+    for (int i = nt - 1; i >= 0; --i) {
+      const int64_t idx = (b * L + t0 + i) * D + d;
+      const float dl = live ? delta[idx] : 0.f;
+      float acc = 0.f;
+#pragma unroll
+      for (int n = 0; n < NMAX; ++n) {
+        if (n < N) {
+          if (criterion == 0) {
+            acc += __expf(a[n] * R) * (sB[i * N + n] * cT[n]);
+          } else {
+            g[n] = sC[i * N + n] + __expf(dnext * a[n]) * g[n];
+            acc += g[n] * sB[i * N + n];
+          }
+        }
+      }
+      R += dl;
+      dnext = dl;
+      float v = live ? ld(u[idx]) * dl * acc : ninf;
+      if (live && !signed_score) v = fabsf(v);
+      block_max(v, &key[b * L + t0 + i]);
+    }
+  }
+}
+
+template <typename T, int NMAX>
+cudaError_t launch_scan(const void* u, const void* delta, const float* A, const void* Bm, const void* Cm,
+                        const float* Dskip, const void* z, const float* dbias, void* y, float* last,
+                        int64_t B, int64_t L, int64_t D, int N, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B));
+  const size_t shm = 2 * kTile * N * sizeof(float);
+  selective_scan_kernel<T, NMAX><<<grid, kThreads, shm, stream>>>(
+      static_cast<const T*>(u), static_cast<const T*>(delta), A, static_cast<const T*>(Bm),
+      static_cast<const T*>(Cm), Dskip, static_cast<const T*>(z), dbias, static_cast<T*>(y), last, L, D, N);
+  return cudaGetLastError();
+}
+
+template <typename T, int NMAX>
+cudaError_t launch_score(const void* u, const float* delta, const float* A, const void* Bm, const void* Cm,
+                         float* score, int64_t B, int64_t L, int64_t D, int N, int criterion, int signed_score,
+                         cudaStream_t stream) {
+  int* key = reinterpret_cast<int*>(score);
+  const int64_t n = B * L;
+  const unsigned fill_blocks = static_cast<unsigned>((n + 255) / 256);
+  fill_keys<<<fill_blocks, 256, 0, stream>>>(key, n);
+  const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B));
+  const size_t shm = 2 * kTile * N * sizeof(float);
+  impact_score_kernel<T, NMAX><<<grid, kThreads, shm, stream>>>(
+      static_cast<const T*>(u), delta, A, static_cast<const T*>(Bm), static_cast<const T*>(Cm), key, L, D, N,
+      criterion, signed_score);
+  keys_to_float<<<fill_blocks, 256, 0, stream>>>(key, n);
+  return cudaGetLastError();
+}
+
+// Picks the register-array size for N (16, 32 or 64) and the element type.
+template <template <typename, int> class Fn, typename... Args>
+int dispatch(int half, int N, Args... args) {
+  if (N < 1 || N > kSimbaCudaMaxState) return static_cast<int>(cudaErrorInvalidValue);
+  cudaError_t e;
+  if (half) {
+    e = N <= 16 ? Fn<__half, 16>::run(args...) : N <= 32 ? Fn<__half, 32>::run(args...) : Fn<__half, 64>::run(args...);
+  } else {
+    e = N <= 16 ? Fn<float, 16>::run(args...) : N <= 32 ? Fn<float, 32>::run(args...) : Fn<float, 64>::run(args...);
+  }
+  return static_cast<int>(e);
+}
+
+template <typename T, int NMAX>
+struct ScanFn {
+  template <typename... A>
+  static cudaError_t run(A... a) { return launch_scan<T, NMAX>(a...); }
+};
+template <typename T, int NMAX>
+struct ScoreFn {
+  template <typename... A>
+  static cudaError_t run(A... a) { return launch_score<T, NMAX>(a...); }
+};
+
+}  // namespace
+
+extern "C" int simba_cuda_selective_scan(int half, const void* u, const void* delta, const float* A, const void* Bm,
+                                         const void* Cm, const float* Dskip, const void* z, const float* dbias,
+                                         void* y, float* last, int64_t B, int64_t L, int64_t D, int N, void* stream) {
+  if (B == 0 || D == 0) return 0;
+  return dispatch<ScanFn>(half, N, u, delta, A, Bm, Cm, Dskip, z, dbias, y, last, B, L, D, N,
+                          static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int simba_cuda_impact_score(int half, const void* u, const float* delta, const float* A, const void* Bm,
+                                       const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N,
+                                       int criterion, int signed_score, void* stream) {
+  if (B == 0 || L == 0 || D == 0) return 0;
+  return dispatch<ScoreFn>(half, N, u, delta, A, Bm, Cm, score, B, L, D, N, criterion, signed_score,
+                           static_cast<cudaStream_t>(stream));
+}
+
+extern "C" const char* simba_cuda_error_string(int code) {
+  return cudaGetErrorString(static_cast<cudaError_t>(code));
+}

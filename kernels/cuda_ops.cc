@@ -1,0 +1,84 @@
+// ORT glue of the CUDA kernels: validates shapes, allocates outputs on the CUDA EP and launches on the
+// EP's compute stream (no device synchronisation). Inputs and outputs are device pointers.
+#include "cuda_ops.h"
+
+#include <cstdio>
+
+#include "cuda_kernels.h"
+
+namespace simba_ort {
+namespace {
+
+template <typename T>
+constexpr int is_half() { return std::is_same<T, Ort::Float16_t>::value ? 1 : 0; }
+
+Ort::Status cuda_status(int code, const char* op) {
+  if (code == 0) return Ort::Status{nullptr};
+  std::string msg = std::string(op) + " (CUDA): " + simba_cuda_error_string(code);
+  return Ort::Status(msg.c_str(), ORT_EP_FAIL);
+}
+
+std::string check_state(int64_t N) {
+  if (N >= 1 && N <= kSimbaCudaMaxState) return {};
+  return "the CUDA kernels support d_state N in [1, " + std::to_string(kSimbaCudaMaxState) + "], got " +
+         std::to_string(N);
+}
+
+template <typename T>
+Ort::Status SelectiveScanCuda(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<T>& delta,
+                              const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C,
+                              const Tensor<float>& D, const Tensor<T>& z, const Tensor<float>& delta_bias,
+                              Tensor<T>& y, Tensor<float>& last_state) {
+  simba::Dims s{};
+  std::string err = check_scan(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), D.Shape(),
+                               z.Shape(), delta_bias.Shape(), &s);
+  if (err.empty()) err = check_state(s.nstate);
+  if (!err.empty()) return bad(err);
+  if (trace()) std::fprintf(stderr, "[simba] SelectiveScan cuda B=%lld L=%lld D=%lld N=%lld\n",
+                            (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+  T* out = y.Allocate(u.Shape());
+  float* last = last_state.Allocate({s.batch, s.dim, s.nstate});
+  void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+  return cuda_status(
+      simba_cuda_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), D.Data(),
+                                z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim,
+                                static_cast<int>(s.nstate), stream),
+      "SelectiveScan");
+}
+
+template <typename T>
+struct ImpactScoreCuda : ImpactScoreAttrs {
+  using ImpactScoreAttrs::ImpactScoreAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<float>& delta,
+                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C, Tensor<float>& score) {
+    if (!error.empty()) return bad(error);
+    simba::Dims s{};
+    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), &s);
+    if (err.empty()) err = check_state(s.nstate);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cuda %s B=%lld L=%lld D=%lld N=%lld\n", name(),
+                              (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+    float* out = score.Allocate({s.batch, s.len});
+    void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+    const int crit = criterion == simba::Criterion::kLast ? 0 : 1;
+    return cuda_status(
+        simba_cuda_impact_score(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), out,
+                                s.batch, s.len, s.dim, static_cast<int>(s.nstate), crit, signed_score ? 1 : 0,
+                                stream),
+        "ImpactScore");
+  }
+};
+
+}  // namespace
+
+void add_cuda_ops(OpList& ops) {
+  using Ort::Custom::CreateLiteCustomOp;
+  constexpr const char* kCuda = "CUDAExecutionProvider";
+  ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCuda, SelectiveScanCuda<float>));
+  ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCuda, SelectiveScanCuda<Ort::Float16_t>));
+  ops.emplace_back(CreateLiteCustomOp<ImpactScoreCuda<float>>("ImpactScore", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<ImpactScoreCuda<Ort::Float16_t>>("ImpactScore", kCuda));
+}
+
+}  // namespace simba_ort

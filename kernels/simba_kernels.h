@@ -1,0 +1,67 @@
+// Kernels of the `simba` ONNX domain, free of ONNX Runtime types (the ORT glue is simba_ort_ops.cc).
+//
+// Layout is that of the PyTorch ops (CONTRIBUTING.md "Shapes"), row-major:
+//   u, delta, z, y [B, L, D];  A [D, N];  Bm, Cm [B, L, N];  Dskip, delta_bias [D];  state [B, D, N];
+//   score [B, L].
+// SelectiveScan takes the RAW delta (dt_proj without its bias) and fuses softplus(delta + delta_bias),
+// exactly as `selective_scan(..., delta_bias=b, delta_softplus=True)` does; ImpactScore takes the
+// post-softplus delta, as `impact_score_ref` does. Everything is computed in fp32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace simba {
+
+// IEEE binary16 storage; kernels load it to fp32 and store fp32 results rounded to nearest even.
+struct half_t {
+  uint16_t bits;
+};
+
+constexpr int64_t kBlockD = 16;
+
+struct Dims {
+  int64_t batch, len, dim, nstate;  // B, L, D, N
+  int64_t blocks() const { return (dim + kBlockD - 1) / kBlockD; }
+  int64_t jobs() const { return batch * blocks(); }  // one CPU job = one (batch row, channel block)
+};
+
+template <typename T>
+struct ScanArgs {
+  Dims s;
+  const T *u, *delta, *Bm, *Cm, *z;
+  const float *A, *Dskip, *delta_bias;
+  T* y;
+  float* last_state;
+};
+
+enum class Criterion : int { kLast = 0, kGlobal = 1 };
+
+template <typename T>
+struct ScoreArgs {
+  Dims s;
+  const T *u, *Bm, *Cm;
+  const float *delta, *A;
+  Criterion criterion;
+  bool signed_score;
+  float* partial;  // [B, blocks, L] scratch: the max over one block's channels
+};
+
+// The kernels are compiled once per instruction set (cpu_kernels.cc built twice: `base` for any x86-64
+// or other CPU, `avx2` with AVX2+FMA on x86-64); the ORT glue picks one at registration.
+#define SIMBA_DECLARE_CPU_KERNELS(isa)                                                        \
+  namespace isa {                                                                              \
+  /* Runs job `job` in [0, s.jobs()): the scan of one batch row over kBlockD channels. */     \
+  template <typename T>                                                                        \
+  void selective_scan_job(const ScanArgs<T>& a, int64_t job);                                  \
+  /* Fills partial[b, block, :]; impact_score_reduce then takes the max over blocks. */        \
+  template <typename T>                                                                        \
+  void impact_score_job(const ScoreArgs<T>& a, int64_t job);                                   \
+  void impact_score_reduce(const Dims& s, const float* partial, float* score);                 \
+  float half_to_float(uint16_t h);                                                             \
+  uint16_t float_to_half(float f);                                                             \
+  }
+SIMBA_DECLARE_CPU_KERNELS(base)
+SIMBA_DECLARE_CPU_KERNELS(avx2)
+
+}  // namespace simba

@@ -1,0 +1,154 @@
+// ONNX Runtime entry point of libsimba_ort_ops.so: registers the `simba` domain (SelectiveScan,
+// ImpactScore) for the CPU execution provider (fp32 and fp16) and, when built with SIMBA_WITH_CUDA,
+// for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
+// Built against the API-21 headers (ORT 1.21); older runtimes get an error status instead of a crash.
+#include <cstdio>
+#include <mutex>
+
+#include "ort_common.h"
+
+#ifdef SIMBA_WITH_CUDA
+#include "cuda_ops.h"
+#endif
+
+namespace simba_ort {
+namespace {
+
+template <typename T>
+struct KernelType;  // ORT element type -> kernel storage type
+template <>
+struct KernelType<float> { using type = float; };
+template <>
+struct KernelType<Ort::Float16_t> { using type = simba::half_t; };
+static_assert(sizeof(Ort::Float16_t) == sizeof(simba::half_t), "fp16 storage must be 2 bytes");
+
+template <typename K>
+const K* as_kernel(const void* p) { return static_cast<const K*>(p); }
+
+template <typename K>
+struct CpuKernels {
+  void (*scan)(const simba::ScanArgs<K>&, int64_t);
+  void (*score)(const simba::ScoreArgs<K>&, int64_t);
+};
+
+// AVX2+FMA kernels where the CPU has them (about 4x the SSE2 baseline), else the portable build;
+// SIMBA_OPS_ISA=base forces the portable build (tests run both).
+bool use_avx2() {
+#ifdef SIMBA_HAVE_AVX2
+  static const bool on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::string(std::getenv("SIMBA_OPS_ISA") ? std::getenv("SIMBA_OPS_ISA") : "") != "base";
+  return on;
+#else
+  return false;
+#endif
+}
+
+template <typename K>
+CpuKernels<K> cpu_kernels() {
+#ifdef SIMBA_HAVE_AVX2
+  if (use_avx2()) return {simba::avx2::selective_scan_job<K>, simba::avx2::impact_score_job<K>};
+#endif
+  return {simba::base::selective_scan_job<K>, simba::base::impact_score_job<K>};
+}
+
+// Runs job(args, i) for i in [0, jobs) on ORT's intra-op thread pool.
+template <typename Args>
+void run_jobs(OrtKernelContext* ctx, const Args& args, void (*job)(const Args&, int64_t), int64_t jobs) {
+  if (jobs <= 0) return;
+  struct Work {
+    const Args* args;
+    void (*job)(const Args&, int64_t);
+  } work{&args, job};
+  auto fn = [](void* data, size_t i) {
+    auto* w = static_cast<Work*>(data);
+    w->job(*w->args, static_cast<int64_t>(i));
+  };
+  Ort::KernelContext(ctx).ParallelFor(fn, static_cast<size_t>(jobs), 0, &work);
+}
+
+template <typename T>
+Ort::Status SelectiveScanCpu(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<T>& delta,
+                             const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C,
+                             const Tensor<float>& D, const Tensor<T>& z, const Tensor<float>& delta_bias,
+                             Tensor<T>& y, Tensor<float>& last_state) {
+  using K = typename KernelType<T>::type;
+  simba::Dims s{};
+  std::string err = check_scan(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), D.Shape(),
+                               z.Shape(), delta_bias.Shape(), &s);
+  if (!err.empty()) return bad(err);
+  if (trace()) std::fprintf(stderr, "[simba] SelectiveScan cpu-%s B=%lld L=%lld D=%lld N=%lld\n",
+                            use_avx2() ? "avx2" : "base", (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+  simba::ScanArgs<K> a{s,
+                       as_kernel<K>(u.Data()), as_kernel<K>(delta.Data()), as_kernel<K>(B.Data()),
+                       as_kernel<K>(C.Data()), as_kernel<K>(z.Data()),
+                       A.Data(), D.Data(), delta_bias.Data(),
+                       reinterpret_cast<K*>(y.Allocate(u.Shape())),
+                       last_state.Allocate({s.batch, s.dim, s.nstate})};
+  run_jobs(ctx, a, cpu_kernels<K>().scan, s.jobs());
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+struct ImpactScoreCpu : ImpactScoreAttrs {
+  using ImpactScoreAttrs::ImpactScoreAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<float>& delta,
+                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C, Tensor<float>& score) {
+    using K = typename KernelType<T>::type;
+    if (!error.empty()) return bad(error);
+    simba::Dims s{};
+    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), &s);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cpu-%s %s B=%lld L=%lld D=%lld N=%lld\n",
+                              use_avx2() ? "avx2" : "base", name(),
+                              (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+    float* out = score.Allocate({s.batch, s.len});
+    std::vector<float> partial(static_cast<size_t>(s.batch * s.blocks() * s.len));
+    simba::ScoreArgs<K> a{s, as_kernel<K>(u.Data()), as_kernel<K>(B.Data()), as_kernel<K>(C.Data()),
+                          delta.Data(), A.Data(), criterion, signed_score, partial.data()};
+    run_jobs(ctx, a, cpu_kernels<K>().score, s.jobs());
+    simba::base::impact_score_reduce(s, partial.data(), out);
+    return Ort::Status{nullptr};
+  }
+};
+
+// The ops and the domain must outlive every session that uses them (ONNX.md pitfall 12).
+std::mutex g_mutex;
+OpList g_ops;
+std::unique_ptr<Ort::CustomOpDomain> g_domain;
+
+void build_domain() {
+  using Ort::Custom::CreateLiteCustomOp;
+  constexpr const char* kCpu = "CPUExecutionProvider";
+  g_domain = std::make_unique<Ort::CustomOpDomain>("simba");
+  g_ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCpu, SelectiveScanCpu<float>));
+  g_ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCpu, SelectiveScanCpu<Ort::Float16_t>));
+  g_ops.emplace_back(CreateLiteCustomOp<ImpactScoreCpu<float>>("ImpactScore", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<ImpactScoreCpu<Ort::Float16_t>>("ImpactScore", kCpu));
+#ifdef SIMBA_WITH_CUDA
+  add_cuda_ops(g_ops);
+#endif
+  for (auto& op : g_ops) g_domain->Add(op.get());
+}
+
+}  // namespace
+}  // namespace simba_ort
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    // Only API 1 is certain to exist in an older runtime; use it to report the problem.
+    return api_base->GetApi(1)->CreateStatus(
+        ORT_FAIL, "libsimba_ort_ops needs onnxruntime >= 1.21 (C API version 21)");
+  }
+  Ort::InitApi(api);
+  try {
+    std::lock_guard<std::mutex> lock(simba_ort::g_mutex);
+    if (!simba_ort::g_domain) simba_ort::build_domain();
+    Ort::UnownedSessionOptions(options).Add(*simba_ort::g_domain);
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}

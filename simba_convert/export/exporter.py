@@ -1,0 +1,171 @@
+"""`export_onnx`: the sparsified (or dense) prefill of a model as one ONNX file, checked and verified.
+
+The file has input `input_ids [batch, seq]` (int64, both dims dynamic) and outputs
+  logits    [batch, n_protect, vocab]  for the last n_protect = min(max(1, P), seq) positions,
+  kept_mask [n_layer, batch, seq]      (bool) True where layer l processed original position t.
+The scan and the impact scores are `simba` custom nodes, each with a model-local Scan reference
+function, so stock onnxruntime runs the file; with libsimba_ort_ops registered the C++ kernels run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, require
+
+log = logging.getLogger("simba_convert.export")
+
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with room for the graph itself
+_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def _export_dtype(model_dtype, dtype):
+    """torch dtype of the exported file: `dtype` if given, else the model's (float32 for a bf16 model)."""
+    import torch
+
+    if dtype is None:
+        name = str(model_dtype).replace("torch.", "")
+        if name not in _DTYPES:
+            log.info("ONNX export: the model is %s; exporting float32 (pass dtype='float16' for half)", name)
+            name = "float32"
+    else:
+        name = str(dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ConfigError(f"ONNX export supports float32 and float16, not {name} (pass dtype='float32' or 'float16')")
+    return getattr(torch, _DTYPES[name])
+
+
+def _prefill_graph(model, protect, dtype):
+    """The PrefillGraph for a PrunedMambaLM or a dense MambaLM, on a copy of the weights if the dtype changes."""
+    from .graph import PrefillGraph
+
+    if getattr(model, "is_pruned", False):
+        dense, spec = model.dense, model.spec
+        ratios, criterion, signed = spec.keep_ratios, spec.criterion, spec.signed
+        P = spec.protect if protect is None else int(protect)
+    else:
+        dense, ratios, criterion, signed = model, (1.0,) * model.config.n_layer, "last", False
+        P = 1 if protect is None else int(protect)
+    if dense.dtype != dtype:
+        dense = copy.deepcopy(dense).to(dtype)
+    return PrefillGraph(dense, ratios, criterion=criterion, signed=signed, protect=P).eval()
+
+
+def _dynamic_dims():
+    import torch
+
+    dyn = getattr(torch.export.Dim, "DYNAMIC", None)
+    # Named Dims turn export-time guards (e.g. seq >= P from slicing the suffix) into errors; DYNAMIC
+    # only records them. The ONNX ops (Slice clamps) stay valid for every length either way.
+    return (dyn, dyn) if dyn is not None else (torch.export.Dim("batch"), torch.export.Dim("seq"))
+
+
+def _name_dims(model) -> None:
+    """Readable symbolic dims on the graph inputs/outputs: batch, seq, n_protect (the exporter's are s0, u2, ...)."""
+    names = {}
+    for d, new in zip(model.graph.input[0].type.tensor_type.shape.dim, ("batch", "seq")):
+        if d.dim_param:
+            names[d.dim_param] = new
+            d.dim_param = new
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_param = names[d.dim_param]
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.name == "logits" and len(dims) == 3 and not dims[1].dim_value:
+            dims[1].dim_param = "n_protect"
+
+
+def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=None, check: bool = True,
+                library=None, verify_seq: int | None = None) -> dict:
+    """Export `model` (PrunedMambaLM or dense MambaLM) to `path`; returns a JSON-serialisable report.
+
+    protect: the protected suffix P (default: the model's spec, or 1 for a dense model).
+    dtype: float32 | float16 (default: the model's; float32 for bf16). check: run onnx.checker (full) and compare
+    onnxruntime with PyTorch, without the library and (when found, or library=True) with it.
+    library: None/"auto", True, False or a path to libsimba_ort_ops.so, for the verification run.
+    """
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    import torch
+
+    from .functions import MIN_OPSET, attach_reference_functions
+    from .onnx_ops import DOMAIN, translation_table
+
+    if not MIN_OPSET <= opset <= 23:
+        raise ConfigError(f"opset must be in [{MIN_OPSET}, 23], got {opset}")
+    dt = _export_dtype(model.dtype, dtype)
+    graph = _prefill_graph(model, protect, dt)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_params = sum(p.numel() * p.element_size() for p in graph.dense.parameters())
+    external = n_params > EXTERNAL_DATA_BYTES
+    P = graph.protect
+    example = torch.randint(0, graph.dense.config.vocab_size, (2, P + 17), device=graph.dense.device)
+    batch, seq = _dynamic_dims()
+
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with torch.no_grad():
+            prog = torch.onnx.export(
+                graph, (example,), dynamo=True, opset_version=opset, verbose=False,
+                input_names=["input_ids"], output_names=["logits", "kept_mask"],
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}},
+                custom_translation_table=translation_table(),
+            )
+        staged = tmp / path.name
+        prog.save(str(staged), external_data=external)
+        proto = onnx.load(str(staged), load_external_data=False)
+        # after every exporter/optimiser pass: they would inline the functions (ONNX.md pitfall 1)
+        attach_reference_functions(proto)
+        _name_dims(proto)
+        onnx.save(proto, str(staged))
+        if check:
+            onnx.checker.check_model(str(staged), full_check=True)
+        for f in sorted(tmp.iterdir(), key=lambda p: p == staged):  # the .onnx last: it names its data file
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+
+    counts = {}
+    for n in proto.graph.node:
+        if n.domain == DOMAIN:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    report = {
+        "path": str(path),
+        "opset": opset,
+        "ir_version": proto.ir_version,
+        "dtype": str(dt).replace("torch.", ""),
+        "dense": all(r == 1.0 for r in graph.ratios),
+        "keep_ratios": list(graph.ratios),
+        "criterion": graph.criterion,
+        "protect": P,
+        "inputs": {"input_ids": ["batch", "seq"]},
+        "outputs": {"logits": ["batch", "n_protect", graph.dense.config.padded_vocab_size],
+                    "kept_mask": [graph.dense.config.n_layer, "batch", "seq"]},
+        "custom_nodes": counts,
+        "functions": [f"{f.domain}.{f.name}" for f in proto.functions],
+        "external_data": external,
+        "size_bytes": sum(f.stat().st_size for f in path.parent.glob(path.name + "*")),
+        "export_seconds": round(seconds, 2),
+        "checker": "passed" if check else "skipped",
+    }
+    if check:
+        from .verify import verify_export
+
+        report["verify"] = verify_export(model, path, dtype=dt, protect=P, library=library, seq=verify_seq)
+        report["passed"] = report["verify"]["passed"]
+        if not report["passed"]:
+            log.warning("ONNX export %s does not match PyTorch: %s", path, report["verify"])
+    log.info("exported %s (%s, %d bytes, %.1f s)", path, report["dtype"], report["size_bytes"], seconds)
+    return report

@@ -1,0 +1,172 @@
+"""Model-local ONNX reference bodies for the `simba` ops, so stock onnxruntime runs the file as is.
+
+Each op gets a FunctionProto built from `Scan` (state [B, D, N], one step per position, nothing of size
+[B, L, D, N] materialised). onnxruntime inlines a model-local function when no registered kernel
+claims the node; when libsimba_ort_ops is registered its kernel runs instead (ONNX.md §3.1).
+The bodies compute in fp32 and cast the outputs back (CastLike), so one body serves fp32 and fp16.
+
+`ImpactScore`'s body is generated for the criterion and sign the model's nodes use (a function cannot
+switch on a string attribute); `attach_reference_functions` refuses a model whose nodes disagree.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from .onnx_ops import DOMAIN, VERSION
+
+MIN_OPSET = 18  # Reduce* ops with axes as an input, Pad with pads as an input
+
+
+class _Builder:
+    """Collects nodes with fresh names; `op` returns the single output name (or names)."""
+
+    def __init__(self, prefix: str):
+        self.nodes: list[onnx.NodeProto] = []
+        self._prefix, self._n = prefix, 0
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{self._prefix}{hint}_{self._n}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs):
+        outs = outputs if isinstance(outputs, list) else [self.fresh(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def const(self, value, dtype=TensorProto.INT64, dims=None) -> str:
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        shape = [len(vals)] if dims is None else dims
+        return self.op("Constant", value=helper.make_tensor(self.fresh("c"), dtype, shape, vals))
+
+    def unsqueeze(self, x: str, axis: int) -> str:
+        return self.op("Unsqueeze", x, self.const([axis]))
+
+    def reduce_last(self, op_type: str, x: str) -> str:
+        return self.op(op_type, x, self.const([-1]), keepdims=0)
+
+    def dim(self, shape: str, i: int) -> str:
+        return self.op("Slice", shape, self.const([i]), self.const([i + 1]))
+
+    def zeros_state(self, like_bld: str, A: str) -> str:
+        """Zeros [B, D, N] from u-like [B, L, D] and A [D, N]."""
+        su, sa = self.op("Shape", like_bld), self.op("Shape", A)
+        shape = self.op("Concat", self.dim(su, 0), self.dim(su, 2), self.dim(sa, 1), axis=0)
+        return self.op("ConstantOfShape", shape, value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+
+
+def _f32(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+
+def _scan_body(name, inputs, outputs, build) -> onnx.GraphProto:
+    b = _Builder(f"{name}_")
+    build(b)
+    return helper.make_graph(b.nodes, name, [_f32(i) for i in inputs], [_f32(o) for o in outputs])
+
+
+def selective_scan_function(opset: int) -> onnx.FunctionProto:
+    """SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state), as `selective_scan_ref` computes it."""
+    b = _Builder("ss_")
+    u, dt, Bm, Cm, z = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "delta", "B", "C", "z"))
+    x = b.op("Add", dt, "delta_bias")
+    # torch's softplus returns x itself above 20
+    dl = b.op("Where", b.op("Greater", x, b.const(20.0, TensorProto.FLOAT, [])), x, b.op("Softplus", x))
+    du = b.op("Mul", dl, u)
+
+    def step(g: _Builder):
+        dA = g.op("Exp", g.op("Mul", g.unsqueeze("dl_t", -1), "A"))  # [B, D, N]
+        dBu = g.op("Mul", g.unsqueeze("du_t", -1), g.unsqueeze("B_t", 1))
+        g.op("Add", g.op("Mul", dA, "h_in"), dBu, outputs=["h_out"])
+        g.op("ReduceSum", g.op("Mul", "h_out", g.unsqueeze("C_t", 1)), g.const([-1]), keepdims=0, outputs=["y_t"])
+
+    body = _scan_body("selective_scan_step", ["h_in", "dl_t", "du_t", "B_t", "C_t"], ["h_out", "y_t"], step)
+    h_last, ys = b.op("Scan", b.zeros_state("u", "A"), dl, du, Bm, Cm, outputs=2, body=body,
+                      num_scan_inputs=4, scan_input_axes=[1, 1, 1, 1], scan_output_axes=[1])
+    y = b.op("Add", ys, b.op("Mul", u, "D"))
+    y = b.op("Mul", y, b.op("Mul", z, b.op("Sigmoid", z)))
+    b.op("CastLike", y, "u", outputs=["y"])
+    b.op("Identity", h_last, outputs=["last_state"])
+    return helper.make_function(
+        DOMAIN, "SelectiveScan", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"], ["y", "last_state"],
+        b.nodes, [helper.make_opsetid("", opset)],
+    )
+
+
+def impact_score_function(opset: int, criterion: str, signed: bool) -> onnx.FunctionProto:
+    """ImpactScore(u, delta, A, B, C) -> score [B, L], as `impact_score_ref` computes `criterion`."""
+    b = _Builder("is_")
+    u, Bm, Cm = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "B", "C"))
+    if criterion == "last":
+        # R_t = Σ_{k>t} delta_k; the readout C_T of the last position weights every B_t
+        R = b.op("CumSum", "delta", b.const(1, dims=[]), exclusive=1, reverse=1)
+        CT = b.op("Gather", Cm, b.const(-1, dims=[]), axis=1)  # [B, N]
+        BC = b.op("Mul", Bm, b.unsqueeze(CT, 1))
+
+        def step(g: _Builder):
+            decay = g.op("Exp", g.op("Mul", g.unsqueeze("R_t", -1), "A"))
+            g.op("ReduceSum", g.op("Mul", decay, g.unsqueeze("BC_t", 1)), g.const([-1]), keepdims=0,
+                 outputs=["reach_t"])
+
+        body = _scan_body("impact_last_step", ["R_t", "BC_t"], ["reach_t"], step)
+        reach = b.op("Scan", R, BC, body=body, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1])
+    elif criterion == "global":
+        # G_t = C_t + exp(delta_{t+1} ⊗ A) ⊙ G_{t+1}, scanned from the end; delta past the end is 0
+        tail = b.op("Slice", "delta", b.const([1]), b.const([2**62]), b.const([1]))
+        dnext = b.op("Pad", tail, b.const([0, 0, 0, 0, 1, 0]))
+
+        def step(g: _Builder):
+            decay = g.op("Exp", g.op("Mul", g.unsqueeze("dn_t", -1), "A"))
+            g.op("Add", g.unsqueeze("C_t", 1), g.op("Mul", decay, "G_in"), outputs=["G_out"])
+            g.op("ReduceSum", g.op("Mul", "G_out", g.unsqueeze("B_t", 1)), g.const([-1]), keepdims=0,
+                 outputs=["reach_t"])
+
+        body = _scan_body("impact_global_step", ["G_in", "dn_t", "C_t", "B_t"], ["G_out", "reach_t"], step)
+        _, reach = b.op("Scan", b.zeros_state("u", "A"), dnext, Cm, Bm, outputs=2, body=body,
+                        num_scan_inputs=3, scan_input_axes=[1, 1, 1], scan_input_directions=[1, 1, 1],
+                        scan_output_axes=[1], scan_output_directions=[1])
+    else:
+        raise ValueError(f"ImpactScore has reference bodies for 'last' and 'global', not {criterion!r}")
+    contrib = b.op("Mul", b.op("Mul", u, "delta"), reach)
+    if not signed:
+        contrib = b.op("Abs", contrib)
+    b.op("ReduceMax", contrib, b.const([-1]), keepdims=0, outputs=["score"])
+    return helper.make_function(
+        DOMAIN, "ImpactScore", ["u", "delta", "A", "B", "C"], ["score"], b.nodes,
+        [helper.make_opsetid("", opset)], attributes=["criterion", "signed"],
+    )
+
+
+def _impact_attrs(node: onnx.NodeProto) -> tuple[str, bool]:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    crit = attrs.get("criterion", b"last")
+    return (crit.decode() if isinstance(crit, bytes) else crit), bool(attrs.get("signed", 0))
+
+
+def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add (in place) a reference FunctionProto for every `simba` op the graph uses; returns the model.
+
+    Call it last: any later inliner or optimiser pass would replace the custom nodes by the bodies.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < MIN_OPSET:
+        raise ValueError(f"the reference bodies need opset >= {MIN_OPSET}, the model imports {opset}")
+    used = [n for n in model.graph.node if n.domain == DOMAIN]
+    kinds = {n.op_type for n in used}
+    unknown = kinds - {"SelectiveScan", "ImpactScore"}
+    if unknown:
+        raise ValueError(f"no reference body for simba ops {sorted(unknown)}")
+    keep = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(keep)
+    if "SelectiveScan" in kinds:
+        model.functions.append(selective_scan_function(opset))
+    if "ImpactScore" in kinds:
+        variants = {_impact_attrs(n) for n in used if n.op_type == "ImpactScore"}
+        if len(variants) != 1:
+            raise ValueError(f"ImpactScore nodes use several (criterion, signed) settings: {sorted(variants)}")
+        model.functions.append(impact_score_function(opset, *variants.pop()))
+    if used and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+    return model
