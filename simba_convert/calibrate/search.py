@@ -35,6 +35,7 @@ class CalibrationResult:
     linear: Candidate
     uniform: Candidate
     history: list[Candidate] = field(default_factory=list)
+    holdout: dict | None = None  # the held-out check of the chosen schedule against linear, if made
 
     def curve(self) -> list[float]:
         """Best KL so far after each evaluation (the calibration curve)."""
@@ -49,7 +50,23 @@ class CalibrationResult:
             return {"label": c.label, "keep_ratios": list(c.ratios), "kl": c.kl, "nll": c.nll, "flops_ratio": c.flops_ratio}
 
         return {"best": cd(self.best), "linear": cd(self.linear), "uniform": cd(self.uniform),
-                "evaluations": len(self.history), "curve": self.curve(), "history": [cd(c) for c in self.history]}
+                "evaluations": len(self.history), "curve": self.curve(), "holdout": self.holdout,
+                "history": [cd(c) for c in self.history]}
+
+
+def shift(ratios, i: int, j: int, delta: float, floor: float) -> tuple[float, ...]:
+    """Raise layer i's ratio by delta and lower layer j's, then restore monotonicity by lifting the layers
+    below i and lowering the layers above j as far as needed (the first layer stays at 1)."""
+    r = list(ratios)
+    r[i] = min(1.0, r[i] + delta)
+    r[j] = max(floor, r[j] - delta)
+    for k in range(1, i):
+        r[k] = max(r[k], r[i])
+    for k in range(j + 1, len(r)):
+        r[k] = min(r[k], r[j])
+    for k in range(1, len(r)):  # i above j: the two moves can cross; keep the sequence non-increasing
+        r[k] = min(r[k], r[k - 1])
+    return tuple(r)
 
 
 def rebalance(ratios, cfg: MambaConfig, budget: float, L: int, protect: int, criterion: str, floor: float):
@@ -122,12 +139,7 @@ def calibrate(
         for i, j in pairs:
             if len(history) >= max_evals:
                 break
-            r = list(best.ratios)
-            r[i], r[j] = r[i] + delta, r[j] - delta
-            r = [max(floor, min(1.0, x)) for x in r]
-            if any(b > a + 1e-12 for a, b in zip(r, r[1:])):
-                continue
-            r = rebalance(r, cfg, budget, L, protect, criterion, floor)
+            r = rebalance(shift(best.ratios, i, j, delta, floor), cfg, budget, L, protect, criterion, floor)
             if r is None:
                 continue
             c = run(f"refine(δ={delta},{i}↔{j})", r)

@@ -21,6 +21,13 @@ def versions() -> dict:
     return out
 
 
+def _holdout(h: dict | None) -> str:
+    if not h:
+        return "not made (a closed-form schedule, or the search chose linear)"
+    verdict = "fell back to linear" if h["fell_back"] else "kept"
+    return f"KL {h['best_kl']:.5f} vs linear {h['linear_kl']:.5f} on {h['windows']} held-out windows: {verdict}"
+
+
 def _ppl(nll: float) -> float:
     return math.exp(nll) if nll < 700 else float("inf")
 
@@ -37,6 +44,7 @@ def summary_text(report: dict) -> str:
         f" L={s['flops_reference']['seq_len']}, P={s['protect']}, criterion {s['criterion']})",
         f"  schedule                {s['schedule']} ({cal['best']['label']}, {cal['evaluations']} candidates)",
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
+        f"  held-out check          {_holdout(cal.get('holdout'))}",
         f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {_ppl(cal['best']['nll']):.3f}",
         "",
         "  layer  keep   tokens@L  score top-25% share",
@@ -46,7 +54,7 @@ def summary_text(report: dict) -> str:
     ft = report.get("finetune")
     if ft:
         cal_ft = ft.get("calibration", {})
-        lines.insert(8, f"  fine-tune               {ft.get('steps_done', ft.get('steps'))} steps; calibration KL "
+        lines.insert(8, f"  fine-tune               {ft.get('steps')} steps; calibration KL "
                         f"{cal_ft.get('kl_before', float('nan')):.5f} -> {cal_ft.get('kl_after', float('nan')):.5f}")
     lines += ["", "  stage        seconds"]
     for name, sec in report["timings"].items():

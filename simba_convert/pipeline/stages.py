@@ -34,7 +34,8 @@ class Loaded:
 
 @dataclass
 class Scored:
-    objective: KLObjective
+    objective: KLObjective  # the windows the search fits on
+    holdout: KLObjective | None  # a quarter of the windows, kept out of the search to check its choice
     fingerprint: str
     source: str
     profile: list[float]
@@ -71,14 +72,18 @@ def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
     text, source = calib_data.read_calibration_text(cfg.calib)
     ids = calib_data.encode(loaded.tokenizer, text)
     windows = calib_data.make_windows(ids, cfg.samples, cfg.seq_len, cfg.seed)
-    objective = KLObjective(
-        loaded.model, windows, cfg.protect, batch_size=cfg.batch_size,
-        spec_kw={"criterion": cfg.criterion, "floor": cfg.floor, "seed": cfg.seed},
-        progress=lambda it, desc: bar(it, desc, cfg.progress),
-    )
+    n_hold = cfg.samples // 4 if cfg.schedule == "calibrated" else 0
+
+    def objective(w):
+        return KLObjective(loaded.model, w, cfg.protect, batch_size=cfg.batch_size,
+                           spec_kw={"criterion": cfg.criterion, "floor": cfg.floor, "seed": cfg.seed},
+                           progress=lambda it, desc: bar(it, desc, cfg.progress))
+
+    fit = objective(windows[n_hold:])
+    holdout = objective(windows[:n_hold]) if n_hold else None
     with torch.no_grad():
         profile = score_profile(loaded.model, windows, cfg.criterion, batch_size=cfg.batch_size)
-    return Scored(objective, calib_data.fingerprint(windows), source, profile, float(torch.tensor(objective.dense_nll).exp()))
+    return Scored(fit, holdout, calib_data.fingerprint(windows), source, profile, float(torch.tensor(fit.dense_nll).exp()))
 
 
 def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> CalibrationResult:
@@ -98,8 +103,21 @@ def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> Calib
             pb.update(1)
             pb.set_postfix_str(f"KL {c.kl:.4f}")
 
-        return calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
-                         seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval)
+        result = calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
+                           seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval)
+    return check_holdout(result, scored.holdout)
+
+
+def check_holdout(result: CalibrationResult, holdout: KLObjective | None) -> CalibrationResult:
+    """Fall back to `linear` when the searched schedule is worse than it on the held-out windows (SIMBA.md §6)."""
+    if holdout is None or result.best.ratios == result.linear.ratios:
+        return result
+    best_kl, lin_kl = holdout(result.best.ratios).kl, holdout(result.linear.ratios).kl
+    result.holdout = {"windows": int(holdout.inputs.shape[0]), "best_kl": best_kl, "linear_kl": lin_kl,
+                      "fell_back": best_kl > lin_kl}
+    if best_kl > lin_kl:
+        result.best = result.linear
+    return result
 
 
 def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) -> PrunedMambaLM:
