@@ -1,18 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease (H200) for the kernel, dense, pruned-prefill and 1.4B-conversion benchmarks.
 # Run from the repository root with OUT set; carries: .carry/gpt-neox-20b.json .carry/calib_1p4b.txt
-# Each step has its own time bound and appends its JSON and log to $OUT/results.tar, so a step that
-# overruns loses only itself.
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-R=$OUT/r; mkdir -p "$R"
-step() {  # step NAME SECONDS CMD...
-  local name=$1 secs=$2; shift 2
-  echo "== $name"
-  timeout "$secs" "$@" > "$R/$name.log" 2>&1; echo "rc=$?" >> "$R/$name.log"
-  tail -n 14 "$R/$name.log"
-  tar -C "$OUT" -rf "$OUT/results.tar" r && rm -f "$R"/*
-}
+source benchmarks/gpu_step.sh
 step bench_scan 95 python3 benchmarks/bench_scan.py --out "$R/bench_scan.json"
 step bench_impact 110 python3 benchmarks/bench_impact.py --quick --out "$R/bench_impact.json"
 step bench_prune 50 python3 benchmarks/bench_prune.py --out "$R/bench_prune.json"

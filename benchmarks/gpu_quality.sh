@@ -2,15 +2,7 @@
 # One GPU lease (H200) for the quality benchmarks on the trained family and the pruned-prefill speed.
 # Carries: .carry/family-l .carry/eval .carry/valid.txt .carry/ft_train.txt (see benchmarks/README.md).
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-R=$OUT/r; mkdir -p "$R"
-step() {  # step NAME SECONDS CMD...  (appends its outputs to $OUT/results.tar)
-  local name=$1 secs=$2; shift 2
-  echo "== $name"
-  timeout "$secs" "$@" > "$R/$name.log" 2>&1; echo "rc=$?" >> "$R/$name.log"
-  tail -n 8 "$R/$name.log"
-  tar -C "$OUT" -rf "$OUT/results.tar" r && rm -rf "${R:?}"/*
-}
+source benchmarks/gpu_step.sh
 step bench_prune 60 python3 benchmarks/bench_prune.py --out "$R/bench_prune.json"
 step paper 290 python3 benchmarks/paper.py --small simba_convert/models/mamba-tiny --large .carry/family-l \
   --valid .carry/valid.txt --ood .carry/eval/squadshifts_new_wiki.txt --tasks .carry/eval/bigbench --windows 256 --out "$R/paper"

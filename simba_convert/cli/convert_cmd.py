@@ -16,7 +16,7 @@ def convert_options(fn):
         click.option("--schedule", type=click.Choice(SCHEDULES), default="calibrated", show_default=True),
         click.option("--criterion", type=click.Choice(CRITERIA), default="last", show_default=True),
         click.option("--protect", type=int, default=64, show_default=True, help="Protected suffix P (always kept)."),
-        click.option("--samples", type=int, default=32, show_default=True, help="Calibration sequences."),
+        click.option("--samples", type=int, default=None, help="Calibration sequences [default: 32 on GPU, 8 on CPU]."),
         click.option("--seq-len", type=int, default=512, show_default=True, help="Calibration sequence length L."),
         click.option("--calib", type=str, default=None, help="Calibration text: .txt, .jsonl, a directory or a dataset name [default: bundled]."),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -28,6 +28,7 @@ def convert_options(fn):
         click.option("--report", type=click.Choice(["text", "json"]), default="text", show_default=True),
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--offline", is_flag=True, help="Never contact the Hugging Face Hub."),
+        click.option("--max-evals", type=int, default=None, help="Calibration candidates [default: 40 on GPU, 16 on CPU]."),
     ]
     for o in reversed(opts):
         fn = o(fn)

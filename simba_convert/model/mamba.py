@@ -84,7 +84,9 @@ class MambaMixer(nn.Module):
         """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and MixerInternals."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight.squeeze(1)
-        u = causal_conv1d_ref(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu")
+        # The conv leaves u transposed in memory ([B, D, L] order); x_proj, the scan and the impact score would
+        # each copy it (or read it strided), so one copy here is the cheapest. Values are unchanged.
+        u = causal_conv1d_ref(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu").contiguous()
         dt, Bm, Cm = self._ssm_inputs(u)
         A = self.A()
         res = selective_scan(
@@ -97,8 +99,11 @@ class MambaMixer(nn.Module):
         if return_state:
             extras.append((conv_state_from(x, self.d_conv, conv_state), last))
         if return_internals:
-            delta = F.softplus(dt.float() + self.dt_proj.bias.float())
-            extras.append(MixerInternals(u=u, delta=delta, Bm=Bm, Cm=Cm, A=A))
+            # bf16 dt + fp32 bias computes in fp32 in one pass: the same values as dt.float() + bias, one kernel less
+            delta = F.softplus(torch.add(dt, self.dt_proj.bias.float()))
+            # Bm and Cm are split views of x_proj's output (rows R + 2N apart); the score kernels read them token by
+            # token, and contiguous rows read faster than these tiny [B, L, N] copies cost. Same values.
+            extras.append(MixerInternals(u=u, delta=delta, Bm=Bm.contiguous(), Cm=Cm.contiguous(), A=A))
         return (out, *extras) if extras else out
 
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from .selective_scan import one_cpu_thread
 
 CRITERIA = ("last", "global", "delta", "output", "random")
 
@@ -139,9 +140,10 @@ def global_score_ref(u, delta, A, B, C, *, signed=False, mask=None) -> torch.Ten
         e = min(L, s + step)
         decay = torch.exp(delta_next[:, s:e, :, None] * A)  # [B, l, D, N], exponents ≤ 0
         Gs = torch.empty_like(decay)
-        for i in reversed(range(e - s)):
-            G = torch.addcmul(C[:, s + i, None, :], decay[:, i], G)
-            Gs[:, i] = G
+        with one_cpu_thread(u.device):  # small per-step ops: threads cost more than they save
+            for i in reversed(range(e - s)):
+                G = torch.addcmul(C[:, s + i, None, :], decay[:, i], G)
+                Gs[:, i] = G
         reach = torch.einsum("bldn,bln->bld", Gs, B[:, s:e])
         scores[:, s:e] = _reduce_channels(u[:, s:e] * delta[:, s:e] * reach, signed)
     return scores

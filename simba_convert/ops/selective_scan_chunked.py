@@ -15,7 +15,8 @@ L/T + log2(T) iterations instead of L, which is where the CPU time of the refere
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .selective_scan import scan_inputs_fp32, scan_output
 
 CHUNK = 32  # fastest of 16/32/64 on a 2-core CPU at D = 64..768 (ops/README.md)
 
@@ -50,13 +51,8 @@ def selective_scan_chunked(
 ):
     """Same contract and results (fp32) as `selective_scan_ref`, computed chunk by chunk."""
     dtype = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A, B, C, h = scan_inputs_fp32(u, delta, A, B, C, delta_bias, delta_softplus, initial_state)
     bsz, L, d = u.shape
-    h = initial_state.float() if initial_state is not None else u.new_zeros(bsz, d, A.shape[1])
     ys = []
     for s in range(0, L, chunk):
         dt, ut = delta[:, s:s + chunk], u[:, s:s + chunk]
@@ -67,9 +63,4 @@ def selective_scan_chunked(
         ys.append(torch.einsum("btdn,btn->btd", hs, C[:, s:s + chunk]))
         h = hs[:, -1]
     y = torch.cat(ys, dim=1) if ys else u.new_zeros(bsz, 0, d)
-    if D is not None:
-        y = y + u * D.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(dtype)
-    return (y, h) if return_last_state else y
+    return scan_output(y, h, u, D, z, dtype, return_last_state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -12,6 +12,8 @@ from ..pruning.spec import CRITERIA, DEFAULT_FLOOR
 CONFIG_VERSION = 1
 SCHEDULES = ("calibrated", "linear", "uniform")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# A CPU conversion of a small model should take a minute or two, not twenty: fewer windows and candidates.
+DEVICE_DEFAULTS = {"cuda": {"samples": 32, "max_evals": 40}, "cpu": {"samples": 8, "max_evals": 16}}
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class ConvertConfig:
     schedule: str = "calibrated"
     criterion: str = "last"
     protect: int = 64
-    samples: int = 32
+    samples: int | None = None  # None: DEVICE_DEFAULTS for the device the model runs on
     seq_len: int = 512
     calib: str | None = None
     seed: int = 0
@@ -33,7 +35,7 @@ class ConvertConfig:
     onnx: bool = False
     force: bool = False
     offline: bool = False
-    max_evals: int = 40
+    max_evals: int | None = None
     batch_size: int = 8
     floor: float = DEFAULT_FLOOR
     progress: bool = True
@@ -53,6 +55,8 @@ class ConvertConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name, lo in (("protect", 0), ("samples", 1), ("seq_len", 2), ("finetune_steps", 0), ("max_evals", 2), ("batch_size", 1)):
             v = getattr(self, name)
+            if v is None and name in ("samples", "max_evals"):
+                continue
             if not isinstance(v, int) or v < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
         if self.protect >= self.seq_len:
@@ -61,6 +65,11 @@ class ConvertConfig:
             raise ConfigError(f"floor must be in (0, 1], got {self.floor}")
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"convert config version {self.version} is not supported")
+
+    def for_device(self, device_type: str) -> "ConvertConfig":
+        """This config with the unset device-dependent options filled in (the output records these values)."""
+        d = DEVICE_DEFAULTS["cuda" if device_type == "cuda" else "cpu"]
+        return replace(self, **{k: v for k, v in d.items() if getattr(self, k) is None})
 
     def out_dir(self) -> Path:
         if self.out:

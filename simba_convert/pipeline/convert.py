@@ -36,6 +36,7 @@ def run(cfg: ConvertConfig) -> dict:
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         loaded = stages.load_stage(cfg)
+    cfg = cfg.for_device(loaded.device.type)
     with _timed(timings, "score"):
         scored = stages.score_stage(cfg, loaded)
     with _timed(timings, "calibrate"):

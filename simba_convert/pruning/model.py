@@ -64,12 +64,12 @@ def select_kept(
     Protected slots (the last `protect` real tokens, and always the last) win over any score; padded
     slots never win. Slots are in original order, so sorting the chosen slots restores that order.
     """
-    key = torch.where(protected, torch.full_like(scores, float("inf")), scores.float())
-    key = torch.where(valid, key, torch.full_like(key, float("-inf")))
+    key = scores.float().masked_fill(protected, float("inf")).masked_fill_(~valid, float("-inf"))
     K = max(k_next)
-    top = torch.topk(key, K, dim=1, sorted=True).indices  # best first
-    if min(k_next) == K:
+    if min(k_next) == K:  # every sample keeps K: the order of the top K is not needed (same set as sorted=True)
+        top = torch.topk(key, K, dim=1, sorted=False).indices
         return top.sort(dim=1).values, torch.ones_like(top, dtype=torch.bool)
+    top = torch.topk(key, K, dim=1, sorted=True).indices  # best first
     keep = torch.arange(K, device=key.device)[None] < torch.tensor(k_next, device=key.device)[:, None]
     order_key = torch.where(keep, top, top.new_full(top.shape, key.shape[1]))
     slots = order_key.sort(dim=1).values  # original order (slots are in position order), padding last
@@ -140,6 +140,9 @@ class PrunedMambaLM(nn.Module):
         counts = [keep_counts(self.spec.keep_ratios, n, P) for n in n_real]  # [B][layer], known on the host
         kept_log, states, residual = [], [], None
         frozen = None  # [B, L+1, d]: the final stream of every token; slot L absorbs padding writes
+        # Known on the host: without an attention mask every slot is real at every layer (all samples keep the
+        # same counts), so the score needs no mask (mask=None means all real: same scores, a cheaper kernel).
+        score_mask = None if attention_mask is None else valid
         for i, layer in enumerate(layers):
             kept_log.append(torch.where(valid, pos, -1))
             h, residual = layer.add_norm(hidden, residual)
@@ -153,14 +156,18 @@ class PrunedMambaLM(nn.Module):
             it = extras[-1]
             with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
                 scores = impact_score(it.u, it.delta, it.A, it.Bm, it.Cm, criterion=self.spec.criterion,
-                                      signed=self.spec.signed, mask=valid, y=hidden, generator=generator,
+                                      signed=self.spec.signed, mask=score_mask, y=hidden, generator=generator,
                                       backend=self.score_backend)
             k_next = [c[i + 1] for c in counts]
             slots, new_valid = select_kept(scores, valid, protected, k_next)
-            frozen = self._freeze(frozen, hidden.to(residual.dtype) + residual, pos, valid, L)
-            hidden, residual = _gather(hidden, slots), _gather(residual, slots)
+            # The stream hidden + residual is what the next add_norm would form; forming it once here serves the
+            # freeze and the survivors: one gather instead of two, and the next add_norm (residual None) adds nothing.
+            stream = hidden.to(residual.dtype) + residual
+            frozen = self._freeze(frozen, stream, pos, valid, L)
+            hidden, residual = _gather(stream, slots), None
             pos, valid = torch.where(new_valid, _gather(pos, slots), L), new_valid
             protected = _gather(protected, slots) & valid
+            score_mask = None if score_mask is None else valid
         frozen = self._freeze(frozen, hidden.to(residual.dtype) + residual, pos, valid, L)
         info = PruneInfo(kept=kept_log, lengths=lengths)
         if num_last is not None:
