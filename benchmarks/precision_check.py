@@ -264,7 +264,9 @@ def main(argv=None):
         print(f"  init {init}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    md = markdown(results)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
 
 
 def markdown(results: dict) -> str:

@@ -4,6 +4,8 @@ Mamba-1.4B shapes (d 2048, 48 layers), random weights, bf16, B=4, L=2048, num_la
 the `linear` schedule (protect 64), like benchmarks/bench_prune.py. For each model it prints the wall
 time, the GPU time of each stage of a layer summed over the layers (CUDA events around the model's own
 functions), the top CUDA kernels by total time, and the aten ops that launched the most kernel time.
+The stage times come from a separate, instrumented run: a span also counts GPU idle time while the host
+is behind, so small stages read high there; the kernel table is the ground truth.
 `--variants` adds micro-benchmarks of alternatives for the costliest stages (impact-score input layouts,
 conv1d and norm alternatives, each marked bit-for-bit equal or not); `--sweep` adds impact-kernel launch
 configs. A checksum of the pruned model's decisions and logits goes to the JSON, and `--check FILE` compares
@@ -178,7 +180,7 @@ def profile_one(name, fn, dev, top):
     kernels, kernel_ms = kernel_table(prof, top) if dev.type == "cuda" else ([], 0.0)
     ops = op_table(prof, 20, dev)
     log(f"\n=== {name}: wall {ms:.2f} ms (median of 5), GPU kernel time under the profiler {kernel_ms:.2f} ms ===")
-    log("stage (GPU ms summed over layers; 'mixer' includes its conv/scan rows)")
+    log("stage (GPU ms summed over layers, instrumented run; 'mixer' includes its conv/scan rows)")
     for stage, (calls, sms) in sorted(stages.items(), key=lambda kv: -kv[1][1]):
         log(f"  {stage:<22} calls {calls:4d}  {sms:9.2f} ms")
     if kernels:

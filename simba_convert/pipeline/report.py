@@ -61,7 +61,10 @@ def summary_text(report: dict) -> str:
         lines.append(f"  {name:<12} {sec:8.2f}")
     if report.get("onnx"):
         o = report["onnx"]
-        lines.append(f"\n  onnx: {o.get('path')} (parity: {o.get('parity', {}).get('ok', 'n/a')})")
+        v = o.get("verify") or {}
+        paths = ", ".join(f"{k} max rel {v[k]['max_rel']:.1e}" for k in ("portable", "library") if isinstance(v.get(k), dict))
+        verdict = "passed" if o.get("passed") else "FAILED"
+        lines.append(f"\n  onnx: {o.get('path')}  checker {o.get('checker')}; onnxruntime vs PyTorch {verdict} ({paths or 'not run'})")
     return "\n".join(lines) + "\n"
 
 
