@@ -163,3 +163,57 @@ def test_killed_midway_leaves_nothing(src, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not out.exists()
+
+
+def test_bundled_model_end_to_end(tmp_path):
+    """The README's main job on the bundled mamba-tiny, scaled down to stay under a minute on a CPU."""
+    out = tmp_path / "tiny"
+    rep = convert("mamba-tiny", str(out), budget=0.6, samples=4, seq_len=128, protect=16, max_evals=6,
+                  batch_size=4, progress=False)
+    assert 0.6 - max(0.005, 1 / 128) <= rep["simba"]["achieved_flops_ratio"] <= 0.6
+    assert rep["calibration"]["best"]["kl"] <= rep["calibration"]["linear"]["kl"]
+    import simba_convert
+
+    model = simba_convert.load(str(out))
+    ids = torch.randint(1, 8000, (1, 128))
+    with torch.no_grad():
+        logits, info = model(ids, return_info=True)
+    assert info.counts()[:, 0].tolist() == model.spec.keep_counts(128, 16)
+    assert (out / "keep_ratios.png").stat().st_size > 1000
+
+
+def test_state_spaces_checkpoint_from_the_hub_cache(src, tmp_path, monkeypatch):
+    """`--in mamba-130m` offline: the checkpoint and the GPT-NeoX tokenizer both come from the HF cache."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    for repo, files in (("state-spaces/mamba-130m", ("config.json", "model.safetensors")),
+                        ("EleutherAI/gpt-neox-20b", ("tokenizer.json",))):
+        folder = cache / ("models--" + repo.replace("/", "--"))
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(sha)
+        snap = folder / "snapshots" / sha
+        snap.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(src / f, snap / f)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    rep = convert("mamba-130m", str(tmp_path / "out"), budget=0.7, offline=True, **FAST)
+    assert rep["simba"]["achieved_flops_ratio"] <= 0.7
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_out_of_memory_is_one_line_and_nonzero(capsys):
+    from simba_convert.cli.main import report_errors
+
+    @report_errors
+    def boom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 139 GiB total capacity)")
+
+    with pytest.raises(SystemExit) as e:
+        boom()
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and err.startswith("error: out of device memory") and err.count("\n") == 1
