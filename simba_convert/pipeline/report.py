@@ -28,7 +28,8 @@ def _holdout(h: dict | None) -> str:
     return f"KL {h['best_kl']:.5f} vs linear {h['linear_kl']:.5f} on {h['windows']} held-out windows: {verdict}"
 
 
-def _ppl(nll: float) -> float:
+def ppl_from_nll(nll: float) -> float:
+    """exp(nll), infinite past the float range (random models can have NLLs in the thousands)."""
     return math.exp(nll) if nll < 700 else float("inf")
 
 
@@ -45,7 +46,7 @@ def summary_text(report: dict) -> str:
         f"  schedule                {s['schedule']} ({cal['best']['label']}, {cal['evaluations']} candidates)",
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
         f"  held-out check          {_holdout(cal.get('holdout'))}",
-        f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {_ppl(cal['best']['nll']):.3f}",
+        f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {ppl_from_nll(cal['best']['nll']):.3f}",
         "",
         "  layer  keep   tokens@L  score top-25% share",
     ]

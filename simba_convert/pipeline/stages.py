@@ -83,7 +83,9 @@ def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
     holdout = objective(windows[:n_hold]) if n_hold else None
     with torch.no_grad():
         profile = score_profile(loaded.model, windows, cfg.criterion, batch_size=cfg.batch_size)
-    return Scored(fit, holdout, calib_data.fingerprint(windows), source, profile, float(torch.tensor(fit.dense_nll).exp()))
+    from .report import ppl_from_nll
+
+    return Scored(fit, holdout, calib_data.fingerprint(windows), source, profile, ppl_from_nll(fit.dense_nll))
 
 
 def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> CalibrationResult:
@@ -180,9 +182,8 @@ def finetune_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored, model: Pr
     objective keeps its dense log-probabilities (computed before), so evaluating it again measures the
     fine-tuned sparse model against the original dense one.
     """
-    import math
-
     from ..finetune import FinetuneConfig, all_windows, finetune, split_windows
+    from .report import ppl_from_nll
 
     ft = FinetuneConfig(steps=cfg.finetune_steps, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
     text, _ = calib_data.read_calibration_text(cfg.calib)
@@ -193,7 +194,7 @@ def finetune_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored, model: Pr
     after = scored.objective(model.spec.keep_ratios)
     report["calibration"] = {
         "kl_before": before.kl, "kl_after": after.kl,
-        "ppl_before": math.exp(before.nll), "ppl_after": math.exp(after.nll),
+        "ppl_before": ppl_from_nll(before.nll), "ppl_after": ppl_from_nll(after.nll),
         "dense_ppl": scored.dense_ppl,
     }
     return report
