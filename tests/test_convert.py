@@ -66,6 +66,10 @@ def test_convert_end_to_end(src, tmp_path):
     assert rep["calibration"]["best"]["kl"] <= rep["calibration"]["linear"]["kl"]
     for f in ("config.json", "model.safetensors", "tokenizer.json", "simba_report.json", "report.txt", "keep_ratios.png"):
         assert (out / f).is_file(), f
+    def no_constants(name):
+        raise AssertionError(f"simba_report.json holds {name}, which is not JSON")
+
+    json.loads((out / "simba_report.json").read_text(), parse_constant=no_constants)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["simba"]["keep_ratios"] == rep["simba"]["keep_ratios"] and len(cfg["simba"]["keep_ratios"]) == 6
     assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes(), "weights unchanged"
@@ -217,3 +221,9 @@ def test_out_of_memory_is_one_line_and_nonzero(capsys):
         boom()
     err = capsys.readouterr().err
     assert e.value.code == 3 and err.startswith("error: out of device memory") and err.count("\n") == 1
+
+
+def test_report_json_is_strict():
+    from simba_convert.pipeline.report import strict_json
+
+    assert strict_json({"a": float("inf"), "b": [1.0, float("nan")], "c": "x"}) == {"a": None, "b": [1.0, None], "c": "x"}

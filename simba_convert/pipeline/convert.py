@@ -70,7 +70,7 @@ def run(cfg: ConvertConfig) -> dict:
             with _timed(timings, "export"):
                 report["onnx"] = stages.export_stage(cfg, model, tmp)
         report["plot"] = rep.write_plot(report, tmp / "keep_ratios.png") or "keep_ratios.png"
-        (tmp / "simba_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "simba_report.json").write_text(json.dumps(rep.strict_json(report), indent=2) + "\n", encoding="utf-8")
         (tmp / "report.txt").write_text(rep.summary_text(report), encoding="utf-8")
     return report
 
@@ -84,6 +84,6 @@ def convert_from_cli(**opts) -> None:
         raise ConfigError("--in is required")
     report = run(ConvertConfig(**opts))
     if fmt == "json":
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(rep.strict_json(report), indent=2))
     else:
         click.echo(rep.summary_text(report), nl=False)

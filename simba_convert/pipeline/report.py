@@ -28,6 +28,17 @@ def _holdout(h: dict | None) -> str:
     return f"KL {h['best_kl']:.5f} vs linear {h['linear_kl']:.5f} on {h['windows']} held-out windows: {verdict}"
 
 
+def strict_json(obj):
+    """The report with non-finite floats as null, so that it is standard JSON (json.dumps writes Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def ppl_from_nll(nll: float) -> float:
     """exp(nll), infinite past the float range (random models can have NLLs in the thousands)."""
     return math.exp(nll) if nll < 700 else float("inf")
