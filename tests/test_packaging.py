@@ -25,5 +25,7 @@ def test_wheel_ships_bundled_model_and_calibration_text(tmp_path):
                  "simba_convert/cli/main.py"):
         assert need in names, need
     assert not any(n.startswith(("kernels/", "calibration/", "tests/", "benchmarks/")) for n in names)
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "simba_convert").rglob("*.py") if "__pycache__" not in p.parts}
+    assert sources <= names, f"modules missing from the wheel: {sorted(sources - names)}"
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry and "simba-convert = simba_convert.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -1,0 +1,1 @@
+"""Token pruning: the pruned model, its FLOPs model and keep-ratio schedules."""
