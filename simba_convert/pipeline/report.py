@@ -23,7 +23,7 @@ def versions() -> dict:
 
 def _holdout(h: dict | None) -> str:
     if not h:
-        return "not made (a closed-form schedule, or the search chose linear)"
+        return "not made (a closed-form schedule, the search chose linear, or fewer than 4 windows)"
     verdict = "fell back to linear" if h["fell_back"] else "kept"
     return f"KL {h['best_kl']:.5f} vs linear {h['linear_kl']:.5f} on {h['windows']} held-out windows: {verdict}"
 
