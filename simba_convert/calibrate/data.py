@@ -91,8 +91,9 @@ def read_calibration_text(calib: str | None) -> tuple[str, str]:
 
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids from a `tokenizers.Tokenizer` or any object with encode(text) -> list[int] | Encoding."""
-    enc = tokenizer.encode(text)
-    return list(getattr(enc, "ids", enc))
+    from ..evaluate._common import encoder
+
+    return encoder(tokenizer)(text)
 
 
 def make_windows(ids: list[int], samples: int, seq_len: int, seed: int = 0):

@@ -7,6 +7,7 @@ import time
 from contextlib import contextmanager
 
 from ..errors import ConfigError
+from ..pruning.flops import flops_report
 from . import report as rep
 from . import stages
 from .config import ConvertConfig
@@ -47,15 +48,14 @@ def run(cfg: ConvertConfig) -> dict:
         with _timed(timings, "finetune"):
             finetune = stages.finetune_stage(cfg, loaded, scored, model)
     versions = rep.versions()
-    section = stages.simba_section(cfg, model, scored, result, versions)
-    from ..pruning.flops import flops_report
-
+    flops = flops_report(model.config, model.spec.keep_ratios, cfg.seq_len, cfg.protect, cfg.criterion)
+    section = stages.simba_section(cfg, model, scored, result, versions, flops)
     report = {
         "input": cfg.src,
         "output": str(out),
         "config": cfg.to_dict(),
         "simba": section,
-        "flops": flops_report(model.config, model.spec.keep_ratios, cfg.seq_len, cfg.protect, cfg.criterion).to_dict(),
+        "flops": flops.to_dict(),
         "calibration": result.to_dict(),
         "dense_ppl": scored.dense_ppl,
         "score_profile": scored.profile,

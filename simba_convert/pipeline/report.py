@@ -44,6 +44,14 @@ def ppl_from_nll(nll: float) -> float:
     return math.exp(nll) if nll < 700 else float("inf")
 
 
+def _finetune_lines(ft: dict | None) -> list[str]:
+    if not ft:
+        return []
+    c = ft.get("calibration", {})
+    return [f"  fine-tune               {ft.get('steps')} steps; calibration KL "
+            f"{c.get('kl_before', float('nan')):.5f} -> {c.get('kl_after', float('nan')):.5f}"]
+
+
 def summary_text(report: dict) -> str:
     """The final summary table printed by the CLI and written to report.txt."""
     s = report["simba"]
@@ -58,16 +66,12 @@ def summary_text(report: dict) -> str:
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
         f"  held-out check          {_holdout(cal.get('holdout'))}",
         f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {ppl_from_nll(cal['best']['nll']):.3f}",
+        *_finetune_lines(report.get("finetune")),
         "",
         "  layer  keep   tokens@L  score top-25% share",
     ]
     for i, (r, k, prof) in enumerate(zip(s["keep_ratios"], report["flops"]["tokens_per_layer"], report["score_profile"])):
         lines.append(f"  {i:5d}  {r:5.3f}  {k:8d}  {prof:6.3f}")
-    ft = report.get("finetune")
-    if ft:
-        cal_ft = ft.get("calibration", {})
-        lines.insert(8, f"  fine-tune               {ft.get('steps')} steps; calibration KL "
-                        f"{cal_ft.get('kl_before', float('nan')):.5f} -> {cal_ft.get('kl_after', float('nan')):.5f}")
     lines += ["", "  stage        seconds"]
     for name, sec in report["timings"].items():
         lines.append(f"  {name:<12} {sec:8.2f}")

@@ -17,7 +17,7 @@ from ..calibrate.objective import KLObjective, score_profile
 from ..calibrate.search import CalibrationResult, Candidate, calibrate
 from ..errors import CheckpointError
 from ..pruning import schedules
-from ..pruning.flops import flops_report
+from ..pruning.flops import FlopsReport, flops_report
 from ..pruning.model import PrunedMambaLM
 from ..pruning.spec import PruningSpec
 from .config import ConvertConfig
@@ -28,7 +28,7 @@ from .progress import bar
 class Loaded:
     model: object
     tokenizer: object
-    info: object
+    info: object  # the input checkpoint (io.layout.CheckpointInfo)
     device: torch.device
 
 
@@ -62,9 +62,10 @@ def load_stage(cfg: ConvertConfig) -> Loaded:
             f"{cfg.src} is already a sparsified checkpoint; convert the original dense checkpoint instead "
             "(use `simba-convert eval` or `info` on this one)"
         )
-    model, tok, linfo = load_with_tokenizer(cfg.src, device=device, dtype=_dtype(cfg, device),
-                                            offline=cfg.offline, tokenizer=cfg.tokenizer)
-    return Loaded(model.eval(), tok, linfo, device)
+    # the resolved directory, so a Hub id is looked up once
+    model, tok, _ = load_with_tokenizer(str(r.path), device=device, dtype=_dtype(cfg, device),
+                                        offline=cfg.offline, tokenizer=cfg.tokenizer)
+    return Loaded(model.eval(), tok, info, device)
 
 
 def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
@@ -127,9 +128,9 @@ def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) 
     return PrunedMambaLM(loaded.model, spec)
 
 
-def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, result: CalibrationResult, versions: dict) -> dict:
-    mcfg = model.config
-    rep = flops_report(mcfg, model.spec.keep_ratios, cfg.seq_len, cfg.protect, cfg.criterion)
+def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, result: CalibrationResult,
+                  versions: dict, rep: FlopsReport) -> dict:
+    """The `simba` section of the sparsified checkpoint's config.json; `rep` is the FLOPs of its ratios."""
     return {
         "format_version": 1,
         "spec": model.spec.to_dict(),
@@ -150,9 +151,7 @@ def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, resu
 def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section: dict, dest: Path, finetuned: bool) -> None:
     """Write the sparsified checkpoint into `dest` (an empty staging directory): the input's layout and
     weight files unchanged unless fine-tuned, config.json with the `simba` section, tokenizer files."""
-    from ..io.layout import inspect_checkpoint
-
-    src = inspect_checkpoint(loaded.info.path)
+    src = loaded.info
     if finetuned:
         from ..io.checkpoint import write_checkpoint
 
@@ -163,8 +162,7 @@ def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (src.path / index).is_file():
                 shutil.copyfile(src.path / index, dest / index)
-        raw = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
-        raw["simba"] = section
+        raw = {**src.raw_config, "simba": section}
         (dest / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     tok_json = src.path / "tokenizer.json"
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

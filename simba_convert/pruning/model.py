@@ -132,6 +132,7 @@ class PrunedMambaLM(nn.Module):
             pos, valid, lengths = _compact(mask)
             n_real = lengths.tolist()  # the one host sync: every later count follows from these
             hidden = _gather(emb, pos.clamp_max(L - 1))
+        real_pos = pos  # [B, n]: each sample's real positions in order (the compaction, kept for num_last)
         # rank among the sample's real tokens decides protection (positions differ under left padding)
         rank = torch.arange(pos.shape[1], device=dev).expand_as(pos)
         protected = valid & (rank >= (lengths[:, None] - max(1, P)))
@@ -173,7 +174,7 @@ class PrunedMambaLM(nn.Module):
         if num_last is not None:
             if num_last > min(n_real):
                 raise ValueError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
-            last_real = self._last_real_positions(mask, lengths, int(num_last))
+            last_real = self._last_real_positions(real_pos, lengths, int(num_last))
             return self.dense.head(_gather(frozen, last_real)), info, states
         logits = self.dense.head(frozen[:, :L])
         logits = logits.masked_fill(~mask[:, :, None], 0.0)
@@ -187,11 +188,10 @@ class PrunedMambaLM(nn.Module):
         return layer.mixer(h, return_state=want_state, return_internals=internals)
 
     @staticmethod
-    def _last_real_positions(mask: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
-        """[B, n] original positions of each sample's last n real tokens (n <= every length)."""
-        pos, _, _ = _compact(mask)
-        rank = lengths[:, None] - n + torch.arange(n, device=mask.device)[None]
-        return torch.gather(pos, 1, rank)
+    def _last_real_positions(real_pos: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, n] original positions of each sample's last n real tokens, from the compacted positions [B, n_max]."""
+        rank = lengths[:, None] - n + torch.arange(n, device=real_pos.device)[None]
+        return torch.gather(real_pos, 1, rank)
 
     @staticmethod
     def _freeze(frozen, stream, pos, valid, L):
