@@ -36,6 +36,7 @@ from simba_convert.calibrate.data import encode  # noqa: E402
 from simba_convert.evaluate import evaluate  # noqa: E402
 from simba_convert.evaluate.bigbench import Task, find_tasks  # noqa: E402
 from simba_convert.finetune import FinetuneConfig, all_windows, finetune, frozen_teacher, split_windows  # noqa: E402
+from simba_convert.finetune.objective import evaluate as ft_evaluate  # noqa: E402
 from simba_convert.pipeline import stages  # noqa: E402
 from simba_convert.pipeline.config import ConvertConfig  # noqa: E402
 from simba_convert.pruning.flops import flops_report  # noqa: E402
@@ -47,7 +48,11 @@ def parse_args(argv=None):
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--steps", default="200,1000", help="comma-separated step counts, each from the same start")
     ap.add_argument("--trainable", default="all", help="comma-separated: all, norms_dt_xproj, lora")
-    ap.add_argument("--lr", type=float, default=None, help="default: the trainable set's default")
+    ap.add_argument("--lr", default=None, help="comma-separated learning rates (default: the trainable set's default)")
+    ap.add_argument("--lm-weight", default="0", help="comma-separated weights of the LM loss added to the KL")
+    ap.add_argument("--heldout-ft", type=float, default=None, metavar="FRACTION",
+                    help="fine-tune on the first FRACTION of the held-out text (text the dense model never saw) "
+                         "and evaluate on the rest, instead of fine-tuning on --train-text")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--checkpointing", action="store_true")
@@ -139,9 +144,10 @@ def bench_model(model_dir: str, args, tasks, dev: str) -> dict:
     dense = loaded.model
     fl = flops_report(dense.config, model.spec.keep_ratios, args.seq_len, args.protect, cfg.criterion)
 
-    text = Path(args.train_text).read_text(encoding="utf-8")[: args.train_chars]
+    text = args.ft_text or Path(args.train_text).read_text(encoding="utf-8")[: args.train_chars]
     train, valid = split_windows(all_windows(encode(loaded.tokenizer, text), args.seq_len), seed=args.seed,
                                  max_valid=64)
+    eval_windows = all_windows(encode(loaded.tokenizer, Path(args.eval_text).read_text(encoding="utf-8")), args.seq_len)
     original = {k: v.detach().to("cpu", copy=True) for k, v in dense.state_dict().items()}
     teacher = frozen_teacher(dense)
     out = {
@@ -151,26 +157,53 @@ def bench_model(model_dir: str, args, tasks, dev: str) -> dict:
         "train_windows": int(train.shape[0]), "valid_windows": int(valid.shape[0]),
         "dense": quality(dense, loaded.tokenizer, args, tasks),
         "sparse": quality(model, loaded.tokenizer, args, tasks),
+        "heldout_kl_before": heldout_kl(model, teacher, eval_windows, args, dev),
         "runs": [],
     }
-    for trainable in args.trainable.split(","):
-        for steps in (int(s) for s in args.steps.split(",")):
-            dense.load_state_dict(original)
-            ft = FinetuneConfig(steps=steps, lr=args.lr, trainable=trainable, batch_size=args.batch_size,
-                                grad_accum=args.grad_accum, checkpointing=args.checkpointing,
-                                eval_every=max(1, steps // 4), patience=0, restore_best=False, seed=args.seed,
-                                progress=False)
-            rep = finetune(model, train, valid, ft, teacher=teacher)
-            keep = ("steps", "trainable", "trainable_params", "before", "after", "s_per_step", "tokens_per_s",
-                    "train_s", "wall_s", "loss_steps", "losses", "evals", "autocast_bf16")
-            run = {k: rep[k] for k in keep}
-            run["lr"] = ft.lr
-            run["quality"] = quality(model, loaded.tokenizer, args, tasks)
-            out["runs"].append(run)
-            print(f"  {Path(model_dir).name} {trainable} {steps} steps: valid KL {rep['before']['kl']:.4f} -> "
-                  f"{rep['after']['kl']:.4f}, {rep['s_per_step'] or 0:.3f} s/step", flush=True)
+    lrs = [None] if args.lr is None else [float(v) for v in args.lr.split(",")]
+    grid = [(t, lr, float(w), int(n)) for t in args.trainable.split(",") for lr in lrs
+            for w in args.lm_weight.split(",") for n in args.steps.split(",")]
+    for trainable, lr, lm_weight, steps in grid:
+        dense.load_state_dict(original)
+        ft = FinetuneConfig(steps=steps, lr=lr, trainable=trainable, batch_size=args.batch_size,
+                            grad_accum=args.grad_accum, checkpointing=args.checkpointing, lm_weight=lm_weight,
+                            eval_every=max(1, steps // 4), patience=0, restore_best=False, seed=args.seed,
+                            progress=False)
+        rep = finetune(model, train, valid, ft, teacher=teacher)
+        keep = ("steps", "trainable", "trainable_params", "before", "after", "s_per_step", "tokens_per_s",
+                "train_s", "wall_s", "loss_steps", "losses", "evals", "autocast_bf16")
+        run = {k: rep[k] for k in keep}
+        run.update(lr=ft.lr, lm_weight=lm_weight)
+        run["quality"] = quality(model, loaded.tokenizer, args, tasks)
+        run["heldout_kl"] = heldout_kl(model, teacher, eval_windows, args, dev)
+        out["runs"].append(run)
+        print(f"  {Path(model_dir).name} {trainable} lr {ft.lr:g} lm {lm_weight:g} {steps} steps: ft-valid KL "
+              f"{rep['before']['kl']:.4f} -> {rep['after']['kl']:.4f}, held-out KL {out['heldout_kl_before']:.4f} -> "
+              f"{run['heldout_kl']:.4f}, ppl {out['sparse']['ppl']:.3f} -> {run['quality']['ppl']:.3f} "
+              f"(dense {out['dense']['ppl']:.3f}), {rep['s_per_step'] or 0:.3f} s/step", flush=True)
     dense.load_state_dict(original)
     return out
+
+
+def heldout_kl(model, teacher, windows, args, dev: str) -> float:
+    """KL(dense ‖ sparse) at the protected positions of the evaluation text's windows (fp32, no autocast)."""
+    return ft_evaluate(model, teacher, windows, args.protect, batch_size=args.eval_batch_size, amp=False)["kl"]
+
+
+def split_heldout(args, tmp: Path) -> None:
+    """--heldout-ft: the held-out text's first FRACTION (cut at a line end) becomes the fine-tuning text, the
+    rest the evaluation text, so the student is distilled on text the dense model was not trained on."""
+    args.ft_text = None
+    if args.heldout_ft is None:
+        return
+    if not 0.0 < args.heldout_ft < 1.0:
+        raise SystemExit("--heldout-ft must be in (0, 1)")
+    text = Path(args.eval_text).read_text(encoding="utf-8")
+    cut = text.find("\n", int(len(text) * args.heldout_ft)) + 1 or len(text)
+    args.ft_text = text[:cut]
+    rest = tmp / "eval_part.txt"
+    rest.write_text(text[cut:], encoding="utf-8")
+    args.eval_text = str(rest)
 
 
 # --- reporting --------------------------------------------------------------------------------------
@@ -183,18 +216,21 @@ def table(res: dict) -> str:
         f"budget {res['args']['budget']}, L={res['args']['seq_len']}, P={res['args']['protect']}; "
         f"{res['meta']['device']}, torch {res['meta']['torch']}, {res['meta']['date']}",
         "",
-        "| model | variant | FLOPs | ppl (protected) | acc | acc_norm | valid KL | s/step | tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | variant | FLOPs | ppl (protected) | acc | acc_norm | held-out KL | ft-valid KL | s/step | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in res["models"]:
         name = Path(m["model"]).name
-        rows = [("dense", 1.0, m["dense"], None, None, None), ("sparse, before", m["flops_ratio"], m["sparse"],
-                m["runs"][0]["before"]["kl"] if m["runs"] else None, None, None)]
-        rows += [(f"sparse + {r['steps']} steps ({r['trainable']})", m["flops_ratio"], r["quality"], r["after"]["kl"],
-                  r["s_per_step"], r["tokens_per_s"]) for r in m["runs"]]
-        for variant, fr, q, kl, sps, tps in rows:
+        rows = [("dense", 1.0, m["dense"], None, None, None, None),
+                ("sparse, before", m["flops_ratio"], m["sparse"], m.get("heldout_kl_before"),
+                 m["runs"][0]["before"]["kl"] if m["runs"] else None, None, None)]
+        rows += [(f"sparse + {r['steps']} steps ({r['trainable']}, lr {r['lr']:g}, lm {r.get('lm_weight', 0):g})",
+                  m["flops_ratio"], r["quality"], r.get("heldout_kl"), r["after"]["kl"], r["s_per_step"],
+                  r["tokens_per_s"]) for r in m["runs"]]
+        for variant, fr, q, hkl, kl, sps, tps in rows:
             lines.append(f"| {name} | {variant} | {fr:.3f} | {_f(q['ppl'], '.3f')} | {_f(q['acc_mean'], '.3f')} | "
-                         f"{_f(q['acc_norm_mean'], '.3f')} | {_f(kl, '.4f')} | {_f(sps, '.3f')} | {_f(tps, ',.0f')} |")
+                         f"{_f(q['acc_norm_mean'], '.3f')} | {_f(hkl, '.4f')} | {_f(kl, '.4f')} | {_f(sps, '.3f')} | "
+                         f"{_f(tps, ',.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +242,7 @@ def main(argv=None) -> int:
             smoke_inputs(args, Path(tmp))
         if not args.model:
             raise SystemExit("give at least one --model DIR (or --smoke)")
+        split_heldout(args, Path(tmp))
         tasks = load_tasks(args.tasks, args.max_examples)
         t0 = time.perf_counter()
         models = [bench_model(m, args, tasks, dev) for m in args.model]

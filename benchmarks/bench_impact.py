@@ -38,7 +38,8 @@ SMOKE_SHAPES = {"tiny": (2, 24, 40, 16)}
 def sweep_configs(criterion: str, smoke: bool, quick: bool = False) -> list[dict]:
     if quick and not smoke:  # a lease-sized sweep: the neighbourhood of the default configs
         if criterion == "last":
-            return [dict(block_t=bt, block_d=bd, chunks=ch, num_warps=4) for bt in (16, 32) for bd in (16, 32) for ch in (1, 4)]
+            return [dict(block_t=bt, block_d=bd, chunks=ch, num_warps=nw) for bt in (16, 32) for bd in (16, 32, 64)
+                    for ch in (1, 4) for nw in (2, 4, 8) if bt * bd * 16 <= 16384]
         return [dict(block_d=bd, num_warps=nw) for bd in (16, 32, 64) for nw in (1, 2)]
     if criterion == "last":
         if smoke:
@@ -154,9 +155,29 @@ def bench_case(name, shape, criterion, device, ms, bw, smoke, quick=False) -> di
     ok = [c for c in configs[1:] if c["rel_err"] <= 1e-5 and c["deterministic"]]
     row["kernel_best"] = min(ok, key=lambda c: c["ms"]) if ok else None
     row["sweep"] = configs[1:]
+    row["fused_softplus"] = fused_softplus_case(x, criterion, row["kernel_best"], ms, ref_fn)
     n_dblk = triton.cdiv(D, row["kernel_best"]["config"]["block_d"] if ok else 32)
     row["partial_buffer_bytes"] = 2 * bsz * n_dblk * L * 4  # written by the kernel, read by amax
     return row
+
+
+def fused_softplus_case(x, criterion, best, ms, ref_fn) -> dict:
+    """The pruned model's call: raw bf16 dt + fp32 bias, softplus formed in the kernel, against materialising
+    delta = softplus(dt + bias) first (one more [B, L, D] fp32 write and read) and scoring that."""
+    u, _, A, B, C = x
+    g = torch.Generator(device=u.device).manual_seed(1)
+    raw = (torch.randn(u.shape, device=u.device, generator=g) - 2).bfloat16()
+    bias = torch.randn(u.shape[-1], device=u.device, generator=g) * 0.5
+    cfg = best["config"] if best else None
+    fused = lambda: impact_score_triton(u, raw, A, B, C, criterion=criterion, config=cfg,  # noqa: E731
+                                        delta_bias=bias, delta_softplus=True)
+    delta = torch.nn.functional.softplus(torch.add(raw, bias))
+    split = lambda: impact_score_triton(u, torch.nn.functional.softplus(torch.add(raw, bias)), A, B, C,  # noqa: E731
+                                        criterion=criterion, config=cfg)
+    out = fused()
+    return dict(config=cfg, fused_ms=ms(fused), materialised_ms=ms(split),
+                softplus_ms=ms(lambda: torch.nn.functional.softplus(torch.add(raw, bias))),
+                rel_err=rel_err(out, ref_fn(u, delta, A, B, C)), deterministic=bool(torch.equal(out, fused())))
 
 
 def fmt(v, nd=3):
@@ -177,6 +198,12 @@ def markdown(rows) -> str:
             f"{best['config'] if best else '—'} | {fmt(b / r['floor_ms'] if b else None, 2)} | "
             f"{fmt(r['reference_ms'] / b if b else None, 1)} |"
         )
+    lines += ["", "| layer | criterion | softplus then score ms (softplus alone) | fused softplus ms | rel err | deterministic |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r["fused_softplus"]
+        lines.append(f"| {r['shape']} | {r['criterion']} | {fmt(f['materialised_ms'])} ({fmt(f['softplus_ms'])}) | "
+                     f"{fmt(f['fused_ms'])} | {f['rel_err']:.1e} | {f['deterministic']} |")
     return "\n".join(lines)
 
 

@@ -83,6 +83,28 @@ def make_session(path, library, providers, threads):
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
+def node_providers(path, library, providers, feed, threads) -> dict:
+    """{op type: {execution provider: nodes run}} from one profiled run: shows which provider ran each custom op
+    (the CUDA EP only takes a node whose kernel the library registered for it; anything else falls back)."""
+    import onnxruntime as ort
+
+    from simba_convert.export.runtime import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = session_options(library, threads=threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    seen: dict[str, dict[str, set]] = {}
+    for e in events:
+        a = e.get("args", {})
+        if e.get("cat") == "Node" and "op_name" in a and "provider" in a:
+            seen.setdefault(a["op_name"], {}).setdefault(a["provider"], set()).add(e["name"].rsplit("_kernel_time", 1)[0])
+    return {op: {prov: len(names) for prov, names in provs.items()} for op, provs in sorted(seen.items())}
+
+
 def rel_rms(out, ref) -> float:
     o, r = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     return float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30))
@@ -201,6 +223,10 @@ def markdown(res: dict) -> str:
                      f"{r['speedup_vs_dense']:.2f} | {r['speedup_vs_pytorch']:.2f} | {r.get('rel_rms_vs_pytorch', 0):.1e} | "
                      f"{r.get('kept_match', '')} |")
     out = head + "\n".join(lines) + "\n"
+    if res.get("node_providers"):
+        out += "\nNodes per execution provider (one profiled run): " + "; ".join(
+            f"{k}: " + ", ".join(f"{op} {provs}" for op, provs in v.items() if op in ("SelectiveScan", "ImpactScore", "Scan"))
+            for k, v in res["node_providers"].items()) + "\n"
     if res.get("cuda_kernels"):
         out += "\n| dtype | B×L×D×N | scan rel RMS | scan ms (torch ms) | last rel RMS | last ms (torch ms) | global rel RMS | global ms (torch ms) |\n"
         out += "|---|---|---|---|---|---|---|---|\n"
@@ -269,6 +295,13 @@ def main(argv=None):
             sessions[variant] = {n: make_session(path, l, providers, args.threads) for n, l in paths.items()}
         for L in args.lengths:
             res["rows"] += bench_length(models, sessions, L, args, device)
+        if args.cuda and args.lengths:
+            feed = {"input_ids": np.zeros((args.batch, args.lengths[0]), dtype=np.int64)}
+            res["node_providers"] = {
+                f"{variant}/{name}": node_providers(Path(tmp) / variant / "model.onnx", lib if name == "library" else False,
+                                                    providers, feed, args.threads)
+                for variant in sessions for name in sessions[variant]}
+            print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
     if args.cuda:
         import ctypes
 

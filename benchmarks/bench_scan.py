@@ -3,6 +3,11 @@
 GPU:   PYTHONPATH=. python3 benchmarks/bench_scan.py --out $OUT/bench_scan.json
 Smoke: PYTHONPATH=. python3 benchmarks/bench_scan.py --smoke --out /tmp/bench_scan.json   (CPU, interpreter)
 
+The Triton sweep covers both forward kinds (LaunchConfig.fwd_kind "chunk" and "seq"); per shape it reports
+the best forward of each kind, the winner, and how closely the seq forward's output and checkpoints agree
+with the chunk forward's. A seq forward's time includes its host-side prep (A·log2 e transposed, B and C
+in fp32). The backward is timed for the chunk configs only (it does not depend on the forward's kind).
+
 Floor of one scan call = max(bytes it must move / measured copy bandwidth, exponentials / SFU rate).
 The SFU rate is an assumption, not a measurement: 132 SMs x 16 ex2/clk/SM x 1.98 GHz = 4.2e12 ex2/s (H200).
 """
@@ -104,6 +109,25 @@ def scan_floor(bsz, L, d, N, elt, bw):
     return fwd, fwd + bwd, fwd_bytes, exps
 
 
+def seq_agreement(ins, seq_cfg):
+    """Relative RMS differences, seq forward vs chunk forward, of y and of the checkpoints the backward reads."""
+    def rel_rms(a, b):
+        a, b = a.double(), b.double()
+        return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
+
+    y0, _, chk0 = sst.scan_forward(*ins, True, None, False, True, config=sst.LaunchConfig(fwd_kind="chunk"))
+    y1, _, chk1 = sst.scan_forward(*ins, True, None, False, True, config=seq_cfg)
+    return {"seq_vs_chunk_y_rel_rms": rel_rms(y1, y0), "seq_vs_chunk_checkpoints_rel_rms": rel_rms(chk1, chk0)}
+
+
+def seq_configs():
+    """The seq forward's sweep: one channel a lane (BLOCK_D = 32·warps) up to four (BLOCK_D = 128, 1 warp),
+    each with 1 to 4 stages of register prefetch."""
+    LC = sst.LaunchConfig
+    shapes = [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2), (128, 4)]
+    return [LC(bd, w, 8, 4, "seq", st) for bd, w in shapes for st in range(1, sst.MAX_FWD_STAGES + 1)]
+
+
 def bench_layer(name, bsz, L, d, N, L_ref, bw, configs):
     dtype = torch.bfloat16
     row = {"shape": name, "B": bsz, "L": L, "D": d, "N": N, "dtype": "bf16"}
@@ -117,15 +141,31 @@ def bench_layer(name, bsz, L, d, N, L_ref, bw, configs):
     sweep = []
     for cfg in configs:
         y, _, chk = sst.scan_forward(*ins, True, None, False, True, config=cfg)
-        dy = torch.randn_like(y)
         f_ms = timed(fwd_of(cfg), ARGS.iters)
-        b_ms = timed(lambda: sst.scan_backward(dy, *ins, True, chk, False, config=cfg), ARGS.iters)
-        sweep.append({"config": cfg.__dict__, "fwd_ms": f_ms, "bwd_ms": b_ms})
+        b_ms = None
+        if cfg.fwd_kind == "chunk":  # the backward does not depend on the forward's kind: time it once per bwd config
+            dy = torch.randn_like(y)
+            b_ms = timed(lambda: sst.scan_backward(dy, *ins, True, chk, False, config=cfg), ARGS.iters)
+        sweep.append({"config": cfg.__dict__, "fwd_ms": f_ms, "bwd_ms": b_ms, "fwd_kind": cfg.fwd_kind})
         del chk
     row["triton_sweep"] = sweep
     row["triton_fwd_ms"] = min(s["fwd_ms"] for s in sweep)
-    row["triton_bwd_ms"] = min(s["bwd_ms"] for s in sweep)
+    row["triton_bwd_ms"] = min(s["bwd_ms"] for s in sweep if s["bwd_ms"] is not None)
     row["triton_default_fwd_ms"] = sweep[0]["fwd_ms"]  # configs[0] is the default LaunchConfig
+    best = {}
+    for kind in sst.FWD_KINDS:
+        runs = [s for s in sweep if s["fwd_kind"] == kind]
+        if runs:
+            best[kind] = min(runs, key=lambda s: s["fwd_ms"])
+            row[f"triton_{kind}_fwd_ms"] = best[kind]["fwd_ms"]
+            row[f"triton_{kind}_best_config"] = best[kind]["config"]
+            # The training forward also writes the checkpoints every CHUNK steps.
+            row[f"triton_{kind}_fwd_with_checkpoints_ms"] = timed(
+                lambda: sst.scan_forward(*ins, True, None, False, True, config=sst.LaunchConfig(**best[kind]["config"])),
+                ARGS.iters)
+    row["triton_fwd_best_kind"] = min(best, key=lambda k: best[k]["fwd_ms"])
+    if "seq" in best:
+        row.update(seq_agreement(ins, sst.LaunchConfig(**best["seq"]["config"])))
 
     # The full-length autograd through the dense-state PyTorch scan would need tens of GB: time the
     # chunked path at L_ref and scale linearly in L (it is linear: L/T chunks of equal work).
@@ -190,13 +230,15 @@ def main():
     if ARGS.smoke:
         bw = copy_bandwidth(1 << 22)
         shapes = [("smoke", 1, 20, 8, 16, 10)]
-        configs = [LC(), LC(8, 2, 4, 2)]
+        configs = [LC(), LC(8, 2, 4, 2, "chunk"), LC(8, 1, 4, 2, "seq", 2), LC(8, 1, 4, 2, "seq", 4)]
         train_cfg, tb, tl_ = MambaConfig(d_model=8, n_layer=1, vocab_size=64, d_state=4), 1, 8
     else:
         bw = copy_bandwidth(1 << 30)
         # B·L = 16k tokens at L = 2048; reference chunked path timed at L = 256 and scaled.
         shapes = [("mamba-130m layer", 8, 2048, 1536, 16, 256), ("mamba-1.4b layer", 8, 2048, 4096, 16, 256)]
-        configs = [LC(), LC(8, 4, 4, 4), LC(16, 8, 8, 8), LC(32, 8, 16, 8), LC(32, 4, 8, 2), LC(64, 8, 16, 4)]
+        configs = [LC(), *(LC(*c, "chunk") for c in ((16, 4, 8, 4), (8, 4, 4, 4), (16, 8, 8, 8), (32, 8, 16, 8),
+                                                          (32, 4, 8, 2), (64, 8, 16, 4)))]
+        configs += seq_configs()
         train_cfg, tb, tl_ = MambaConfig(d_model=512, n_layer=10, vocab_size=8192), 16, 512
     meta["copy_bandwidth_gbs"] = bw / 1e9
     rows = [bench_layer(*s, bw=bw, configs=configs) for s in shapes]
@@ -219,7 +261,17 @@ def main():
     print(f"* timed at L={rows[0]['ref_chunked_L']} and scaled linearly to L")
     for r in rows:
         print(f"sweep {r['shape']}: " + "; ".join(
-            f"{tuple(s['config'].values())}: fwd {s['fwd_ms']:.3f} bwd {s['bwd_ms']:.3f}" for s in r["triton_sweep"]))
+            f"{tuple(s['config'].values())}: fwd {s['fwd_ms']:.3f}"
+            + (f" bwd {s['bwd_ms']:.3f}" if s["bwd_ms"] is not None else "") for s in r["triton_sweep"]))
+        kinds = [k for k in sst.FWD_KINDS if f"triton_{k}_fwd_ms" in r]
+        print(f"forward kinds {r['shape']}: " + "; ".join(
+            f"{k} {r[f'triton_{k}_fwd_ms']:.3f} ms ({r[f'triton_{k}_fwd_ms'] / r['floor_fwd_ms']:.2f}x floor; "
+            f"with checkpoints {r[f'triton_{k}_fwd_with_checkpoints_ms']:.3f} ms) "
+            f"best {tuple(r[f'triton_{k}_best_config'].values())}" for k in kinds)
+            + f" -> winner: {r['triton_fwd_best_kind']}")
+        if "seq_vs_chunk_y_rel_rms" in r:
+            print(f"seq vs chunk {r['shape']}: y rel RMS {r['seq_vs_chunk_y_rel_rms']:.2e}, "
+                  f"checkpoints rel RMS {r['seq_vs_chunk_checkpoints_rel_rms']:.2e}")
     print(f"train step ({train['params'] / 1e6:.1f}M params, d_model={train_cfg.d_model}, n_layer={train_cfg.n_layer}, "
           f"vocab={train_cfg.vocab_size}, batch {tb}x{tl_}, AdamW, bf16 autocast): "
           f"triton {train['triton']:.1f} ms, reference {train['reference']:.1f} ms")

@@ -142,6 +142,40 @@ def test_chunked_last_layout_matches_reference(kernels, config):
     assert_scores_match(out, impact_score_ref(*[t.cpu() for t in x], criterion="last", mask=mask.cpu()))
 
 
+@pytest.mark.parametrize("criterion", ["last", "global"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_kernel_forms_softplus_of_raw_delta(kernels, criterion, bias, masked):
+    """delta_softplus / delta_bias: the kernel reads the raw step (bf16, like dt_proj's output) and forms
+    softplus(dt + bias) itself; the scores equal the reference's on the materialised delta."""
+    mod, dev = kernels
+    g = torch.Generator().manual_seed(3)
+    bsz, L, D, N = 2, 45, 19, 16
+    u, _, A, B, C = make_inputs(bsz, L, D, N, device=dev)
+    raw = (torch.randn(bsz, L, D, generator=g) * 2 - 1).to(device=dev, dtype=torch.bfloat16)
+    b = (torch.randn(D, generator=g) * 0.5).to(dev) if bias else None
+    mask = random_mask(bsz, L, device=dev) if masked else None
+    delta = torch.nn.functional.softplus(raw.float() + (b if bias else 0.0))
+    configs = [None, dict(chunks=3)] if criterion == "last" else [None]
+    for cfg in configs:
+        out = poison_like(torch.empty(bsz, L, device=dev))
+        mod.impact_score_triton(u, raw, A, B, C, criterion=criterion, mask=mask, out=out, config=cfg,
+                                delta_bias=b, delta_softplus=True)
+        ref = impact_score_ref(*[t.cpu() for t in (u, delta, A, B, C)], criterion=criterion,
+                               mask=None if mask is None else mask.cpu())
+        assert_scores_match(out, ref)
+    same = impact_score_ref(u.cpu(), raw.cpu(), A.cpu(), B.cpu(), C.cpu(), criterion=criterion,
+                            mask=None if mask is None else mask.cpu(), delta_bias=None if b is None else b.cpu(),
+                            delta_softplus=True)
+    assert torch.equal(same, ref)
+
+
+def test_delta_bias_shape_is_checked():
+    x = make_inputs(1, 4, 6, 2)
+    with pytest.raises(ValueError, match="delta_bias"):
+        impact_score(*x, delta_bias=torch.zeros(5), delta_softplus=True)
+
+
 def test_kernel_reads_strided_inputs(kernels):
     """B and C are views into x_proj's output in the model: non-contiguous, last stride 1."""
     mod, dev = kernels

@@ -62,6 +62,18 @@ def triton_fn(*args):
     return selective_scan_triton(*args)
 
 
+# The seq forward under test: 8 channels a program so that D = 17 spans a partial block, and 3 stages
+# (a path that rotates every prefetched value); test_seq_forward_matches_chunk covers the others.
+SEQ_ENV = "8,1,8,4,seq,3"
+
+
+@pytest.fixture(params=["chunk", "seq"])
+def fwd_kind(request, monkeypatch):
+    """Run a test with each Triton forward kind (selected through SIMBA_SCAN_CONFIG, as a user would)."""
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", SEQ_ENV if request.param == "seq" else "16,4,8,4,chunk")
+    return request.param
+
+
 CASES = [
     # bsz, L, d, N, D, z, bias, softplus, h0
     (1, 1, 5, 4, True, True, True, True, False),
@@ -73,7 +85,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-L{}-D{}-N{}".format(*c[:4]))
-def test_triton_matches_reference_fp32(case):
+def test_triton_matches_reference_fp32(case, fwd_kind):
     bsz, L, d, N, D, z, bias, sp, h0 = case
     inp = make_inputs(bsz, L, d, N, D=D, z=z, bias=bias, h0=h0, device=DEV)
     dy = torch.randn(bsz, L, d, device=DEV, dtype=torch.float64)
@@ -89,7 +101,7 @@ def test_triton_matches_reference_fp32(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_low_precision_inputs(dtype):
+def test_triton_low_precision_inputs(dtype, fwd_kind):
     inp = cast(make_inputs(1, 45, 7, 16, h0=True, device=DEV), dtype)
     dy = torch.randn(1, 45, 7, device=DEV, dtype=torch.float64).to(dtype)
     ref_in = {k: (v.double() if v is not None else None) for k, v in inp.items()}
@@ -102,7 +114,7 @@ def test_triton_low_precision_inputs(dtype):
         assert_matches(g[k], g_ref[k], dtype)
 
 
-def test_triton_non_contiguous_inputs():
+def test_triton_non_contiguous_inputs(fwd_kind):
     """z and u as halves of one projection, B/C as slices of x_proj's output, as the mixer passes them."""
     bsz, L, d, N = 2, 20, 6, 4
     xz = torch.randn(bsz, L, 2 * d, device=DEV)
@@ -115,7 +127,7 @@ def test_triton_non_contiguous_inputs():
     assert_matches(triton_fn(*args), ss.selective_scan_ref(*args))
 
 
-def test_triton_writes_every_output_element(monkeypatch):
+def test_triton_writes_every_output_element(monkeypatch, fwd_kind):
     """Outputs, partial buffers and state gradients start as NaN: any element left unwritten fails."""
     from simba_convert.ops import selective_scan_triton as sst
 
@@ -131,7 +143,7 @@ def test_triton_writes_every_output_element(monkeypatch):
     assert torch.isnan(poison_like(y)).all()  # the poison really is NaN
 
 
-def test_triton_no_checkpoints_without_grad(monkeypatch):
+def test_triton_no_checkpoints_without_grad(monkeypatch, fwd_kind):
     """Inference (no tensor needs a gradient) must not allocate the [B, L/CHUNK, D, N] checkpoints."""
     from simba_convert.ops import selective_scan_triton as sst
 
@@ -141,6 +153,55 @@ def test_triton_no_checkpoints_without_grad(monkeypatch):
     inp = cast(make_inputs(1, 40, 4, 4, device=DEV), torch.float32)
     sst.selective_scan_triton(*(inp[k] for k in NAMES[:8]), True)
     assert all(len(s) != 4 for s in shapes), shapes
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+@pytest.mark.parametrize("L,N", [(1, 16), (16, 3), (37, 16)])
+def test_seq_forward_matches_chunk(L, N, stages):
+    """Outputs, last state and the checkpoints `_scan_bwd_kernel` reads agree between the two forwards."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    inp = cast(make_inputs(1, L, 11, N, h0=True, device=DEV), torch.float32)
+    args = [inp[k] for k in NAMES[:8]] + [True, inp["initial_state"], True, True]
+    y, last, chk = sst.scan_forward(*args, config=sst.LaunchConfig(fwd_kind="chunk"))
+    y2, last2, chk2 = sst.scan_forward(*args, config=sst.LaunchConfig(4, 1, 8, 4, "seq", stages))
+    assert chk.shape == chk2.shape == (1, -(-L // sst.CHUNK), 11, N)
+    assert_matches(y2, y)
+    assert_matches(last2, last)
+    assert_matches(chk2, chk)
+    y_ref, last_ref = ss.selective_scan_ref(*args[:10], True)
+    assert_matches(y2, y_ref)
+    assert_matches(last2, last_ref)
+
+
+def test_launch_config_from_env(monkeypatch):
+    from simba_convert.errors import ConfigError
+    from simba_convert.ops.selective_scan_triton import LaunchConfig
+
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", "32,8,16,4")  # the original four-value form
+    assert LaunchConfig.from_env() == LaunchConfig(32, 8, 16, 4, "chunk")
+    assert LaunchConfig.from_env().fwd_kind == "chunk"
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", "64,2,8,4,seq")
+    assert LaunchConfig.from_env() == LaunchConfig(64, 2, 8, 4, "seq", LaunchConfig().fwd_stages)
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", "32, 1, 8, 4, seq, 4")
+    assert LaunchConfig.from_env() == LaunchConfig(32, 1, 8, 4, fwd_kind="seq", fwd_stages=4)
+    for bad in ("32,1,8", "32,1,8,4,scan", "32,1,8,4,seq,0", "32,1,8,4,seq,5", "32,x,8,4", "1,2,3,4,seq,2,7"):
+        monkeypatch.setenv("SIMBA_SCAN_CONFIG", bad)
+        with pytest.raises(ConfigError):
+            LaunchConfig.from_env()
+    assert LaunchConfig().fwd_kind == "auto"
+
+
+def test_auto_forward_picks_seq_only_with_enough_programs():
+    from simba_convert.ops.selective_scan_triton import SEQ_MIN_PROGRAMS, LaunchConfig, resolve_forward
+
+    auto = LaunchConfig()
+    small = resolve_forward(auto, 1, 32 * (SEQ_MIN_PROGRAMS - 1))
+    big = resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2))
+    assert (small.fwd_kind, small.fwd_block_d, small.fwd_warps) == ("chunk", auto.fwd_block_d, auto.fwd_warps)
+    assert (big.fwd_kind, big.fwd_block_d, big.fwd_warps, big.fwd_stages) == ("seq", 32, 1, 3)
+    explicit = LaunchConfig(fwd_kind="chunk")
+    assert resolve_forward(explicit, 64, 4096) is explicit
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 32])
@@ -200,7 +261,7 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
         ss.selective_scan(*(inp[k] for k in NAMES[:8]), backend="triton")
 
 
-def test_dispatch_triton_is_differentiable():
+def test_dispatch_triton_is_differentiable(fwd_kind):
     inp = make_inputs(1, 9, 3, 4, device=DEV)
     dy = torch.randn(1, 9, 3, device=DEV, dtype=torch.float64)
     _, _, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy)
@@ -241,7 +302,7 @@ def test_tiny_model_trains_through_triton():
 # ----------------------------------------------------------------------------------- GPU shapes
 @pytest.mark.gpu
 @pytest.mark.parametrize("d", [1536, 4096])
-def test_gpu_realistic_shapes_bf16(d):
+def test_gpu_realistic_shapes_bf16(d, fwd_kind):
     bsz, L, N = 2, 1024, 16
     inp = cast(make_inputs(bsz, L, d, N, h0=True, device="cuda", dtype=torch.float32), torch.bfloat16)
     dy = torch.randn(bsz, L, d, device="cuda").to(torch.bfloat16)

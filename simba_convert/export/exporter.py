@@ -43,7 +43,9 @@ def _export_dtype(model_dtype, dtype):
 
 
 def _prefill_graph(model, protect, dtype):
-    """The PrefillGraph for a PrunedMambaLM or a dense MambaLM, on a copy of the weights if the dtype changes."""
+    """The PrefillGraph for a PrunedMambaLM or a dense MambaLM, traced on the CPU (a copy of the weights when the
+    model lives elsewhere or the dtype changes). The graph records no device, and CUDA's fake conv1d guards on
+    32-bit indexing of the data-dependent pruned length, which torch.export cannot decide."""
     from .graph import PrefillGraph
 
     if getattr(model, "is_pruned", False):
@@ -53,8 +55,8 @@ def _prefill_graph(model, protect, dtype):
     else:
         dense, ratios, criterion, signed = model, (1.0,) * model.config.n_layer, "last", False
         P = 1 if protect is None else int(protect)
-    if dense.dtype != dtype:
-        dense = copy.deepcopy(dense).to(dtype)
+    if dense.dtype != dtype or dense.device.type != "cpu":
+        dense = copy.deepcopy(dense).to(device="cpu", dtype=dtype)
     return PrefillGraph(dense, ratios, criterion=criterion, signed=signed, protect=P).eval()
 
 

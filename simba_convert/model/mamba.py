@@ -41,13 +41,26 @@ def make_norm(cfg: MambaConfig, d: int) -> nn.Module:
 
 @dataclass
 class MixerInternals:
-    """What the impact score needs from one mixer call: u, delta [B, L, D]; Bm, Cm [B, L, N]; A [D, N]."""
+    """What the impact score needs from one mixer call: u, dt [B, L, D]; Bm, Cm [B, L, N]; A [D, N];
+    delta_bias [D]. dt is the raw step (before bias and softplus), as the scan takes it: the score kernels form
+    delta = softplus(dt + delta_bias) themselves (pass delta_softplus=True), so no delta tensor is kept."""
 
     u: torch.Tensor
-    delta: torch.Tensor
+    dt: torch.Tensor
+    delta_bias: torch.Tensor
     Bm: torch.Tensor
     Cm: torch.Tensor
     A: torch.Tensor
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """The step size softplus(dt + delta_bias) [B, L, D] fp32, materialised (for inspection and tests)."""
+        # bf16 dt + fp32 bias computes in fp32 in one pass: the same values as dt.float() + bias
+        return F.softplus(torch.add(self.dt, self.delta_bias))
+
+    def score_inputs(self) -> tuple[tuple, dict]:
+        """(args, kwargs) for `impact_score`: raw dt with the bias and softplus applied inside the score."""
+        return (self.u, self.dt, self.A, self.Bm, self.Cm), dict(delta_bias=self.delta_bias, delta_softplus=True)
 
 
 class MambaMixer(nn.Module):
@@ -99,11 +112,10 @@ class MambaMixer(nn.Module):
         if return_state:
             extras.append((conv_state_from(x, self.d_conv, conv_state), last))
         if return_internals:
-            # bf16 dt + fp32 bias computes in fp32 in one pass: the same values as dt.float() + bias, one kernel less
-            delta = F.softplus(torch.add(dt, self.dt_proj.bias.float()))
             # Bm and Cm are split views of x_proj's output (rows R + 2N apart); the score kernels read them token by
             # token, and contiguous rows read faster than these tiny [B, L, N] copies cost. Same values.
-            extras.append(MixerInternals(u=u, delta=delta, Bm=Bm.contiguous(), Cm=Cm.contiguous(), A=A))
+            extras.append(MixerInternals(u=u, dt=dt, delta_bias=self.dt_proj.bias.float(), Bm=Bm.contiguous(),
+                                         Cm=Cm.contiguous(), A=A))
         return (out, *extras) if extras else out
 
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):

@@ -1,7 +1,11 @@
 """Simba's token impact score (SIMBA.md §3): readable fp32 reference and the dispatching entry point.
 
-Shapes: u, delta [B, L, D] (delta is post-softplus, > 0); A [D, N]; B, C [B, L, N]; mask [B, L] bool
-(True = real token); y [B, L, d] (the layer output, for `output` only); scores [B, L] fp32.
+Shapes: u, delta [B, L, D]; A [D, N]; B, C [B, L, N]; mask [B, L] bool (True = real token); y [B, L, d]
+(the layer output, for `output` only); delta_bias [D]; scores [B, L] fp32.
+
+delta is the step size the scan uses, > 0. Like `selective_scan`, the score can take it raw and form
+softplus(delta + delta_bias) itself (delta_softplus=True, delta_bias optional), in fp32: the pruned model
+passes dt_proj's output that way, so the kernels read [B, L, D] once and no delta tensor is materialised.
 
 Criteria (higher score = more important token; see ops/README.md "Impact score" for the derivation):
   last    s(t) = max_d |Δy_T(t)[d]|, the contribution of token t to the layer's output at the last
@@ -21,7 +25,8 @@ REAL position; with right padding that is the end of the real text. A sample wit
 scores -inf everywhere.
 
 How the pruned model calls it, per layer (MixerInternals from MambaMixer(..., return_internals=True)):
-    s = impact_score(it.u, it.delta, it.A, it.Bm, it.Cm, criterion=c, mask=alive, y=mixer_out)
+    s = impact_score(it.u, it.dt, it.A, it.Bm, it.Cm, criterion=c, mask=alive, y=mixer_out,
+                     delta_bias=it.delta_bias, delta_softplus=True)
 where `mixer_out` [B, L, d] is the mixer output before the residual add; only `output` reads it and
 only `output` and `random` accept None for u, delta, A, B, C.
 """
@@ -81,6 +86,19 @@ def reverse_exclusive_cumsum(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     pad_shape = list(x.shape)
     pad_shape[dim] = min(1, x.shape[dim])
     return torch.cat([shifted, x.new_zeros(pad_shape)], dim=dim)
+
+
+def effective_delta(delta, delta_bias=None, delta_softplus=False) -> torch.Tensor:
+    """The step size [B, L, D] in fp32: softplus(delta + delta_bias) when asked, as the scan forms it."""
+    if delta_bias is None and not delta_softplus:
+        return delta
+    x = delta.float() if delta_bias is None else torch.add(delta.float(), delta_bias.float())
+    return torch.nn.functional.softplus(x) if delta_softplus else x
+
+
+def _check_delta_bias(delta_bias, d):
+    if delta_bias is not None and tuple(delta_bias.shape) != (d,):
+        raise ValueError(f"delta_bias must be [D] = [{d}], got {tuple(delta_bias.shape)}")
 
 
 def _finish(scores: torch.Tensor, mask, out):
@@ -171,11 +189,15 @@ def random_score_ref(bsz: int, L: int, device, *, generator: torch.Generator | N
 def impact_score_ref(
     u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None,
     generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
 ) -> torch.Tensor:
     """Token scores [B, L] fp32 of one layer by `criterion` (see the module docstring); masked tokens get -inf.
 
     Computes in fp32 whatever the input dtypes (fp32/bf16/fp16); `out` [B, L] fp32 receives the result if given.
     """
+    if delta is not None:
+        _check_delta_bias(delta_bias, delta.shape[-1])
+        delta = effective_delta(delta, delta_bias, delta_softplus)
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown impact-score criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion == "output":
@@ -197,20 +219,24 @@ def impact_score_ref(
 
 def impact_score(
     u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None,
-    generator: torch.Generator | None = None, y: torch.Tensor | None = None, backend: str = "auto",
+    generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False, backend: str = "auto",
 ) -> torch.Tensor:
     """Same contract as `impact_score_ref`; `backend` is auto | triton | reference (see ops.backend).
 
     Only `last` and `global` have kernels; `delta`, `output` and `random` are single PyTorch ops on any device.
     """
-    kw = dict(criterion=criterion, signed=signed, mask=mask, out=out, generator=generator, y=y)
+    kw = dict(criterion=criterion, signed=signed, mask=mask, out=out, generator=generator, y=y,
+              delta_bias=delta_bias, delta_softplus=delta_softplus)
     if criterion not in ("last", "global"):
         return impact_score_ref(u, delta, A, B, C, **kw)
     from . import backend as _backend
 
     _check_ssm_inputs(u, delta, A, B, C, mask)
+    _check_delta_bias(delta_bias, u.shape[-1])
     if _backend.resolve("impact_score", backend, u.device) == "triton":
         from .impact_score_triton import impact_score_triton
 
-        return impact_score_triton(u, delta, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out)
+        return impact_score_triton(u, delta, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out,
+                                   delta_bias=delta_bias, delta_softplus=delta_softplus)
     return impact_score_ref(u, delta, A, B, C, **kw)

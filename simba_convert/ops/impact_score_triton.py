@@ -9,6 +9,9 @@ registers. A program writes the max over its channels for each token to a partia
 [B, nD, L]; `torch.amax` over nD then gives the score. Max is exact, so the result is bit-for-bit
 deterministic and no atomics are needed.
 
+With delta_softplus / delta_bias the kernels read the raw step (dt_proj's output, often bf16) and form
+softplus(dt + bias) in registers, as the scan does: no fp32 delta tensor is written and read back.
+
 `last` can also split the sequence into `chunks` independent pieces (the "chunked" layout): a first
 kernel sums delta over each chunk, a cumsum over chunks gives every piece its starting R, and the pieces
 run in parallel. That trades one extra read of delta for B·nD·chunks-way parallelism.
@@ -28,10 +31,39 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _softplus(x):
+    """softplus(x) in fp32 with torch's threshold (x above 20 passes through); log1p(e) without log1p
+    (Goldberg's form: exact where 1 + e rounds to 1, accurate elsewhere)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    lp = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _step(raw, bias, ok, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The step size delta in fp32 from the loaded raw tile (any shape ending in BLOCK_D), 0 where not `ok`."""
+    x = raw.to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias
+    if SOFTPLUS:
+        x = _softplus(x)
+    return tl.where(ok, x, 0.0)
+
+
+@triton.jit
+def _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    return tl.zeros(offs_d.shape, tl.float32)
+
+
+@triton.jit
 def _delta_chunk_sums_kernel(
-    delta_ptr, mask_ptr, sums_ptr, L, D,
+    delta_ptr, bias_ptr, mask_ptr, sums_ptr, L, D,
     s_db, s_dl, s_dd, s_mb, s_ml, s_sb, s_sc,
-    CHUNK, HAS_MASK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    CHUNK, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """sums[b, c, d] = Σ of the masked delta over chunk c, chunks counted from the END of the sequence."""
     pid_b, pid_d, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -39,12 +71,14 @@ def _delta_chunk_sums_kernel(
     d_ok = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     base_b = pid_b.to(tl.int64)
+    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
     acc = tl.zeros([BLOCK_D], tl.float32)
     for j in range(0, CHUNK, BLOCK_T):
         offs_t = L - 1 - (pid_c * CHUNK + j + rows)
         ok = offs_t >= 0
         x = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                    mask=ok[:, None] & d_ok[None, :], other=0.0)
+        x = _step(x, bias[None, :], ok[:, None] & d_ok[None, :], HAS_BIAS, SOFTPLUS)
         if HAS_MASK:
             m = tl.load(mask_ptr + base_b * s_mb + offs_t * s_ml, mask=ok, other=0) != 0
             x = tl.where(m[:, None], x, 0.0)
@@ -54,10 +88,10 @@ def _delta_chunk_sums_kernel(
 
 @triton.jit
 def _last_kernel(
-    u_ptr, delta_ptr, a2t_ptr, b_ptr, ct_ptr, mask_ptr, carry_ptr, part_ptr, L, D,
+    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, ct_ptr, mask_ptr, carry_ptr, part_ptr, L, D,
     s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_mb, s_ml, s_cb, s_cc, s_pb, s_pd, CHUNK_TILES,
     N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_CARRY: tl.constexpr, SIGNED: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |Δy_T(t)[d]| for the tokens of one chunk.
 
@@ -74,22 +108,22 @@ def _last_kernel(
         carry = tl.load(carry_ptr + base_b * s_cb + pid_c * s_cc + offs_d, mask=d_ok, other=0.0)
     else:
         carry = tl.zeros([BLOCK_D], tl.float32)
+    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
     for j in range(CHUNK_TILES):
         offs_t = L - 1 - ((pid_c * CHUNK_TILES + j) * BLOCK_T + rows)
         t_ok = offs_t >= 0
         dmask = t_ok[:, None] & d_ok[None, :]
-        dt = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
-                     mask=dmask, other=0.0).to(tl.float32)
-        # delta_{t+1} for all rows but the tile's first: that token's successor is in `carry` already.
-        nxt_ok = t_ok & (rows > 0)
-        dn = tl.load(delta_ptr + base_b * s_db + (offs_t + 1)[:, None] * s_dl + offs_d[None, :] * s_dd,
-                     mask=nxt_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
         if HAS_MASK:
             m = tl.load(mask_ptr + base_b * s_mb + offs_t * s_ml, mask=t_ok, other=0) != 0
-            mn = tl.load(mask_ptr + base_b * s_mb + (offs_t + 1) * s_ml, mask=nxt_ok, other=0) != 0
-            dt = tl.where(m[:, None], dt, 0.0)
-            dn = tl.where(mn[:, None], dn, 0.0)
-        R = carry[None, :] + tl.cumsum(dn, axis=0)  # [BLOCK_T, BLOCK_D] = Σ_{k>t} delta_k ≥ 0
+            dmask = dmask & m[:, None]
+        dt = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
+                     mask=dmask, other=0.0)
+        dt = _step(dt, bias[None, :], dmask, HAS_BIAS, SOFTPLUS)
+        # Σ_{k>t} delta_k: the inclusive cumsum over the (time-reversed) rows less the row's own delta. The
+        # subtraction costs at most ~eps·(R + delta_t) in R, i.e. a relative error |A|·eps·(R + delta_t) in
+        # a decay; delta is read and (with softplus) computed once per token instead of twice.
+        cs = tl.cumsum(dt, axis=0)
+        R = carry[None, :] + (cs - dt)  # [BLOCK_T, BLOCK_D] ≥ 0
         carry += tl.sum(dt, axis=0)
         reach = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         for n in tl.static_range(N):
@@ -110,9 +144,10 @@ def _last_kernel(
 
 @triton.jit
 def _global_kernel(
-    u_ptr, delta_ptr, a2t_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
+    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
     s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
-    HAS_MASK: tl.constexpr, SIGNED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, SIGNED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |u_t δ_t Σ_n B_t[n] G_t[d,n]|, by the reverse scan
     G_t = C_t + exp(δ_{t+1} A) ⊙ G_{t+1} with G^T [BLOCK_N, BLOCK_D] in registers (channels along lanes,
@@ -123,19 +158,22 @@ def _global_kernel(
     d_ok, n_ok = offs_d < D, offs_n < N
     base_b = pid_b.to(tl.int64)
     a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
     G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
     for j in range(L):
         t = L - 1 - j
         ct = tl.load(c_ptr + base_b * s_cb + t * s_cl + offs_n * s_cn, mask=n_ok, other=0.0).to(tl.float32)
         bt = tl.load(b_ptr + base_b * s_bb + t * s_bl + offs_n * s_bn, mask=n_ok, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + base_b * s_db + t * s_dl + offs_d * s_dd, mask=d_ok, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + base_b * s_db + t * s_dl + offs_d * s_dd, mask=d_ok, other=0.0)
         ut = tl.load(u_ptr + base_b * s_ub + t * s_ul + offs_d * s_ud, mask=d_ok, other=0.0).to(tl.float32)
+        ok = d_ok
         if HAS_MASK:
             # An absent token adds no readout and no decay: G passes through it unchanged.
             m = tl.load(mask_ptr + base_b * s_mb + t * s_ml) != 0
             ct = tl.where(m, ct, 0.0)
-            dt = tl.where(m, dt, 0.0)
+            ok = ok & m
+        dt = _step(dt, bias, ok, HAS_BIAS, SOFTPLUS)
         G = ct[:, None] + tl.exp2(a2t * d_next[None, :]) * G
         dy = ut * dt * tl.sum(G * bt[:, None], axis=0)
         if not SIGNED:
@@ -157,8 +195,10 @@ def default_config(criterion: str) -> dict:
 
 def impact_score_triton(
     u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None, config=None,
+    delta_bias=None, delta_softplus: bool = False,
 ) -> torch.Tensor:
-    """`last` or `global` scores [B, L] fp32 with the contract of `impact_score_ref`.
+    """`last` or `global` scores [B, L] fp32 with the contract of `impact_score_ref` (delta raw when
+    delta_softplus / delta_bias are given: softplus(delta + delta_bias) is formed in the kernel).
 
     `config` overrides `default_config` (keys: block_t, block_d, chunks, num_warps); benchmarks sweep it.
     """
@@ -174,12 +214,14 @@ def impact_score_triton(
     a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
     part = torch.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
     m = mask.to(torch.uint8) if mask is not None else torch.zeros(1, 1, dtype=torch.uint8, device=dev)
-    common = dict(HAS_MASK=mask is not None, SIGNED=signed, BLOCK_D=block_d, num_warps=cfg["num_warps"])
+    bias = delta_bias if delta_bias is not None else a2t  # any pointer: not read without HAS_BIAS
+    common = dict(HAS_MASK=mask is not None, SIGNED=signed, HAS_BIAS=delta_bias is not None,
+                  SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, num_warps=cfg["num_warps"])
     if criterion == "last":
-        _launch_last(u, delta, a2t, B, C, m, part, mask, cfg, common)
+        _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common)
     elif criterion == "global":
         _global_kernel[(bsz, n_dblk)](
-            u, delta, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+            u, delta, bias, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
             *m.stride(), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
         )
     else:
@@ -188,7 +230,7 @@ def impact_score_triton(
     return scores
 
 
-def _launch_last(u, delta, a2t, B, C, m, part, mask, cfg, common):
+def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
     bsz, L, D = u.shape
     N = a2t.shape[0]
     block_t = cfg["block_t"]
@@ -202,16 +244,16 @@ def _launch_last(u, delta, a2t, B, C, m, part, mask, cfg, common):
     if chunks > 1:
         sums = torch.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
         _delta_chunk_sums_kernel[(bsz, n_dblk, chunks)](
-            delta, m, sums, L, D, *delta.stride(), *m.stride(), sums.stride(0), sums.stride(1),
-            chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], BLOCK_T=block_t,
-            BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
+            delta, bias, m, sums, L, D, *delta.stride(), *m.stride(), sums.stride(0), sums.stride(1),
+            chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], HAS_BIAS=common["HAS_BIAS"],
+            SOFTPLUS=common["SOFTPLUS"], BLOCK_T=block_t, BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
         )
         # Exclusive cumsum over chunks (counted from the end): the delta of every token after the chunk.
         carry = torch.cat([torch.zeros_like(sums[:, :1]), sums[:, :-1].cumsum(dim=1)], dim=1)
     else:
         carry = torch.zeros(1, 1, dtype=torch.float32, device=u.device)
     _last_kernel[(bsz, n_dblk, chunks)](
-        u, delta, a2t, B, ct, m, carry, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
+        u, delta, bias, a2t, B, ct, m, carry, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
         *m.stride(), carry.stride(0), carry.stride(1), part.stride(0), part.stride(1), chunk_tiles,
         N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
     )

@@ -6,11 +6,13 @@ states [B, D, N] fp32. Derivation and cost model: ops/README.md, "Selective scan
 Layout of the work: one program per (batch, block of BLOCK_D channels). It walks the sequence in
 chunks of CHUNK steps; inside a chunk the recurrence h_t = a_t ⊙ h_{t-1} + b_t over the [CHUNK,
 BLOCK_D·N] tile is one `tl.associative_scan` (all states live in registers, fp32), and the state
-is carried from chunk to chunk. The forward stores the state entering every chunk when a backward
-will follow; the backward walks the chunks in reverse, recomputes the states of a chunk from its
-checkpoint and runs the adjoint recurrence G_t = C_t g_t + a_{t+1} ⊙ G_{t+1} as a second scan
-over time-reversed loads. Channel reductions (dB, dC) go to per-channel-block partial buffers and
-batch reductions (dA, dD, d delta_bias) to per-batch buffers, summed by torch: no atomics, so the
+is carried from chunk to chunk. A second forward, `_scan_fwd_seq_kernel` (LaunchConfig.fwd_kind =
+"seq", in selective_scan_triton_seq.py), walks the same programs one step at a time with the state
+[N, BLOCK_D] in registers. Either forward stores the state entering every chunk when a backward will
+follow; the backward walks the chunks in reverse, recomputes the states of a chunk from its
+checkpoint and runs the adjoint recurrence G_t = C_t g_t + a_{t+1} ⊙ G_{t+1} as a second scan over
+time-reversed loads. Channel reductions (dB, dC) go to per-channel-block partial buffers and batch
+reductions (dA, dD, d delta_bias) to per-batch buffers, summed by torch: no atomics, so the
 gradients are deterministic.
 """
 
@@ -18,32 +20,72 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
+from ..errors import ConfigError
+
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
 _LOG2E = math.log2(math.e)
 
 
+FWD_KINDS = ("auto", "chunk", "seq")
+MAX_FWD_STAGES = 4
+# "auto": the seq forward (32 channels a program, 1 warp, 3 stages) once there are at least this many programs
+# (B·⌈D/32⌉); below, too few warps are resident to hide its per-step latency and the chunk forward wins. H200,
+# bf16, L = 2048 (BENCHMARKS.md): 512 programs (1.4B layer, B=4) seq 1.8x faster; 384 (130m, B=8) seq 4% faster;
+# 128 (1.4B, B=1) seq 1.6x slower.
+SEQ_MIN_PROGRAMS = 384
+SEQ_AUTO = dict(fwd_block_d=32, fwd_warps=1, fwd_stages=3)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Channels per program and warps, for the forward and the backward kernel."""
+    """Channels per program and warps, for the forward and the backward kernel, and the forward's kind.
+
+    fwd_kind: "chunk" (`_scan_fwd_kernel`, associative scan over CHUNK-step tiles), "seq"
+    (`_scan_fwd_seq_kernel`, one step per iteration) or "auto" (seq with SEQ_AUTO's sizes when the launch has
+    at least SEQ_MIN_PROGRAMS programs, else chunk with fwd_block_d / fwd_warps). fwd_stages (seq only): steps whose loads are in
+    flight at once, 1 (load and use in the same step) to MAX_FWD_STAGES (u, delta, z loaded 3 steps ahead).
+    For "seq", fwd_block_d should be a multiple of 32·fwd_warps so that a channel's N states sit in one
+    thread (ops/README.md, "Selective scan").
+    """
 
     fwd_block_d: int = 16
     fwd_warps: int = 4
     bwd_block_d: int = 8
     bwd_warps: int = 4
+    fwd_kind: str = "auto"
+    fwd_stages: int = 2
+
+    def __post_init__(self):
+        if self.fwd_kind not in FWD_KINDS:
+            raise ConfigError(f"selective scan fwd_kind must be one of {FWD_KINDS}, got {self.fwd_kind!r}")
+        if not 1 <= self.fwd_stages <= MAX_FWD_STAGES:
+            raise ConfigError(f"selective scan fwd_stages must be in 1..{MAX_FWD_STAGES}, got {self.fwd_stages}")
 
     @classmethod
     def from_env(cls) -> "LaunchConfig":
-        """SIMBA_SCAN_CONFIG="fwd_bd,fwd_warps,bwd_bd,bwd_warps" overrides the defaults (for tuning)."""
+        """SIMBA_SCAN_CONFIG="fwd_bd,fwd_warps,bwd_bd,bwd_warps[,fwd_kind[,fwd_stages]]" overrides the
+        defaults (for tuning); the four-value form of earlier versions still works."""
         spec = os.environ.get("SIMBA_SCAN_CONFIG")
         if not spec:
             return cls()
-        return cls(*(int(v) for v in spec.split(",")))
+        parts = [v.strip() for v in spec.split(",")]
+        if not 4 <= len(parts) <= 6:
+            raise ConfigError(f"SIMBA_SCAN_CONFIG needs 4 to 6 comma-separated values, got {spec!r}")
+        kw = dict(zip(("fwd_kind", "fwd_stages"), parts[4:]))
+        kw.setdefault("fwd_kind", "chunk")  # the four-value form predates the other kinds
+        try:
+            sizes = [int(v) for v in parts[:4]]
+            if "fwd_stages" in kw:
+                kw["fwd_stages"] = int(kw["fwd_stages"])
+        except ValueError:
+            raise ConfigError(f"SIMBA_SCAN_CONFIG has a non-integer size: {spec!r}") from None
+        return cls(*sizes, **kw)
 
 
 # ----------------------------------------------------------------------------------- device code
@@ -54,9 +96,8 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _delta(raw, bias, SOFTPLUS: tl.constexpr):
-    """delta = softplus(raw + bias) in fp32 and d delta / d raw. Shapes: raw [T, BD], bias [BD]."""
-    x = raw + bias[None, :]
+def _delta_act(x, SOFTPLUS: tl.constexpr):
+    """delta = softplus(x) in fp32 (x itself without SOFTPLUS) and d delta / dx; any shape."""
     if SOFTPLUS:
         e = tl.exp(tl.minimum(x, 20.0))
         w = 1.0 + e
@@ -64,6 +105,12 @@ def _delta(raw, bias, SOFTPLUS: tl.constexpr):
         lp = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
         return tl.where(x > 20.0, x, lp), tl.where(x > 20.0, 1.0, e / w)
     return x, tl.full(x.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _delta(raw, bias, SOFTPLUS: tl.constexpr):
+    """delta = softplus(raw + bias) in fp32 and d delta / d raw. Shapes: raw [T, BD], bias [BD]."""
+    return _delta_act(raw + bias[None, :], SOFTPLUS)
 
 
 @triton.jit
@@ -268,14 +315,25 @@ def _np(N: int) -> int:
     return max(2, triton.next_power_of_2(N))
 
 
+def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int) -> LaunchConfig:
+    """The forward kind (and, for "auto", sizes) a launch over bsz samples of dm channels will use."""
+    if cfg.fwd_kind != "auto":
+        return cfg
+    if bsz * triton.cdiv(dm, SEQ_AUTO["fwd_block_d"]) >= SEQ_MIN_PROGRAMS:
+        return replace(cfg, fwd_kind="seq", **SEQ_AUTO)
+    return replace(cfg, fwd_kind="chunk")
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                  return_last_state, save_checkpoints, config: LaunchConfig | None = None):
-    """Launch the forward kernel. Returns y [B, L, D] (u's dtype), last [B, D, N] or None, checkpoints or None.
+    """Launch the forward kernel `config.fwd_kind` names. Returns y [B, L, D] (u's dtype), last [B, D, N]
+    or None, checkpoints or None.
 
-    checkpoints: [B, ceil(L/CHUNK), D, N] fp32, the state entering each chunk.
+    checkpoints: [B, ceil(L/CHUNK), D, N] fp32, the state entering each chunk (the same from either kind).
     """
     cfg = config or LaunchConfig.from_env()
     bsz, L, dm = u.shape
+    cfg = resolve_forward(cfg, bsz, dm)
     N = A.shape[1]
     n_chunks = triton.cdiv(L, CHUNK)
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -286,8 +344,19 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     dummy = y
     zz = z if z is not None else u
     grid = (triton.cdiv(dm, cfg.fwd_block_d), bsz)
-    _scan_fwd_kernel[grid](
-        u, delta, zz, B, C, A.float().contiguous(),
+    seq = cfg.fwd_kind == "seq"
+    if seq:
+        # Imported here: that module uses this one's `_delta_act`.
+        from .selective_scan_triton_seq import _scan_fwd_seq_kernel as kernel
+
+        # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
+        # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
+        a_arg, B, C = (A.float() * _LOG2E).t().contiguous(), B.float(), C.float()
+        extra = dict(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N))
+    else:
+        kernel, a_arg, extra = _scan_fwd_kernel, A.float().contiguous(), {}
+    kernel[grid](
+        u, delta, zz, B, C, a_arg,
         D.contiguous() if D is not None else dummy,
         delta_bias.contiguous() if delta_bias is not None else dummy,
         h0 if h0 is not None else dummy,
@@ -296,7 +365,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_LAST=return_last_state,
-        SAVE_CHK=save_checkpoints, T=CHUNK, BD=cfg.fwd_block_d, NP=_np(N), num_warps=cfg.fwd_warps,
+        SAVE_CHK=save_checkpoints, T=CHUNK, BD=cfg.fwd_block_d, NP=_np(N), num_warps=cfg.fwd_warps, **extra,
     )
     return y, last, chk
 

@@ -156,9 +156,9 @@ class PrunedMambaLM(nn.Module):
                 continue
             it = extras[-1]
             with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
-                scores = impact_score(it.u, it.delta, it.A, it.Bm, it.Cm, criterion=self.spec.criterion,
-                                      signed=self.spec.signed, mask=score_mask, y=hidden, generator=generator,
-                                      backend=self.score_backend)
+                args, fused = it.score_inputs()
+                scores = impact_score(*args, criterion=self.spec.criterion, signed=self.spec.signed, mask=score_mask,
+                                      y=hidden, generator=generator, backend=self.score_backend, **fused)
             k_next = [c[i + 1] for c in counts]
             slots, new_valid = select_kept(scores, valid, protected, k_next)
             # The stream hidden + residual is what the next add_norm would form; forming it once here serves the

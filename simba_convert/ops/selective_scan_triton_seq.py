@@ -1,0 +1,129 @@
+"""Sequential-in-time forward of the Triton selective scan (LaunchConfig.fwd_kind = "seq").
+
+Same contract and launch as `_scan_fwd_kernel` in selective_scan_triton.py (which launches it from
+`scan_forward`), but one time step per loop iteration instead of an associative scan over CHUNK-step
+tiles: per step and channel N exp2 and ~4N multiply-adds (the log-depth scan does ~4x the
+multiply-adds and shuffles along time). It writes the same checkpoints, so `_scan_bwd_kernel` follows
+either forward. Shapes: u, delta, z, y [B, L, D]; B, C [B, L, N]; A·log2 e as [N, D]; states [B, D, N]
+fp32. Why it should approach the exp2 floor: ops/README.md, "Selective scan".
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .selective_scan_triton import _delta_act
+
+
+@triton.jit
+def _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t, L, d_ok, HAS_Z: tl.constexpr):
+    """u, raw delta and z of step t, [BD] fp32. A step past the end reads step L-1 again instead of
+    masking on t: prefetched values past the end are never used."""
+    t = tl.minimum(t, L - 1)
+    u = tl.load(u_row + t * su_t, mask=d_ok, other=0.0).to(tl.float32)
+    raw = tl.load(dl_row + t * sdl_t, mask=d_ok, other=0.0).to(tl.float32)
+    z = u  # placeholder without a gate: never read
+    if HAS_Z:
+        z = tl.load(z_row + t * sz_t, mask=d_ok, other=0.0).to(tl.float32)
+    return u, raw, z
+
+
+@triton.jit
+def _bc_loads(b_row, c_row, sb_t, sc_t, t, L, n_ok, EVEN_N: tl.constexpr):
+    """B_t and C_t, [NP] fp32 (0 in padded lanes); every lane reads the whole row (an L1 broadcast)."""
+    t = tl.minimum(t, L - 1)
+    if EVEN_N:  # no mask: a masked load zero-fills its registers first, NP extra instructions a step
+        return tl.load(b_row + t * sb_t).to(tl.float32), tl.load(c_row + t * sc_t).to(tl.float32)
+    bt = tl.load(b_row + t * sb_t, mask=n_ok, other=0.0).to(tl.float32)
+    return bt, tl.load(c_row + t * sc_t, mask=n_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _scan_fwd_seq_kernel(
+    u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, a2t_ptr, dskip_ptr, bias_ptr, h0_ptr,
+    y_ptr, last_ptr, chk_ptr,
+    L, Dm, N, n_chunks,
+    su_b, su_t, su_d, sdl_b, sdl_t, sdl_d, sz_b, sz_t, sz_d,
+    sb_b, sb_t, sb_n, sc_b, sc_t, sc_n, sy_b, sy_t, sy_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_LAST: tl.constexpr, SAVE_CHK: tl.constexpr,
+    T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    """The forward one step per iteration; outputs as `_scan_fwd_kernel`, but A comes as A·log2 e [N, D].
+
+    The state is held transposed, hT [NP, BD] fp32: lanes along channels (like the [BD] loads of u,
+    delta, z and the store of y) and a channel's NP states in its lane's registers, so the sum over N
+    needs no shuffles. Per step and channel: NP exp2 and ~4 NP multiply-adds, and only the FMA
+    h = a ⊙ h + b on the loop-carried chain. Loads run ahead in registers (explicitly: the pipeliner
+    skips loads under 4 bytes a lane, and a bf16 channel is 2): u, delta, z STAGES-1 steps ahead
+    (they stream from HBM), B and C one step ahead (shared by all programs of a sample, so cached).
+    """
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    d_ok = d < Dm
+    n_ok = n < N
+    nd_mask = n_ok[:, None] & d_ok[None, :]
+    # Triton derives layouts from the memory accesses: a vectorisable [NP, BD] access would spread a
+    # channel's states over several lanes (then the sum over N shuffles), a vectorisable [BD] access
+    # would give a lane adjacent channels (then every step converts layouts through shared memory).
+    # Declaring the offsets contiguous in runs of 1 keeps the default layout instead: lanes along
+    # channels, a channel's NP states in one lane (one channel a lane when BD = 32·num_warps). Only the
+    # state in/out and the checkpoint every CHUNK steps pay for the narrower accesses.
+    dd = tl.max_contiguous(d, 1)
+    nd_off = tl.max_contiguous(d[None, :] * N + n[:, None], [1, 1])  # hT's elements in [D, N] buffers
+    A2 = tl.load(a2t_ptr + tl.max_contiguous(n[:, None] * Dm + d[None, :], [1, 1]), mask=nd_mask, other=0.0)
+    dskip = tl.zeros([BD], tl.float32)
+    if HAS_D:
+        dskip = tl.load(dskip_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    bias = tl.zeros([BD], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    state_off = pid_b * Dm * N + nd_off
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=nd_mask, other=0.0)
+    else:
+        h = tl.zeros([NP, BD], tl.float32)
+    u_row = u_ptr + pid_b * su_b + dd * su_d
+    dl_row = dl_ptr + pid_b * sdl_b + dd * sdl_d
+    z_row = z_ptr + pid_b * sz_b + dd * sz_d
+    y_row = y_ptr + pid_b * sy_b + dd * sy_d
+    b_row = b_ptr + pid_b * sb_b + n * sb_n
+    c_row = c_ptr + pid_b * sc_b + n * sc_n
+    # Prologue of the register pipeline: values for steps 0 .. STAGES-2 (names: 1 = next step).
+    if STAGES >= 2:
+        b1, c1 = _bc_loads(b_row, c_row, sb_t, sc_t, 0, L, n_ok, EVEN_N)
+        u1, r1, z1 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, 0, L, d_ok, HAS_Z)
+    if STAGES >= 3:
+        u2, r2, z2 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, 1, L, d_ok, HAS_Z)
+    if STAGES >= 4:
+        u3, r3, z3 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, 2, L, d_ok, HAS_Z)
+    for t in range(0, L):
+        if STAGES == 1:
+            bt, ct = _bc_loads(b_row, c_row, sb_t, sc_t, t, L, n_ok, EVEN_N)
+            u, raw, zz = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t, L, d_ok, HAS_Z)
+        else:
+            bt, ct, u, raw, zz = b1, c1, u1, r1, z1
+            b1, c1 = _bc_loads(b_row, c_row, sb_t, sc_t, t + 1, L, n_ok, EVEN_N)
+            if STAGES == 2:
+                u1, r1, z1 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t + 1, L, d_ok, HAS_Z)
+            elif STAGES == 3:
+                u1, r1, z1 = u2, r2, z2
+                u2, r2, z2 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t + 2, L, d_ok, HAS_Z)
+            else:
+                u1, r1, z1 = u2, r2, z2
+                u2, r2, z2 = u3, r3, z3
+                u3, r3, z3 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t + 3, L, d_ok, HAS_Z)
+        if SAVE_CHK:
+            if t % T == 0:  # the state entering chunk t // T, where `_scan_bwd_kernel` expects it
+                tl.store(chk_ptr + (pid_b * n_chunks + t // T) * Dm * N + nd_off, h, mask=nd_mask)
+        delta, _ = _delta_act(raw + bias, SOFTPLUS)
+        h = tl.exp2(delta[None, :] * A2) * h + bt[:, None] * (delta * u)[None, :]
+        y = tl.sum(h * ct[:, None], axis=0) + dskip * u
+        if HAS_Z:
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_row + t * sy_t, y.to(y_ptr.dtype.element_ty), mask=d_ok)
+    if STORE_LAST:
+        tl.store(last_ptr + state_off, h, mask=nd_mask)
