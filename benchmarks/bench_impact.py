@@ -146,7 +146,7 @@ def bench_case(name, shape, criterion, device, ms, bw, smoke, quick=False) -> di
         comp(*x)
         row["compile_ms"] = ms(lambda: comp(*x))
     configs = []
-    for cfg in [default_config(criterion)] + sweep_configs(criterion, smoke, quick):
+    for cfg in [default_config(criterion, bsz * triton.cdiv(D, 32))] + sweep_configs(criterion, smoke, quick):
         out = impact_score_triton(*x, criterion=criterion, config=cfg)
         again = impact_score_triton(*x, criterion=criterion, config=cfg)
         t = ms(lambda: impact_score_triton(*x, criterion=criterion, config=cfg))

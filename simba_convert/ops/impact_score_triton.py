@@ -185,12 +185,17 @@ def _global_kernel(
         d_next = dt
 
 
-def default_config(criterion: str) -> dict:
-    """Block sizes and warps. Initial choices, not yet measured: benchmarks/bench_impact.py sweeps the
-    alternatives on the GPU and reports the fastest."""
+def default_config(criterion: str, programs: int | None = None) -> dict:
+    """Block sizes and warps, the fastest of benchmarks/bench_impact.py's sweep on the H200 (BENCHMARKS.md).
+
+    `last`: 32×32 tiles; 2 warps once the launch has ≥ 512 programs (B·⌈D/32⌉; 1.4B layer, B=8: 0.431 ms
+    against 0.521 with 4), 4 below that, where more warps a program make up for fewer programs (130m layer,
+    B=8, 384 programs: 0.252 ms against 0.323 with 2). `global`: 16 channels, 1 warp at both shapes.
+    """
     if criterion == "last":
-        return dict(block_t=16, block_d=32, chunks=1, num_warps=4)
-    return dict(block_d=32, num_warps=2)
+        warps = 2 if programs is not None and programs >= 512 else 4
+        return dict(block_t=32, block_d=32, chunks=1, num_warps=warps)
+    return dict(block_d=16, num_warps=1)
 
 
 def impact_score_triton(
@@ -208,7 +213,7 @@ def impact_score_triton(
     scores = out if out is not None else torch.empty(bsz, L, dtype=torch.float32, device=dev)
     if L == 0 or bsz == 0:
         return scores
-    cfg = {**default_config(criterion), **(config or {})}
+    cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32)), **(config or {})}
     block_d = cfg["block_d"]
     n_dblk = triton.cdiv(D, block_d)
     a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
