@@ -44,17 +44,26 @@ def timeit(fn, device, warmup=2, reps=5):
     return statistics.median(times)
 
 
+def parse_cases(spec: str) -> list[tuple[int, int]]:
+    """"4x2048,1x8192" -> [(4, 2048), (1, 8192)]."""
+    try:
+        return [tuple(int(v) for v in case.lower().split("x")) for case in spec.split(",")]
+    except ValueError:
+        raise SystemExit(f"--cases must look like 4x2048,1x8192, got {spec!r}") from None
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cases", default="4x2048,1x8192", help="comma-separated BxL prefill shapes (GPU)")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         cfg, dtype, cases = MambaConfig(d_model=64, n_layer=4, vocab_size=512), torch.float32, [(1, 256)]
     else:
-        cfg, dtype, cases = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16, [(4, 2048), (1, 8192)]
+        cfg, dtype, cases = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16, parse_cases(args.cases)
     torch.manual_seed(0)
     model = MambaLM(cfg).to(dev, dtype).eval()
     P = 64 if not args.smoke else 16
