@@ -26,18 +26,9 @@ import triton
 import triton.language as tl
 
 from .impact_score import last_real_index
+from .selective_scan_triton import _delta_act
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _softplus(x):
-    """softplus(x) in fp32 with torch's threshold (x above 20 passes through); log1p(e) without log1p
-    (Goldberg's form: exact where 1 + e rounds to 1, accurate elsewhere)."""
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
-    return tl.where(x > 20.0, x, lp)
 
 
 @triton.jit
@@ -46,8 +37,7 @@ def _step(raw, bias, ok, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     x = raw.to(tl.float32)
     if HAS_BIAS:
         x = x + bias
-    if SOFTPLUS:
-        x = _softplus(x)
+    x, _ = _delta_act(x, SOFTPLUS)  # the scan's softplus, so both see the same delta; the unused slope is dropped
     return tl.where(ok, x, 0.0)
 
 
