@@ -1,7 +1,7 @@
 """Where the time of a pruned prefill goes (issue 6): torch.profiler over one dense and one pruned forward.
 
-Mamba-1.4B shapes (d 2048, 48 layers), random weights, bf16, B=4, L=2048, num_last=64, budget 0.6 with
-the `linear` schedule (protect 64), like benchmarks/bench_prune.py. For each model it prints the wall
+Mamba-1.4B shapes (d 2048, 48 layers), random weights, bf16, B=4, L=2048 (--batch, --seq-len), num_last=64,
+budget 0.6 (--budget) with the `linear` schedule (protect 64), like benchmarks/bench_prune.py. For each model it prints the wall
 time, the GPU time of each stage of a layer summed over the layers (CUDA events around the model's own
 functions), the top CUDA kernels by total time, and the aten ops that launched the most kernel time.
 The stage times come from a separate, instrumented run: a span also counts GPU idle time while the host
@@ -359,13 +359,17 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="with --variants: sweep the impact kernel's launch configs")
     ap.add_argument("--check", default=None, help="JSON of an earlier run: the checksums must match")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=4, help="B on the GPU (B=1 is where pruning loses, BENCHMARKS.md)")
+    ap.add_argument("--seq-len", type=int, default=2048, help="L on the GPU")
+    ap.add_argument("--budget", type=float, default=0.6)
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
         cfg, dtype, bsz, L, P = MambaConfig(d_model=64, n_layer=4, vocab_size=512), torch.float32, 2, 128, 16
     else:
-        cfg, dtype, bsz, L, P = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16, 4, 2048, 64
-    budget = 0.6
+        cfg, dtype, bsz, L, P = (MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16, args.batch,
+                                 args.seq_len, 64)
+    budget = args.budget
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(dev):  # initialise on the device: 1.4B parameters take long on the host
