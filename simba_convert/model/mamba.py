@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.conv1d import causal_conv1d_ref, conv_state_from
-from ..ops.selective_scan import selective_scan
+from ..ops.selective_scan import selective_scan, step_size
 from .config import MambaConfig
 
 
@@ -55,8 +55,7 @@ class MixerInternals:
     @property
     def delta(self) -> torch.Tensor:
         """The step size softplus(dt + delta_bias) [B, L, D] fp32, materialised (for inspection and tests)."""
-        # bf16 dt + fp32 bias computes in fp32 in one pass: the same values as dt.float() + bias
-        return F.softplus(torch.add(self.dt, self.delta_bias))
+        return step_size(self.dt, self.delta_bias, True)
 
     def score_inputs(self) -> tuple[tuple, dict]:
         """(args, kwargs) for `impact_score`: raw dt with the bias and softplus applied inside the score."""

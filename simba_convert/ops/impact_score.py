@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .selective_scan import one_cpu_thread
+from .selective_scan import one_cpu_thread, step_size
 
 CRITERIA = ("last", "global", "delta", "output", "random")
 
@@ -86,14 +86,6 @@ def reverse_exclusive_cumsum(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     pad_shape = list(x.shape)
     pad_shape[dim] = min(1, x.shape[dim])
     return torch.cat([shifted, x.new_zeros(pad_shape)], dim=dim)
-
-
-def effective_delta(delta, delta_bias=None, delta_softplus=False) -> torch.Tensor:
-    """The step size [B, L, D] in fp32: softplus(delta + delta_bias) when asked, as the scan forms it."""
-    if delta_bias is None and not delta_softplus:
-        return delta
-    x = delta.float() if delta_bias is None else torch.add(delta.float(), delta_bias.float())
-    return torch.nn.functional.softplus(x) if delta_softplus else x
 
 
 def _check_delta_bias(delta_bias, d):
@@ -197,7 +189,8 @@ def impact_score_ref(
     """
     if delta is not None:
         _check_delta_bias(delta_bias, delta.shape[-1])
-        delta = effective_delta(delta, delta_bias, delta_softplus)
+        if delta_bias is not None or delta_softplus:
+            delta = step_size(delta, delta_bias, delta_softplus)
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown impact-score criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion == "output":

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .impact_score import last_real_index
-from .selective_scan_triton import _delta_act
+from .selective_scan_triton import _channel_vector, _delta_act
 
 LOG2E = 1.4426950408889634
 
@@ -42,13 +42,6 @@ def _step(raw, bias, ok, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS: tl.constexpr):
-    if HAS_BIAS:
-        return tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-    return tl.zeros(offs_d.shape, tl.float32)
-
-
-@triton.jit
 def _delta_chunk_sums_kernel(
     delta_ptr, bias_ptr, mask_ptr, sums_ptr, L, D,
     s_db, s_dl, s_dd, s_mb, s_ml, s_sb, s_sc,
@@ -61,7 +54,7 @@ def _delta_chunk_sums_kernel(
     d_ok = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     base_b = pid_b.to(tl.int64)
-    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     acc = tl.zeros([BLOCK_D], tl.float32)
     for j in range(0, CHUNK, BLOCK_T):
         offs_t = L - 1 - (pid_c * CHUNK + j + rows)
@@ -98,7 +91,7 @@ def _last_kernel(
         carry = tl.load(carry_ptr + base_b * s_cb + pid_c * s_cc + offs_d, mask=d_ok, other=0.0)
     else:
         carry = tl.zeros([BLOCK_D], tl.float32)
-    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     for j in range(CHUNK_TILES):
         offs_t = L - 1 - ((pid_c * CHUNK_TILES + j) * BLOCK_T + rows)
         t_ok = offs_t >= 0
@@ -148,7 +141,7 @@ def _global_kernel(
     d_ok, n_ok = offs_d < D, offs_n < N
     base_b = pid_b.to(tl.int64)
     a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    bias = _load_bias(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
     for j in range(L):

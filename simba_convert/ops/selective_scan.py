@@ -64,13 +64,18 @@ def one_cpu_thread(device: torch.device):
         torch.set_num_threads(n)
 
 
-def scan_inputs_fp32(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
-    """The scan's inputs in fp32, delta with its bias and softplus applied, and the starting state [B, D, N]."""
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+def step_size(delta, delta_bias=None, delta_softplus: bool = False) -> torch.Tensor:
+    """delta [B, L, D] in fp32 with its bias and softplus applied, as the scan (and the impact score) use it."""
+    delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()
-    if delta_softplus:
-        delta = F.softplus(delta)
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def scan_inputs_fp32(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
+    """The scan's inputs in fp32, delta with its bias and softplus applied, and the starting state [B, D, N]."""
+    u, A, B, C = (t.float() for t in (u, A, B, C))
+    delta = step_size(delta, delta_bias, delta_softplus)
     if initial_state is not None:
         h = initial_state.float().clone()
     else:

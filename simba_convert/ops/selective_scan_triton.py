@@ -108,6 +108,14 @@ def _delta_act(x, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _channel_vector(ptr, d, ok, PRESENT: tl.constexpr):
+    """An optional per-channel vector (D skip, delta_bias) as fp32 [BD]: zeros when the tensor is absent."""
+    if PRESENT:
+        return tl.load(ptr + d, mask=ok, other=0.0).to(tl.float32)
+    return tl.zeros(d.shape, tl.float32)
+
+
+@triton.jit
 def _delta(raw, bias, SOFTPLUS: tl.constexpr):
     """delta = softplus(raw + bias) in fp32 and d delta / d raw. Shapes: raw [T, BD], bias [BD]."""
     return _delta_act(raw + bias[None, :], SOFTPLUS)
@@ -156,12 +164,8 @@ def _scan_fwd_kernel(
     dn_mask = (d[:, None] < Dm) & (n[None, :] < N)
     dn_off = d[:, None] * N + n[None, :]  # offsets into [D, N]-shaped fp32 buffers
     A2 = tl.load(a_ptr + dn_off, mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    dskip = tl.zeros([BD], tl.float32)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + d, mask=d < Dm, other=0.0).to(tl.float32)
-    bias = tl.zeros([BD], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d < Dm, other=0.0).to(tl.float32)
+    dskip = _channel_vector(dskip_ptr, d, d < Dm, HAS_D)
+    bias = _channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
     state_off = pid_b * Dm * N + dn_off
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0)
@@ -212,12 +216,8 @@ def _scan_bwd_kernel(
     dn_off = d[:, None] * N + n[None, :]
     A = tl.load(a_ptr + dn_off, mask=dn_mask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    dskip = tl.zeros([BD], tl.float32)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + d, mask=d < Dm, other=0.0).to(tl.float32)
-    bias = tl.zeros([BD], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d < Dm, other=0.0).to(tl.float32)
+    dskip = _channel_vector(dskip_ptr, d, d < Dm, HAS_D)
+    bias = _channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
     carry = tl.zeros([BD * NP], tl.float32)  # a_{t+1} ⊙ G_{t+1} for the step after the chunk
     dA_acc = tl.zeros([BD, NP], tl.float32)
     dD_acc = tl.zeros([BD], tl.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import _delta_act
+from .selective_scan_triton import _channel_vector, _delta_act
 
 
 @triton.jit
@@ -75,12 +75,8 @@ def _scan_fwd_seq_kernel(
     dd = tl.max_contiguous(d, 1)
     nd_off = tl.max_contiguous(d[None, :] * N + n[:, None], [1, 1])  # hT's elements in [D, N] buffers
     A2 = tl.load(a2t_ptr + tl.max_contiguous(n[:, None] * Dm + d[None, :], [1, 1]), mask=nd_mask, other=0.0)
-    dskip = tl.zeros([BD], tl.float32)
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    bias = tl.zeros([BD], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+    dskip = _channel_vector(dskip_ptr, d, d_ok, HAS_D)
+    bias = _channel_vector(bias_ptr, d, d_ok, HAS_BIAS)
     state_off = pid_b * Dm * N + nd_off
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=nd_mask, other=0.0)
