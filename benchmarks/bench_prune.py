@@ -4,6 +4,10 @@ Random weights at Mamba-1.4B shapes (d 2048, 48 layers), bf16, L = 2048 and 8192
 with the `linear` schedule solved for each budget (protect 64, criterion `last`). The ideal speed-up is
 1/budget. All rows come from one run, so the ratios compare like with like.
 
+Each model is timed eagerly (`ms`; `host_ms` is the time the host takes to enqueue one forward: when it
+is close to `ms`, launches, not kernels, set the pace) and, on CUDA, replayed as one CUDA graph
+(`graph_ms`, `simba_convert.model.cuda_graph.GraphedForward`), which removes the per-launch host cost.
+
     PYTHONPATH=. python3 benchmarks/bench_prune.py --out $OUT/prune.json      # H200
     PYTHONPATH=. python3 benchmarks/bench_prune.py --smoke                    # CPU, tiny
 """
@@ -25,15 +29,19 @@ from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
 
 
-def timeit(fn, device, warmup=2, reps=5):
+def timeit(fn, device, warmup=2, reps=5) -> tuple[float, float]:
+    """(median ms per call, median host ms to enqueue a call); on the CPU both are the wall time."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, host = [], []
     for _ in range(reps):
         if device.type == "cuda":
+            torch.cuda.synchronize()
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
+            t0 = time.perf_counter()
             fn()
+            host.append((time.perf_counter() - t0) * 1e3)
             b.record()
             torch.cuda.synchronize()
             times.append(a.elapsed_time(b))
@@ -41,7 +49,22 @@ def timeit(fn, device, warmup=2, reps=5):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+            host.append(times[-1])
+    return statistics.median(times), statistics.median(host)
+
+
+def graph_ms(model, bsz, L, P, ids, device) -> float | None:
+    """Median ms of one CUDA-graph replay of model(ids, num_last=P); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    from simba_convert.model.cuda_graph import GraphedForward
+
+    graphed = GraphedForward(model, bsz, L, num_last=P)
+    eager = model(ids, num_last=P)
+    replay = graphed(ids)
+    if not torch.equal(replay, eager):
+        raise SystemExit("CUDA graph replay differs from the eager forward")
+    return timeit(lambda: graphed(ids), device)[0]  # the graph's memory pool is freed when it goes out of scope
 
 
 def parse_cases(spec: str) -> list[tuple[int, int]]:
@@ -65,25 +88,34 @@ def main():
     else:
         cfg, dtype, cases = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16, parse_cases(args.cases)
     torch.manual_seed(0)
-    model = MambaLM(cfg).to(dev, dtype).eval()
+    with torch.device(dev):  # initialise on the device: 1.4B parameters take long on the host
+        model = MambaLM(cfg)
+    model = model.to(dtype).eval()
     P = 64 if not args.smoke else 16
     rows = []
     for bsz, L in cases:
         ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev)
-        dense_ms = timeit(lambda: model(ids, num_last=P), dev)
-        rows.append({"B": bsz, "L": L, "budget": 1.0, "flops_ratio": 1.0, "ms": dense_ms, "speedup": 1.0, "variant": "dense"})
+        dense_ms, dense_host = timeit(lambda: model(ids, num_last=P), dev)
+        dense_graph = graph_ms(model, bsz, L, P, ids, dev)
+        rows.append({"B": bsz, "L": L, "budget": 1.0, "flops_ratio": 1.0, "ms": dense_ms, "host_ms": dense_host,
+                     "graph_ms": dense_graph, "speedup": 1.0, "graph_speedup": 1.0, "variant": "dense"})
         for budget in (0.8, 0.6, 0.4):
             r = schedules.schedule_for_budget("linear", cfg, budget, L, P)
             pm = PrunedMambaLM(model, PruningSpec(r, protect=P))
-            ms = timeit(lambda: pm(ids, num_last=P), dev)
+            ms, host = timeit(lambda: pm(ids, num_last=P), dev)
+            g = graph_ms(pm, bsz, L, P, ids, dev)
             fr = flops_report(cfg, r, L, P).ratio
-            rows.append({"B": bsz, "L": L, "budget": budget, "flops_ratio": fr, "ms": ms,
-                         "speedup": dense_ms / ms, "ideal": 1 / fr, "variant": "pruned-linear"})
+            rows.append({"B": bsz, "L": L, "budget": budget, "flops_ratio": fr, "ms": ms, "host_ms": host,
+                         "graph_ms": g, "speedup": dense_ms / ms, "graph_speedup": dense_graph / g if g else None,
+                         "ideal": 1 / fr, "variant": "pruned-linear"})
     meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
             "dtype": str(dtype), "config": cfg.to_dict(), "protect": P, "date": time.strftime("%Y-%m-%d")}
-    print("| B | L | budget | FLOPs ratio | prefill ms | speed-up | ideal |\n|---|---|---|---|---|---|---|")
+    print("| B | L | budget | FLOPs ratio | eager ms | host ms | speed-up | graph ms | graph speed-up | ideal |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['B']} | {r['L']} | {r['budget']} | {r['flops_ratio']:.3f} | {r['ms']:.2f} | {r['speedup']:.2f}x | {r.get('ideal', 1.0):.2f}x |")
+        g = "- | -" if r["graph_ms"] is None else f"{r['graph_ms']:.2f} | {r['graph_speedup']:.2f}x"
+        print(f"| {r['B']} | {r['L']} | {r['budget']} | {r['flops_ratio']:.3f} | {r['ms']:.2f} | {r['host_ms']:.2f} | "
+              f"{r['speedup']:.2f}x | {g} | {r.get('ideal', 1.0):.2f}x |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import simba_convert.model.mamba as mamba_mod
 import simba_convert.pruning.model as prune_mod
+import simba_convert.pruning.select as select_mod
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
 from simba_convert.pruning import schedules
@@ -104,7 +106,9 @@ class StageTimer:
         self._wrap(mamba_mod, "selective_scan", fixed("  mixer.scan"))
         self._wrap(prune_mod, "impact_score", fixed("impact_score"))
         self._wrap(prune_mod, "select_kept", fixed("select_kept"))
-        self._wrap(prune_mod, "_gather", fixed("_gather"))
+        self._wrap(prune_mod, "select_kept_dense_rows", fixed("select_kept"))
+        self._wrap(prune_mod, "gather_rows", fixed("gather_rows"))
+        self._wrap(prune_mod, "gather_slots", fixed("gather_slots"))
         self._wrap(prune_mod.PrunedMambaLM, "_freeze", fixed("_freeze"), static=True)
         self._wrap(MambaLM, "head", fixed("head"))
         try:
@@ -316,11 +320,16 @@ def variants(model, cfg, bsz, L, dev, dtype, sweep: bool) -> dict:
     k_keep = int(0.6 * L)
     kn = [k_keep] * bsz
     sel = {}
-    row(sel, "select_kept", time_gpu(lambda: prune_mod.select_kept(scores, mask, protected, kn), dev))
-    slots, _ = prune_mod.select_kept(scores, mask, protected, kn)
+    row(sel, "select_kept (with masks)", time_gpu(lambda: select_mod.select_kept(scores, mask, protected, kn), dev))
+    slots, _ = select_mod.select_kept(scores, mask, protected, kn)
+    row(sel, "select_kept_dense_rows (model, no padding)",
+        time_gpu(lambda: select_mod.select_kept_dense_rows(scores, 64, k_keep), dev),
+        equal(select_mod.select_kept_dense_rows(scores, 64, k_keep), slots))
     pos = torch.arange(L, device=dev).expand(bsz, L)
     row(sel, "stream = hidden + residual", time_gpu(lambda: hid.to(res32.dtype) + res32, dev))
-    row(sel, "gather stream fp32", time_gpu(lambda: prune_mod._gather(res32, slots), dev))
+    row(sel, "gather stream fp32, element-wise", time_gpu(lambda: select_mod.gather_slots(res32, slots), dev))
+    row(sel, "gather stream fp32, rows", time_gpu(lambda: select_mod.gather_rows(slots, res32), dev))
+    row(sel, "gather hidden bf16 + residual fp32, rows (model)", time_gpu(lambda: select_mod.gather_rows(slots, hid, res32), dev))
     frozen = res32.new_zeros(bsz, L + 1, cfg.d_model)
     row(sel, "freeze scatter", time_gpu(lambda: PrunedMambaLM._freeze(frozen, res32, pos, mask, L), dev))
     out["select"] = sel
@@ -351,6 +360,30 @@ def impact_sweep(it, ref, L, dev) -> list[dict]:
     return rows
 
 
+def host_profile(name, fn, dev, top=30) -> list[dict]:
+    """cProfile of one forward's host side (after a warm-up): functions by own time, with their call counts."""
+    import cProfile
+    import pstats
+
+    fn()
+    sync(dev)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    fn()
+    prof.disable()
+    host = (time.perf_counter() - t0) * 1e3
+    sync(dev)
+    stats = pstats.Stats(prof).stats
+    rows = sorted(({"function": f"{os.path.basename(k[0])}:{k[1]}({k[2]})", "calls": v[1], "own_ms": v[2] * 1e3,
+                    "cum_ms": v[3] * 1e3} for k, v in stats.items()), key=lambda r: -r["own_ms"])[:top]
+    log(f"\n=== host profile, {name}: {host:.1f} ms to enqueue one forward (under cProfile) ===")
+    log("   own ms   cum ms   calls  function")
+    for r in rows:
+        log(f"  {r['own_ms']:7.2f}  {r['cum_ms']:7.2f}  {r['calls']:6d}  {r['function'][:110]}")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -362,6 +395,8 @@ def main():
     ap.add_argument("--batch", type=int, default=4, help="B on the GPU (B=1 is where pruning loses, BENCHMARKS.md)")
     ap.add_argument("--seq-len", type=int, default=2048, help="L on the GPU")
     ap.add_argument("--budget", type=float, default=0.6)
+    ap.add_argument("--host-profile", action="store_true",
+                    help="also cProfile the host side of one eager forward of each model (where launch time goes)")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke:
@@ -394,6 +429,10 @@ def main():
         same = {k: old[k] == result["checksum"][k] for k in old}
         result["check"] = same
         log(f"checksums equal to {args.check}: {same}")
+    if args.host_profile:
+        with torch.no_grad():
+            result["host_profile"] = {"dense": host_profile("dense", lambda: model(ids, num_last=P), dev),
+                                      "pruned": host_profile("pruned", lambda: pm(ids, num_last=P), dev)}
     if args.variants:
         result["variants"] = variants(model, cfg, bsz, L, dev, dtype, args.sweep)
     if args.out:

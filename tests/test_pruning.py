@@ -10,6 +10,7 @@ from simba_convert.model.mamba import MambaLM
 from simba_convert.ops.impact_score import impact_score_ref
 from simba_convert.pruning import flops, schedules
 from simba_convert.pruning.model import PrunedMambaLM
+from simba_convert.pruning.select import gather_rows, gather_slots, select_kept, select_kept_dense_rows
 from simba_convert.pruning.spec import PruningSpec
 from tolerance import assert_matches
 
@@ -205,4 +206,65 @@ def test_num_last_matches_full_logits(model):
     last = pm(ids, mask, num_last=5)
     for b in range(3):
         assert torch.equal(last[b], full[b, mask[b]][-5:])
+    beyond = pm(ids, mask, num_last=9)  # more than the protected suffix: some come off the highway
+    for b in range(3):
+        assert torch.equal(beyond[b], full[b, mask[b]][-9:])
     assert torch.equal(model(ids, num_last=4), model(ids)[:, -4:])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("n", [1, 5, 9])
+def test_num_last_matches_full_logits_without_mask(model, n):
+    """n ≤ protect reads the top layer's last slots (no highway buffer); n > protect needs the frozen streams."""
+    ids = torch.randint(0, 61, (3, 31))
+    pm = PrunedMambaLM(model, spec([1.0, 0.6, 0.4, 0.3], protect=5))
+    full, info = pm(ids, return_info=True)
+    last, info_last = pm(ids, num_last=n, return_info=True)
+    assert_matches(last, full[:, -n:])  # the head's GEMM over fewer rows may round differently (CPU: gemv at n=1)
+    assert all(torch.equal(a, b) for a, b in zip(info.kept, info_last.kept))
+
+
+@pytest.mark.parametrize("bsz,k,P,k_next", [(1, 2, 1, 1), (3, 63, 5, 40), (2, 100, 1, 2), (4, 17, 4, 4), (2, 9, 9, 9)])
+def test_selection_without_padding_equals_general_selection(bsz, k, P, k_next):
+    scores = torch.randn(bsz, k, generator=torch.Generator().manual_seed(k))
+    valid = torch.ones(bsz, k, dtype=torch.bool)
+    protected = (torch.arange(k) >= k - P).expand(bsz, k)
+    general, general_valid = select_kept(scores, valid, protected, [k_next] * bsz)
+    fast = select_kept_dense_rows(scores, P, k_next)
+    assert general_valid.all() and torch.equal(fast, general)
+    assert fast.shape == (bsz, k_next) and (fast[:, 1:] > fast[:, :-1]).all()
+
+
+@pytest.mark.parametrize("bsz", [1, 3])
+def test_gather_rows_equals_elementwise_gather(bsz):
+    x, y = torch.randn(bsz, 10, 4), torch.randn(bsz, 10, 4).double()
+    slots = torch.stack([torch.randperm(10)[:6].sort().values for _ in range(bsz)])
+    gx, gy = gather_rows(slots, x, y)
+    assert torch.equal(gx, gather_slots(x, slots)) and torch.equal(gy, gather_slots(y, slots))
+    assert gx.shape == (bsz, 6, 4) and gy.dtype == torch.float64
+
+
+def test_cuda_graph_refuses_a_cpu_model(model):
+    from simba_convert.model.cuda_graph import GraphedForward
+
+    with pytest.raises(ConfigError, match="CUDA"):
+        GraphedForward(PrunedMambaLM(model, spec([1.0, 0.5, 0.4, 0.3], protect=2)), 2, 20, num_last=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ratios", [[1.0] * 4, [1.0, 0.6, 0.4, 0.3]])
+def test_cuda_graph_replay_equals_eager(model, ratios):
+    from simba_convert.model.cuda_graph import GraphedForward
+
+    dense = model.cuda().to(torch.bfloat16)
+    pm = PrunedMambaLM(dense, spec(ratios, protect=5))
+    graphed = GraphedForward(pm, 3, 100, num_last=5)
+    for seed in range(2):  # fresh inputs each replay: the graph reads its static input buffer
+        ids = torch.randint(0, 61, (3, 100), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        with torch.no_grad():
+            eager = pm(ids, num_last=5)
+        assert torch.equal(graphed(ids), eager)
+    with pytest.raises(ValueError, match="shape"):
+        graphed(ids[:, :50])
+    with pytest.raises(ConfigError, match="random"):
+        GraphedForward(PrunedMambaLM(dense, spec(ratios, protect=5, criterion="random")), 3, 100, num_last=5)

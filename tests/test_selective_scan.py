@@ -81,6 +81,7 @@ CASES = [
     (2, 63, 17, 4, True, True, True, True, True),
     (1, 100, 5, 16, True, False, True, True, True),
     (2, 17, 9, 3, False, True, False, True, False),  # N not a power of two
+    (1, 32, 5, 4, True, True, True, True, True),  # whole chunks only: no partial last chunk
 ]
 
 

@@ -168,15 +168,22 @@ def _global_kernel(
         d_next = dt
 
 
-def default_config(criterion: str, programs: int | None = None) -> dict:
+def default_config(criterion: str, programs: int | None = None, fused_softplus: bool = False) -> dict:
     """Block sizes and warps, the fastest of benchmarks/bench_impact.py's sweep on the H200 (BENCHMARKS.md).
 
-    `last`: 32×32 tiles; 2 warps once the launch has ≥ 512 programs (B·⌈D/32⌉; 1.4B layer, B=8: 0.431 ms
-    against 0.521 with 4), 4 below that, where more warps a program make up for fewer programs (130m layer,
-    B=8, 384 programs: 0.252 ms against 0.323 with 2). `global`: 16 channels, 1 warp at both shapes.
+    `last`: 32×32 tiles. Warps by programs (B·⌈D/32⌉) and by whether the kernel forms the softplus itself:
+    - fused (the model's call: raw bf16 dt; benchmarks/sweep_impact_launch.py): 4 warps below 2048 programs,
+      2 from there. 1.4B layer, B=4, L=2048: 0.305 ms against 0.344 with 2; B=8: 0.575 against 0.649;
+      B=16, L=1229 (2048 programs): 0.666 against 0.693.
+    - materialised fp32 delta (benchmarks/bench_impact.py): 2 warps from 512 programs, 4 below. 1.4B layer,
+      B=8: 0.422 ms against 0.513 with 4; 130m layer, B=8 (384 programs): 0.252 against 0.323 with 2.
+    Chunking the sequence (`chunks` > 1) was slower or equal at the model's shapes (B=4 to 16) and at B=1
+    won only at L=2048 in one of two sweeps (0.166 against 0.210 ms), so it stays off.
+    `global`: 16 channels, 1 warp at both shapes.
     """
     if criterion == "last":
-        warps = 2 if programs is not None and programs >= 512 else 4
+        many = 2048 if fused_softplus else 512
+        warps = 2 if programs is not None and programs >= many else 4
         return dict(block_t=32, block_d=32, chunks=1, num_warps=warps)
     return dict(block_d=16, num_warps=1)
 
@@ -196,13 +203,14 @@ def impact_score_triton(
     scores = out if out is not None else torch.empty(bsz, L, dtype=torch.float32, device=dev)
     if L == 0 or bsz == 0:
         return scores
-    cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32)), **(config or {})}
+    cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32), bool(delta_softplus)), **(config or {})}
     block_d = cfg["block_d"]
     n_dblk = triton.cdiv(D, block_d)
     a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
     part = torch.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
-    m = mask.to(torch.uint8) if mask is not None else torch.zeros(1, 1, dtype=torch.uint8, device=dev)
-    bias = delta_bias if delta_bias is not None else a2t  # any pointer: not read without HAS_BIAS
+    # Absent optional tensors are passed as any tensor: the kernels do not read them (HAS_MASK, HAS_BIAS false).
+    m = mask.to(torch.uint8) if mask is not None else part
+    bias = delta_bias if delta_bias is not None else a2t
     common = dict(HAS_MASK=mask is not None, SIGNED=signed, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, num_warps=cfg["num_warps"])
     if criterion == "last":
@@ -210,12 +218,16 @@ def impact_score_triton(
     elif criterion == "global":
         _global_kernel[(bsz, n_dblk)](
             u, delta, bias, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
-            *m.stride(), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
+            *_mask_strides(m, mask), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
         )
     else:
         raise ValueError(f"no Triton kernel for criterion {criterion!r}")
     torch.amax(part, dim=1, out=scores)
     return scores
+
+
+def _mask_strides(m, mask) -> tuple[int, int]:
+    return (m.stride(0), m.stride(1)) if mask is not None else (0, 0)
 
 
 def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
@@ -226,22 +238,24 @@ def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
     chunks = max(1, min(cfg.get("chunks", 1), n_tiles))
     chunk_tiles = math.ceil(n_tiles / chunks)
     chunks = triton.cdiv(n_tiles, chunk_tiles)
-    T = last_real_index(mask, bsz, L, u.device)
-    ct = C[torch.arange(bsz, device=u.device), T].float().contiguous()  # [B, N]: readout at the last real token
+    if mask is None:
+        ct = C[:, L - 1].float().contiguous()  # [B, N]: the readout at the last (real) token
+    else:
+        ct = C[torch.arange(bsz, device=u.device), last_real_index(mask, bsz, L, u.device)].float().contiguous()
     n_dblk = part.shape[1]
     if chunks > 1:
         sums = torch.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
         _delta_chunk_sums_kernel[(bsz, n_dblk, chunks)](
-            delta, bias, m, sums, L, D, *delta.stride(), *m.stride(), sums.stride(0), sums.stride(1),
+            delta, bias, m, sums, L, D, *delta.stride(), *_mask_strides(m, mask), sums.stride(0), sums.stride(1),
             chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], HAS_BIAS=common["HAS_BIAS"],
             SOFTPLUS=common["SOFTPLUS"], BLOCK_T=block_t, BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
         )
         # Exclusive cumsum over chunks (counted from the end): the delta of every token after the chunk.
         carry = torch.cat([torch.zeros_like(sums[:, :1]), sums[:, :-1].cumsum(dim=1)], dim=1)
     else:
-        carry = torch.zeros(1, 1, dtype=torch.float32, device=u.device)
+        carry = part  # not read without HAS_CARRY
     _last_kernel[(bsz, n_dblk, chunks)](
         u, delta, bias, a2t, B, ct, m, carry, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
-        *m.stride(), carry.stride(0), carry.stride(1), part.stride(0), part.stride(1), chunk_tiles,
+        *_mask_strides(m, mask), carry.stride(0), carry.stride(1), part.stride(0), part.stride(1), chunk_tiles,
         N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
     )

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from ..model.mamba import MambaLM
 from ..ops.impact_score import impact_score
-from .spec import PruningSpec, keep_counts
+from .select import compact, gather_rows, gather_slots, select_kept, select_kept_dense_rows
+from .spec import PruningSpec, forced_count, keep_counts
 
 
 @dataclass
@@ -35,46 +36,6 @@ class PruneInfo:
         reached.scatter_(1, torch.where(last >= 0, last, L), True)
         real = torch.arange(L, device=last.device)[None] < self.lengths[:, None]
         return real & ~reached[:, :L]
-
-
-def _compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Real positions of each sample packed to the left: pos [B, n] (L in padded slots), valid [B, n], lengths [B]."""
-    bsz, L = mask.shape
-    lengths = mask.sum(1)
-    n = int(lengths.max()) if bsz else 0
-    ar = torch.arange(L, device=mask.device).expand(bsz, L)
-    key = torch.where(mask, ar, ar + L)  # real positions first, in order
-    pos = key.sort(dim=1).values[:, :n]
-    valid = torch.arange(n, device=mask.device)[None] < lengths[:, None]
-    return torch.where(valid, pos, L), valid, lengths
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, k, ...] at slots idx [B, k'] -> [B, k', ...]."""
-    return torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
-
-
-def select_kept(
-    scores: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor, k_next: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slots to keep for the next layer, in original order: (slots [B, K], valid [B, K]) with K = max(k_next).
-
-    k_next holds each sample's count on the host, so choosing costs no device-to-host synchronisation.
-
-    Protected slots (the last `protect` real tokens, and always the last) win over any score; padded
-    slots never win. Slots are in original order, so sorting the chosen slots restores that order.
-    """
-    key = scores.float().masked_fill(protected, float("inf")).masked_fill_(~valid, float("-inf"))
-    K = max(k_next)
-    if min(k_next) == K:  # every sample keeps K: the order of the top K is not needed (same set as sorted=True)
-        top = torch.topk(key, K, dim=1, sorted=False).indices
-        return top.sort(dim=1).values, torch.ones_like(top, dtype=torch.bool)
-    top = torch.topk(key, K, dim=1, sorted=True).indices  # best first
-    keep = torch.arange(K, device=key.device)[None] < torch.tensor(k_next, device=key.device)[:, None]
-    order_key = torch.where(keep, top, top.new_full(top.shape, key.shape[1]))
-    slots = order_key.sort(dim=1).values  # original order (slots are in position order), padding last
-    kept_valid = slots < key.shape[1]
-    return torch.where(kept_valid, slots, 0), kept_valid
 
 
 class PrunedMambaLM(nn.Module):
@@ -112,40 +73,50 @@ class PrunedMambaLM(nn.Module):
         num_last=n returns only the logits of each sample's last n real positions, [B, n, V], and skips
         the head elsewhere (what calibration and protected-position evaluation need).
         """
-        logits, info, _ = self._run(input_ids, attention_mask, protect, generator, want_state=False, num_last=num_last)
+        logits, info, _ = self._run(input_ids, attention_mask, protect, generator, want_state=False, num_last=num_last,
+                                    want_info=return_info)
         return (logits, info) if return_info else logits
 
-    def _run(self, input_ids, attention_mask, protect, generator, want_state, num_last=None):
+    def _run(self, input_ids, attention_mask, protect, generator, want_state, num_last=None, want_info=True):
         P = self.spec.protect if protect is None else int(protect)
         bsz, L = input_ids.shape
         dev = input_ids.device
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         layers = self.dense.backbone.layers
         emb = self.dense.backbone.embedding(input_ids)
-        if attention_mask is None:
+        # Without an attention mask every row is all real and keeps the same counts, so the protected tokens are
+        # the last slots of every row: selection needs no masks (known on the host, no synchronisation).
+        uniform = attention_mask is None
+        if uniform:
             pos = torch.arange(L, device=dev).expand(bsz, L)
-            valid = torch.ones(bsz, L, dtype=torch.bool, device=dev)
+            valid = None
             lengths = torch.full((bsz,), L, device=dev)
             n_real = [L] * bsz
             hidden = emb
         else:
-            pos, valid, lengths = _compact(mask)
+            pos, valid, lengths = compact(mask)
             n_real = lengths.tolist()  # the one host sync: every later count follows from these
-            hidden = _gather(emb, pos.clamp_max(L - 1))
+            hidden = gather_slots(emb, pos.clamp_max(L - 1))
+        if num_last is not None and num_last > min(n_real):
+            raise ValueError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
         real_pos = pos  # [B, n]: each sample's real positions in order (the compaction, kept for num_last)
-        # rank among the sample's real tokens decides protection (positions differ under left padding)
-        rank = torch.arange(pos.shape[1], device=dev).expand_as(pos)
-        protected = valid & (rank >= (lengths[:, None] - max(1, P)))
+        protected = None
+        if not uniform:  # rank among the sample's real tokens decides protection (positions differ under left padding)
+            rank = torch.arange(pos.shape[1], device=dev).expand_as(pos)
+            protected = valid & (rank >= (lengths[:, None] - max(1, P)))
         if self.spec.criterion == "random" and generator is None:
             generator = torch.Generator(device=dev).manual_seed(self.spec.seed)
         counts = [keep_counts(self.spec.keep_ratios, n, P) for n in n_real]  # [B][layer], known on the host
+        # The last num_last real tokens are protected, so they reach the top layer: when they are all the logits
+        # asked for, no token's stream needs freezing on its way out (no [B, L, d] highway buffer at all).
+        freeze = num_last is None or any(num_last > forced_count(n, P) for n in n_real)
+        # Positions are bookkeeping for the freeze, the masks and PruneInfo; the rows alone need only the slots.
+        track = want_info or freeze or not uniform
         kept_log, states, residual = [], [], None
         frozen = None  # [B, L+1, d]: the final stream of every token; slot L absorbs padding writes
-        # Known on the host: without an attention mask every slot is real at every layer (all samples keep the
-        # same counts), so the score needs no mask (mask=None means all real: same scores, a cheaper kernel).
-        score_mask = None if attention_mask is None else valid
         for i, layer in enumerate(layers):
-            kept_log.append(torch.where(valid, pos, -1))
+            if track:
+                kept_log.append(pos if uniform else torch.where(valid, pos, -1))
             h, residual = layer.add_norm(hidden, residual)
             prune = i + 1 < len(layers) and any(c[i + 1] < c[i] for c in counts)
             res = self._mixer(layer, h, want_state, prune)
@@ -157,25 +128,39 @@ class PrunedMambaLM(nn.Module):
             it = extras[-1]
             with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
                 args, fused = it.score_inputs()
-                scores = impact_score(*args, criterion=self.spec.criterion, signed=self.spec.signed, mask=score_mask,
+                scores = impact_score(*args, criterion=self.spec.criterion, signed=self.spec.signed, mask=valid,
                                       y=hidden, generator=generator, backend=self.score_backend, **fused)
             k_next = [c[i + 1] for c in counts]
-            slots, new_valid = select_kept(scores, valid, protected, k_next)
-            # The stream hidden + residual is what the next add_norm would form; forming it once here serves the
-            # freeze and the survivors: one gather instead of two, and the next add_norm (residual None) adds nothing.
-            stream = hidden.to(residual.dtype) + residual
-            frozen = self._freeze(frozen, stream, pos, valid, L)
-            hidden, residual = _gather(stream, slots), None
-            pos, valid = torch.where(new_valid, _gather(pos, slots), L), new_valid
-            protected = _gather(protected, slots) & valid
-            score_mask = None if score_mask is None else valid
-        frozen = self._freeze(frozen, hidden.to(residual.dtype) + residual, pos, valid, L)
-        info = PruneInfo(kept=kept_log, lengths=lengths)
+            if uniform:
+                slots = select_kept_dense_rows(scores, forced_count(L, P), k_next[0])
+            else:
+                slots, new_valid = select_kept(scores, valid, protected, k_next)
+            if freeze:
+                # hidden + residual is what the next add_norm would form; forming it once here serves the freeze
+                # and the survivors (the next add_norm, with residual None, adds nothing).
+                stream = hidden.to(residual.dtype) + residual
+                frozen = self._freeze(frozen, stream, pos, valid, L)
+                (hidden,), residual = gather_rows(slots, stream), None
+            else:
+                hidden, residual = gather_rows(slots, hidden, residual)
+            if uniform:
+                pos = torch.gather(pos, 1, slots) if track else None
+            else:
+                pos, valid = torch.where(new_valid, gather_slots(pos, slots), L), new_valid
+                protected = gather_slots(protected, slots) & valid
+        stream = hidden.to(residual.dtype) + residual
+        info = PruneInfo(kept=kept_log, lengths=lengths) if track else None
+        if not freeze:  # each sample's last num_last real tokens are its last num_last slots of the top layer
+            K = stream.shape[1]
+            if uniform:
+                return self.dense.head(stream[:, K - num_last:]), info, states
+            top = torch.tensor([c[-1] for c in counts], device=dev)[:, None] - num_last
+            (last,) = gather_rows(top + torch.arange(num_last, device=dev)[None], stream)
+            return self.dense.head(last), info, states
+        frozen = self._freeze(frozen, stream, pos, valid, L)
         if num_last is not None:
-            if num_last > min(n_real):
-                raise ValueError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
             last_real = self._last_real_positions(real_pos, lengths, int(num_last))
-            return self.dense.head(_gather(frozen, last_real)), info, states
+            return self.dense.head(gather_slots(frozen, last_real)), info, states
         logits = self.dense.head(frozen[:, :L])
         logits = logits.masked_fill(~mask[:, :, None], 0.0)
         return logits, info, states
@@ -195,10 +180,12 @@ class PrunedMambaLM(nn.Module):
 
     @staticmethod
     def _freeze(frozen, stream, pos, valid, L):
-        """Write the current stream of every alive token to its original position (later layers overwrite survivors)."""
+        """Write the current stream of every alive token to its original position (later layers overwrite survivors).
+
+        valid None: every slot is real."""
         if frozen is None:
             frozen = stream.new_zeros(stream.shape[0], L + 1, stream.shape[2])
-        idx = torch.where(valid, pos, L)[:, :, None].expand(-1, -1, stream.shape[2])
+        idx = (pos if valid is None else torch.where(valid, pos, L))[:, :, None].expand(-1, -1, stream.shape[2])
         if torch.is_grad_enabled():  # out of place, so autograd sees each write (fine-tuning)
             return frozen.scatter(1, idx, stream)
         return frozen.scatter_(1, idx, stream)
@@ -217,7 +204,7 @@ class PrunedMambaLM(nn.Module):
             logits = torch.cat([o[0] for o in outs])
             states = [tuple(torch.cat([o[1][i][j] for o in outs]) for j in range(2)) for i in range(len(outs[0][1]))]
             return logits, states
-        logits, _, states = self._run(input_ids, None, protect, None, want_state=True)
+        logits, _, states = self._run(input_ids, None, protect, None, want_state=True, num_last=1, want_info=False)
         return logits[:, -1], states
 
     @torch.no_grad()

@@ -1,0 +1,50 @@
+"""A prefill captured once as a CUDA graph and replayed: no per-kernel launch cost on the host.
+
+A pruned forward launches about twice the kernels of a dense one, many of them small (selection, gathers),
+so at small batch sizes the host, not the GPU, sets its pace. Without an attention mask every count of a
+pruned forward is known on the host before it starts (no device-to-host synchronisation), which is what
+makes it capturable: the graph holds one shape [B, L] and one `num_last`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+class GraphedForward:
+    """`model(input_ids, num_last=n)` for input_ids [B, L] on CUDA, captured once and replayed per call.
+
+    Works for `MambaLM` and `PrunedMambaLM` (criteria other than `random`, whose generator the graph would
+    replay with a frozen state). The returned logits [B, n, V] live in the graph's static output and are
+    overwritten by the next call: clone them to keep them.
+    """
+
+    def __init__(self, model, batch: int, seq_len: int, *, num_last: int | None = None, warmup: int = 2):
+        if model.device.type != "cuda" or not torch.cuda.is_available():
+            raise ConfigError(f"a CUDA graph needs the model on a CUDA device; this one is on {model.device}")
+        spec = getattr(model, "spec", None)
+        if spec is not None and spec.criterion == "random":
+            raise ConfigError("criterion 'random' cannot be captured in a CUDA graph (its generator state would freeze)")
+        if batch < 1 or seq_len < 1:
+            raise ConfigError(f"batch and seq_len must be positive, got {batch} and {seq_len}")
+        self.model, self.num_last = model, num_last
+        self.shape = (batch, seq_len)
+        self._ids = torch.zeros(self.shape, dtype=torch.long, device=model.device)
+        side = torch.cuda.Stream(device=model.device)
+        side.wait_stream(torch.cuda.current_stream(model.device))
+        with torch.no_grad(), torch.cuda.stream(side):  # compiles kernels and fills the allocator outside capture
+            for _ in range(max(1, warmup)):
+                model(self._ids, num_last=num_last)
+        torch.cuda.current_stream(model.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self._out = model(self._ids, num_last=num_last)
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if tuple(input_ids.shape) != self.shape:
+            raise ValueError(f"this graph was captured for input_ids of shape {list(self.shape)}, got {list(input_ids.shape)}")
+        self._ids.copy_(input_ids)
+        self.graph.replay()
+        return self._out
