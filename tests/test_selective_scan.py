@@ -8,6 +8,7 @@ cases run on CUDA, plus the `gpu`-marked realistic shapes.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -186,23 +187,154 @@ def test_launch_config_from_env(monkeypatch):
     assert LaunchConfig.from_env() == LaunchConfig(64, 2, 8, 4, "seq", LaunchConfig().fwd_stages)
     monkeypatch.setenv("SIMBA_SCAN_CONFIG", "32, 1, 8, 4, seq, 4")
     assert LaunchConfig.from_env() == LaunchConfig(32, 1, 8, 4, fwd_kind="seq", fwd_stages=4)
-    for bad in ("32,1,8", "32,1,8,4,scan", "32,1,8,4,seq,0", "32,1,8,4,seq,5", "32,x,8,4", "1,2,3,4,seq,2,7"):
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", "32,1,8,4,split,3,8")
+    assert LaunchConfig.from_env() == LaunchConfig(32, 1, 8, 4, fwd_kind="split", fwd_stages=3, fwd_splits=8)
+    bad_specs = ("32,1,8", "32,1,8,4,scan", "32,1,8,4,seq,0", "32,1,8,4,seq,5", "32,x,8,4", "1,2,3,4,seq,2,7,1",
+                 "32,1,8,4,split,3,-1", "32,1,8,4,split,3,x")
+    for bad in bad_specs:
         monkeypatch.setenv("SIMBA_SCAN_CONFIG", bad)
         with pytest.raises(ConfigError):
             LaunchConfig.from_env()
-    assert LaunchConfig().fwd_kind == "auto"
+    assert LaunchConfig().fwd_kind == "auto" and LaunchConfig().fwd_splits == 0
 
 
 def test_auto_forward_picks_seq_only_with_enough_programs():
     from simba_convert.ops.selective_scan_triton import SEQ_MIN_PROGRAMS, LaunchConfig, resolve_forward
 
     auto = LaunchConfig()
-    small = resolve_forward(auto, 1, 32 * (SEQ_MIN_PROGRAMS - 1))
-    big = resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2))
+    small = resolve_forward(auto, 1, 32 * (SEQ_MIN_PROGRAMS - 1), 2048, save_checkpoints=True)
+    big = resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=True)
     assert (small.fwd_kind, small.fwd_block_d, small.fwd_warps) == ("chunk", auto.fwd_block_d, auto.fwd_warps)
     assert (big.fwd_kind, big.fwd_block_d, big.fwd_warps, big.fwd_stages) == ("seq", 32, 1, 3)
+    assert resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=False) == big
     explicit = LaunchConfig(fwd_kind="chunk")
-    assert resolve_forward(explicit, 64, 4096) is explicit
+    assert resolve_forward(explicit, 64, 4096, 2048, save_checkpoints=False) is explicit
+
+
+# ----------------------------------------------------------------------------------- split forward
+def test_auto_forward_picks_split_only_with_few_programs_and_no_checkpoints():
+    from simba_convert.ops import selective_scan_triton as sst
+
+    auto = sst.LaunchConfig()
+    # The 1.4B layer at B=1 (128 programs): 8 segments of 256 steps make 1024 programs.
+    b1 = sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=False)
+    assert (b1.fwd_kind, b1.fwd_splits, b1.fwd_block_d, b1.fwd_warps, b1.fwd_stages) == ("split", 8, 32, 1, 3)
+    assert sst.resolve_forward(auto, 2, 4096, 2048, save_checkpoints=False).fwd_splits == 4
+    assert sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=True).fwd_kind == "chunk"  # autograd
+    assert sst.resolve_forward(auto, 1, 4096, sst.SPLIT_MIN_LEN - 1, save_checkpoints=False).fwd_kind == "chunk"
+    assert sst.resolve_forward(auto, 4, 4096, 2048, save_checkpoints=False).fwd_kind == "seq"  # enough programs
+    # Segments stay >= SPLIT_MIN_STEPS long and at most SPLIT_MAX_SEGMENTS: 256 // 64 = 4; 1 program: 32.
+    assert sst.resolve_forward(auto, 1, 4096, 256, save_checkpoints=False).fwd_splits == 4
+    assert sst.resolve_forward(auto, 1, 32, 1 << 16, save_checkpoints=False).fwd_splits == sst.SPLIT_MAX_SEGMENTS
+    # An explicit split count is kept (rounded to the segments that are not empty) ...
+    explicit = sst.LaunchConfig(32, 1, 8, 4, "split", 3, 3)
+    assert sst.resolve_forward(explicit, 8, 4096, 4, save_checkpoints=False).fwd_splits == 2  # 2 + 2 steps
+    assert sst.resolve_forward(explicit, 8, 4096, 4, save_checkpoints=False).fwd_kind == "split"
+    # ... and becomes the seq forward (same kernel, one pass) when it is one segment or checkpoints are needed.
+    assert sst.resolve_forward(explicit, 1, 32, 1, save_checkpoints=False).fwd_kind == "seq"
+    assert sst.resolve_forward(explicit, 1, 32, 2048, save_checkpoints=True) == replace(explicit, fwd_kind="seq")
+
+
+def test_auto_split_follows_gradients_end_to_end(monkeypatch):
+    """Through the autograd entry point: split without gradients (and right), chunk when backward will follow."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    monkeypatch.setattr(sst, "SPLIT_MIN_LEN", 16)
+    monkeypatch.setattr(sst, "SPLIT_MIN_STEPS", 8)
+    monkeypatch.delenv("SIMBA_SCAN_CONFIG", raising=False)
+    kinds = []
+    real = sst.resolve_forward
+    monkeypatch.setattr(sst, "resolve_forward", lambda *a, **k: kinds.append(real(*a, **k)) or kinds[-1])
+    inp = cast(make_inputs(1, 20, 5, 4, device=DEV), torch.float32)
+    args = [inp[k] for k in NAMES[:8]] + [True]
+    y = sst.selective_scan_triton(*args)
+    assert [(c.fwd_kind, c.fwd_splits) for c in kinds] == [("split", 2)]
+    assert_matches(y, ss.selective_scan_ref(*args))
+    args[0] = args[0].clone().requires_grad_()
+    sst.selective_scan_triton(*args)
+    assert kinds[-1].fwd_kind == "chunk"
+
+
+# bsz, L, d, N, segments asked, segments made, D, z, bias, softplus, h0, last, stages. d = 9 spans a partial
+# second block of 8 channels; N = 3 is not a power of two. L=1 makes one segment (run as seq); L=5 in 3 makes
+# 2+2+1, L=63 in 2 makes 32+31, L=100 in 7 makes 6·15+10, L=130 in 3 makes 44+44+42.
+SPLIT_CASES = [
+    (1, 1, 5, 4, 3, 1, True, True, True, True, True, True, 3),
+    (2, 5, 9, 16, 3, 3, True, True, True, True, True, True, 3),
+    (1, 63, 5, 3, 2, 2, False, False, False, False, False, False, 1),
+    (1, 100, 5, 16, 7, 7, True, False, True, True, True, True, 4),
+    (1, 130, 5, 4, 3, 3, False, True, False, True, True, False, 2),
+]
+
+
+def split_config(splits, stages=3):
+    from simba_convert.ops.selective_scan_triton import LaunchConfig
+
+    return LaunchConfig(8, 1, 8, 4, "split", stages, splits)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the kernels write (outputs and segment summaries) starts as NaN; returns their shapes."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    shapes = []
+
+    def nan_empty(*s, device, dtype):
+        shapes.append(s)
+        return torch.full(s, float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(sst, "_empty", nan_empty)
+    return shapes
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "B{}-L{}-D{}-N{}-S{}".format(*c[:5]))
+def test_split_forward_matches_reference_fp32(case, poisoned):
+    from simba_convert.ops import selective_scan_triton as sst
+
+    bsz, L, d, N, asked, made, D, z, bias, sp, h0, last, stages = case
+    inp = make_inputs(bsz, L, d, N, D=D, z=z, bias=bias, h0=h0, device=DEV)
+    if not sp:  # a delta taken as is must be positive, as the model's is, or h grows past fp32 over 63 steps
+        inp["delta"] = torch.nn.functional.softplus(inp["delta"])
+    cfg = split_config(asked, stages)
+    resolved = sst.resolve_forward(cfg, bsz, d, L, save_checkpoints=False)
+    assert (resolved.fwd_kind, resolved.fwd_splits) == (("split", made) if made > 1 else ("seq", 0))
+    x = cast(inp, torch.float32)
+    y, h, chk = sst.scan_forward(*(x[k] for k in NAMES[:8]), sp, x["initial_state"], last, False, config=cfg)
+    out_ref = ss.selective_scan_ref(*(inp[k] for k in NAMES[:8]), sp, inp["initial_state"], last)
+    y_ref, h_ref = out_ref if last else (out_ref, None)
+    assert chk is None and (h is None) == (not last)
+    assert y.dtype == torch.float32
+    assert_matches(y, y_ref, torch.float32)
+    if last:
+        assert_matches(h, h_ref, torch.float32)
+    assert ((bsz, made - 1, d, N) in poisoned) == ((bsz, made - 1, d) in poisoned) == (made > 1)  # summaries
+
+
+def test_split_forward_bf16(poisoned):
+    from simba_convert.ops import selective_scan_triton as sst
+
+    inp = cast(make_inputs(1, 100, 7, 16, h0=True, device=DEV), torch.bfloat16)
+    ref_in = {k: (v.double() if v is not None else None) for k, v in inp.items()}
+    args = [inp[k] for k in NAMES[:8]] + [True, inp["initial_state"], True, False]
+    y, h, _ = sst.scan_forward(*args, config=split_config(4))
+    y_ref, h_ref = ss.selective_scan_ref(*(ref_in[k] for k in NAMES[:8]), True, ref_in["initial_state"], True)
+    assert y.dtype == torch.bfloat16
+    assert_matches(y, y_ref, torch.bfloat16)
+    assert_matches(h, h_ref, torch.float32)
+
+
+def test_split_through_env_runs_as_seq_under_autograd(monkeypatch):
+    """A split config set for inference still trains: with a backward to follow it runs the seq forward."""
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", "8,1,8,4,split,3,3")
+    inp = make_inputs(1, 20, 5, 4, h0=True, device=DEV)
+    dy = torch.randn(1, 20, 5, device=DEV, dtype=torch.float64)
+    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
+    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
+    assert_matches(y, y_ref, torch.float32)
+    assert_matches(h, h_ref, torch.float32)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], torch.float32)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 32])
@@ -314,3 +446,21 @@ def test_gpu_realistic_shapes_bf16(d, fwd_kind):
     assert_matches(h, h_ref, torch.float32)
     for k in g_ref:
         assert_matches(g[k], g_ref[k], inp[k].dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_split_forward_b1_bf16(monkeypatch):
+    """The 1.4B layer at B=1 without gradients: `auto` picks split (8 segments), and it matches the reference."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    monkeypatch.delenv("SIMBA_SCAN_CONFIG", raising=False)
+    bsz, L, d, N = 1, 2048, 4096, 16
+    resolved = sst.resolve_forward(sst.LaunchConfig(), bsz, d, L, save_checkpoints=False)
+    assert (resolved.fwd_kind, resolved.fwd_splits) == ("split", 8)
+    inp = cast(make_inputs(bsz, L, d, N, h0=True, device="cuda", dtype=torch.float32), torch.bfloat16)
+    args = [inp[k] for k in NAMES[:8]] + [True, inp["initial_state"], True]
+    with torch.no_grad():
+        y, h = ss.selective_scan(*args, backend="auto")
+        y_ref, h_ref = selective_scan_chunked(*(a.float() if a is not None else None for a in args[:8]), *args[8:])
+    assert_matches(y, y_ref, torch.bfloat16)
+    assert_matches(h, h_ref, torch.float32)

@@ -48,3 +48,49 @@ class GraphedForward:
         self._ids.copy_(input_ids)
         self.graph.replay()
         return self._out
+
+
+class GraphedStep:
+    """`model.step(token, states)` for a fixed batch on CUDA, captured once and replayed per decoded token.
+
+    The recurrent states live in the graph's own buffers and are advanced in place by each call (the dense
+    step has no data-dependent control flow, so one capture serves every token). `load(states)` copies a
+    prefill's states in; each call returns logits [B, V] that the next call overwrites.
+    """
+
+    def __init__(self, model, states: list, *, warmup: int = 2):
+        if model.device.type != "cuda" or not torch.cuda.is_available():
+            raise ConfigError(f"a CUDA graph needs the model on a CUDA device; this one is on {model.device}")
+        self.model = model
+        self.batch = states[0][0].shape[0]
+        self.token = torch.zeros(self.batch, dtype=torch.long, device=model.device)
+        self.states = [(c.clone(), s.clone()) for c, s in states]
+        side = torch.cuda.Stream(device=model.device)
+        side.wait_stream(torch.cuda.current_stream(model.device))
+        with torch.no_grad(), torch.cuda.stream(side):  # warm-up leaves the static states untouched
+            for _ in range(max(1, warmup)):
+                model.step(self.token, self.states)
+        torch.cuda.current_stream(model.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.logits, new = model.step(self.token, self.states)
+            for (c, s), (nc, ns) in zip(self.states, new):
+                c.copy_(nc)
+                s.copy_(ns)
+        self.load(states)
+
+    def matches(self, states: list) -> bool:
+        """True when `states` have the shapes and dtypes this graph was captured for."""
+        return len(states) == len(self.states) and all(
+            c.shape == sc.shape and c.dtype == sc.dtype and s.shape == ss.shape and s.dtype == ss.dtype
+            for (c, s), (sc, ss) in zip(states, self.states))
+
+    def load(self, states: list) -> None:
+        for (c, s), (nc, ns) in zip(self.states, states):
+            c.copy_(nc)
+            s.copy_(ns)
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        self.token.copy_(token)
+        self.graph.replay()
+        return self.logits

@@ -32,8 +32,13 @@ def generate(
     top_p: float = 1.0,
     eos_token_id: int | None = None,
     seed: int | None = None,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor:
-    """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos)."""
+    """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos).
+
+    cuda_graph (default: when the model is on CUDA) replays the decoding step as a CUDA graph captured once
+    per batch size and kept on the model (`cuda_graph.GraphedStep`); the tokens are the same either way.
+    """
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
     gen = None
@@ -43,6 +48,8 @@ def generate(
     if max_new_tokens == 0:
         return out
     logits, states = model.prefill(input_ids)
+    stepper = _graphed_step(model, states) if (model.device.type == "cuda" if cuda_graph is None else cuda_graph) \
+        else None
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
         nxt = _sample(logits, temperature, top_k, top_p, gen) if do_sample else logits.argmax(-1)
@@ -52,5 +59,22 @@ def generate(
         out = torch.cat([out, nxt[:, None]], dim=1)
         if (eos_token_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
             break
-        logits, states = model.step(nxt, states)
+        if stepper is not None:
+            logits = stepper(nxt)
+        else:
+            logits, states = model.step(nxt, states)
     return out
+
+
+def _graphed_step(model, states):
+    """The model's captured decoding step for this batch size, loaded with `states` (captured on first use)."""
+    from .cuda_graph import GraphedStep
+
+    cache = model.__dict__.setdefault("_graphed_steps", {})
+    key = (states[0][0].shape[0], model.dtype)
+    stepper = cache.get(key)
+    if stepper is None or not stepper.matches(states):
+        stepper = cache[key] = GraphedStep(model, states)
+    else:
+        stepper.load(states)
+    return stepper

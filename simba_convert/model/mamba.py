@@ -12,7 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.conv1d import causal_conv1d_ref, conv_state_from
+from ..errors import BackendError
+from ..ops.backend import resolve_model
+from ..ops.conv1d import causal_conv1d, conv_state_from
+from ..ops.rms_norm import add_rms_norm
 from ..ops.selective_scan import selective_scan, step_size
 from .config import MambaConfig
 
@@ -93,17 +96,27 @@ class MambaMixer(nn.Module):
         return_state: bool = False,
         return_internals: bool = False,
     ):
-        """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and MixerInternals."""
+        """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and MixerInternals.
+
+        On the `cuda` backend (mamba_ssm's kernels) a call without initial states runs `mixer_cuda`; the other
+        backends run the ops below on the token-major layout [B, L, D].
+        """
+        kind = resolve_model(self.backend, h.device)
+        if kind == "cuda" and conv_state is None and ssm_state is None:
+            from . import mixer_cuda
+
+            return mixer_cuda.mixer_forward(self, h, return_state, return_internals)
+        op_backend = "auto" if kind == "cuda" else kind
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight.squeeze(1)
-        # The conv leaves u transposed in memory ([B, D, L] order); x_proj, the scan and the impact score would
-        # each copy it (or read it strided), so one copy here is the cheapest. Values are unchanged.
-        u = causal_conv1d_ref(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu").contiguous()
+        # u must be contiguous [B, L, D]: x_proj, the scan and the impact score all read it row by row.
+        u = causal_conv1d(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu",
+                          backend=op_backend).contiguous()
         dt, Bm, Cm = self._ssm_inputs(u)
         A = self.A()
         res = selective_scan(
             u, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(), True,
-            initial_state=ssm_state, return_last_state=return_state, backend=self.backend,
+            initial_state=ssm_state, return_last_state=return_state, backend=op_backend,
         )
         y, last = res if return_state else (res, None)
         out = self.out_proj(y)
@@ -118,7 +131,14 @@ class MambaMixer(nn.Module):
         return (out, *extras) if extras else out
 
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
-        """One recurrent step: h [B, d] with conv_state [B, D, K-1], ssm_state [B, D, N] -> out [B, d], new states."""
+        """One recurrent step: h [B, d] with conv_state [B, D, K-1], ssm_state [B, D, N] -> out [B, d], new states.
+
+        The given states are left unchanged (on the `cuda` backend mamba_ssm's in-place update kernels run on
+        copies)."""
+        if resolve_model(self.backend, h.device) == "cuda":
+            from . import mixer_cuda
+
+            return mixer_cuda.mixer_step(self, h, conv_state.clone(), ssm_state.clone())
         x, z = self.in_proj(h).chunk(2, dim=-1)
         window = torch.cat([conv_state.to(x.dtype), x[:, :, None]], dim=2)  # [B, D, K]
         w = self.conv1d.weight.squeeze(1)
@@ -145,6 +165,15 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg)
 
     def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks; one fused pass
+        with RMSNorm on CUDA (mamba_ssm's kernel on the `cuda` backend, ours on `triton`)."""
+        if isinstance(self.norm, RMSNorm):
+            kind = resolve_model(self.mixer.backend, hidden.device)
+            if kind == "cuda":
+                from . import mixer_cuda
+
+                return mixer_cuda.add_rms_norm(self, hidden, residual)
+            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32, backend=kind)
         residual = hidden if residual is None else hidden.to(residual.dtype) + residual
         h = self.norm(residual)
         if self.residual_in_fp32:
@@ -180,6 +209,11 @@ class MambaLM(nn.Module):
         return self.backbone.embedding.weight.dtype
 
     def set_backend(self, backend: str) -> "MambaLM":
+        """Run every layer on `backend`: auto | cuda (mamba_ssm's kernels) | triton | reference (ops.backend)."""
+        from ..ops.backend import MODEL_BACKENDS
+
+        if backend not in MODEL_BACKENDS:
+            raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(MODEL_BACKENDS)}")
         for layer in self.backbone.layers:
             layer.mixer.backend = backend
         return self

@@ -12,6 +12,8 @@ from ..errors import BackendError
 log = logging.getLogger("simba_convert.ops")
 
 BACKENDS = ("auto", "triton", "reference")
+# A whole model (MambaLM.set_backend) may also run on mamba_ssm / causal_conv1d's CUDA kernels ("cuda").
+MODEL_BACKENDS = ("auto", "cuda", "triton", "reference")
 _announced: set[tuple[str, str, str]] = set()
 
 
@@ -46,4 +48,30 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if key not in _announced:
         _announced.add(key)
         log.info("%s: backend %s -> %s on %s", op, backend, chosen, device.type)
+    return chosen
+
+
+def resolve_model(backend: str, device: torch.device) -> str:
+    """Return "cuda", "triton" or "reference" for a model's layers on `device`.
+
+    `auto` takes mamba_ssm / causal_conv1d's kernels when they import on a CUDA device (the faster path at
+    every shape measured: BENCHMARKS.md, "Against mamba_ssm"), else Triton on CUDA, else the reference.
+    """
+    if backend not in MODEL_BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(MODEL_BACKENDS)}")
+    if backend in ("triton", "reference"):
+        return resolve("mamba_layer", backend, device)
+    from ..model import mixer_cuda
+
+    if device.type == "cuda" and mixer_cuda.available():
+        chosen = "cuda"
+    elif backend == "cuda":
+        why = "the model is not on a CUDA device" if device.type != "cuda" else "mamba_ssm / causal_conv1d do not import"
+        raise BackendError(f"backend 'cuda' cannot run: {why} (pip install 'simba-convert[cuda]' on a CUDA machine)")
+    else:
+        chosen = resolve("mamba_layer", "auto", device)
+    key = ("mamba_layer", backend, chosen)
+    if key not in _announced:
+        _announced.add(key)
+        log.info("mamba_layer: backend %s -> %s on %s", backend, chosen, device.type)
     return chosen

@@ -30,6 +30,36 @@ def causal_conv1d_ref(
     return out
 
 
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Same contract as `causal_conv1d_ref`; `backend` is auto | triton | reference (see ops.backend).
+
+    `triton` runs `causal_conv1d_triton` (conv1d_triton.py): one pass over x in its own [B, L, D] layout,
+    returning a contiguous [B, L, D], where the reference copies x to [B, D, L] and the result back. The
+    kernel is forward-only, so when autograd needs gradients (grad mode on and any input requiring grad) the
+    reference runs instead, whatever the backend, and fine-tuning keeps working. The reference's result
+    may be a strided view ([B, L, D] seen from [B, D, L] memory).
+    """
+    from . import backend as _backend
+
+    chosen = _backend.resolve("causal_conv1d", backend, x.device)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, initial_state)
+    )
+    if chosen == "triton" and not needs_grad:
+        from .conv1d_triton import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, initial_state, activation)
+    return causal_conv1d_ref(x, weight, bias, initial_state, activation)
+
+
 def conv_state_from(x: torch.Tensor, K: int, initial_state: torch.Tensor | None = None) -> torch.Tensor:
     """The conv window after the sequence x [B, L, D]: its last K-1 inputs as [B, D, K-1], zero-padded on the left."""
     xt = x.transpose(1, 2)

@@ -8,10 +8,11 @@ chunks of CHUNK steps; inside a chunk the recurrence h_t = a_t ⊙ h_{t-1} + b_t
 BLOCK_D·N] tile is one `tl.associative_scan` (all states live in registers, fp32), and the state
 is carried from chunk to chunk. A second forward, `_scan_fwd_seq_kernel` (LaunchConfig.fwd_kind =
 "seq", in selective_scan_triton_seq.py), walks the same programs one step at a time with the state
-[N, BLOCK_D] in registers. Either forward stores the state entering every chunk when a backward will
-follow; the backward walks the chunks in reverse, recomputes the states of a chunk from its
-checkpoint and runs the adjoint recurrence G_t = C_t g_t + a_{t+1} ⊙ G_{t+1} as a second scan over
-time-reversed loads. Channel reductions (dB, dC) go to per-channel-block partial buffers and batch
+[N, BLOCK_D] in registers; "split" runs it in two passes over segments of the sequence, for launches
+with too few programs (inference only). Either of the first two forwards stores the state entering
+every chunk when a backward will follow; the backward walks the chunks in reverse, recomputes the
+states of a chunk from its checkpoint and runs the adjoint recurrence G_t = C_t g_t + a_{t+1} ⊙ G_{t+1}
+as a second scan over time-reversed loads. Channel reductions (dB, dC) go to per-channel-block partial buffers and batch
 reductions (dA, dD, d delta_bias) to per-batch buffers, summed by torch: no atomics, so the
 gradients are deterministic.
 """
@@ -32,7 +33,7 @@ CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is n
 _LOG2E = math.log2(math.e)
 
 
-FWD_KINDS = ("auto", "chunk", "seq")
+FWD_KINDS = ("auto", "chunk", "seq", "split")
 MAX_FWD_STAGES = 4
 # "auto": the seq forward (32 channels a program, 1 warp, 3 stages) once there are at least this many programs
 # (B·⌈D/32⌉); below, too few warps are resident to hide its per-step latency and the chunk forward wins. H200,
@@ -40,6 +41,16 @@ MAX_FWD_STAGES = 4
 # 128 (1.4B, B=1) seq 1.6x slower.
 SEQ_MIN_PROGRAMS = 384
 SEQ_AUTO = dict(fwd_block_d=32, fwd_warps=1, fwd_stages=3)
+# Below SEQ_MIN_PROGRAMS, "auto" runs the split forward instead of chunk when no checkpoints are needed and
+# L >= SPLIT_MIN_LEN: S segments with B·⌈D/32⌉·S ≈ SPLIT_TARGET_PROGRAMS (the 1024 one-warp programs at which
+# seq was measured, 1.4B layer at B=8), each at least SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS (pass 2
+# folds up to S-1 summaries per program). NOT YET MEASURED ON A GPU: the cost model (ops/README.md,
+# "Split-sequence forward") predicts ~0.3–0.37 ms against 0.50 ms for chunk at B=1, L=2048, D=4096; the
+# thresholds are to be replaced by a sweep.
+SPLIT_MIN_LEN = 256
+SPLIT_TARGET_PROGRAMS = 1024
+SPLIT_MIN_STEPS = 64
+SPLIT_MAX_SEGMENTS = 32
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,15 @@ class LaunchConfig:
     """Channels per program and warps, for the forward and the backward kernel, and the forward's kind.
 
     fwd_kind: "chunk" (`_scan_fwd_kernel`, associative scan over CHUNK-step tiles), "seq"
-    (`_scan_fwd_seq_kernel`, one step per iteration) or "auto" (seq with SEQ_AUTO's sizes when the launch has
-    at least SEQ_MIN_PROGRAMS programs, else chunk with fwd_block_d / fwd_warps). fwd_stages (seq only): steps whose loads are in
-    flight at once, 1 (load and use in the same step) to MAX_FWD_STAGES (u, delta, z loaded 3 steps ahead).
-    For "seq", fwd_block_d should be a multiple of 32·fwd_warps so that a channel's N states sit in one
-    thread (ops/README.md, "Selective scan").
+    (`_scan_fwd_seq_kernel`, one step per iteration), "split" (the seq kernel in two passes over fwd_splits
+    segments of the sequence; forward only: with checkpoints to save it runs as "seq") or "auto" (seq with
+    SEQ_AUTO's sizes when the launch has at least SEQ_MIN_PROGRAMS programs; below, split with SEQ_AUTO's sizes
+    when no checkpoints are needed and L >= SPLIT_MIN_LEN, else chunk with fwd_block_d / fwd_warps).
+    fwd_stages (seq, split): steps whose loads are in flight at once, 1 (load and use in the same step) to
+    MAX_FWD_STAGES (u, delta, z loaded 3 steps ahead). fwd_splits (split): segments, 0 = chosen from the
+    launch (`auto_splits`); the count used is ⌈L / ⌈L / fwd_splits⌉⌉ (no empty segment), and one segment
+    is "seq". For "seq" and "split", fwd_block_d should be a multiple of 32·fwd_warps so that a channel's
+    N states sit in one thread (ops/README.md, "Selective scan").
     """
 
     fwd_block_d: int = 16
@@ -60,29 +75,33 @@ class LaunchConfig:
     bwd_warps: int = 4
     fwd_kind: str = "auto"
     fwd_stages: int = 2
+    fwd_splits: int = 0
 
     def __post_init__(self):
         if self.fwd_kind not in FWD_KINDS:
             raise ConfigError(f"selective scan fwd_kind must be one of {FWD_KINDS}, got {self.fwd_kind!r}")
         if not 1 <= self.fwd_stages <= MAX_FWD_STAGES:
             raise ConfigError(f"selective scan fwd_stages must be in 1..{MAX_FWD_STAGES}, got {self.fwd_stages}")
+        if self.fwd_splits < 0:
+            raise ConfigError(f"selective scan fwd_splits must be >= 0 (0 = automatic), got {self.fwd_splits}")
 
     @classmethod
     def from_env(cls) -> "LaunchConfig":
-        """SIMBA_SCAN_CONFIG="fwd_bd,fwd_warps,bwd_bd,bwd_warps[,fwd_kind[,fwd_stages]]" overrides the
-        defaults (for tuning); the four-value form of earlier versions still works."""
+        """SIMBA_SCAN_CONFIG="fwd_bd,fwd_warps,bwd_bd,bwd_warps[,fwd_kind[,fwd_stages[,fwd_splits]]]" overrides
+        the defaults (for tuning); the four-value form of earlier versions still works."""
         spec = os.environ.get("SIMBA_SCAN_CONFIG")
         if not spec:
             return cls()
         parts = [v.strip() for v in spec.split(",")]
-        if not 4 <= len(parts) <= 6:
-            raise ConfigError(f"SIMBA_SCAN_CONFIG needs 4 to 6 comma-separated values, got {spec!r}")
-        kw = dict(zip(("fwd_kind", "fwd_stages"), parts[4:]))
+        if not 4 <= len(parts) <= 7:
+            raise ConfigError(f"SIMBA_SCAN_CONFIG needs 4 to 7 comma-separated values, got {spec!r}")
+        kw = dict(zip(("fwd_kind", "fwd_stages", "fwd_splits"), parts[4:]))
         kw.setdefault("fwd_kind", "chunk")  # the four-value form predates the other kinds
         try:
             sizes = [int(v) for v in parts[:4]]
-            if "fwd_stages" in kw:
-                kw["fwd_stages"] = int(kw["fwd_stages"])
+            for k in ("fwd_stages", "fwd_splits"):
+                if k in kw:
+                    kw[k] = int(kw[k])
         except ValueError:
             raise ConfigError(f"SIMBA_SCAN_CONFIG has a non-integer size: {spec!r}") from None
         return cls(*sizes, **kw)
@@ -315,13 +334,38 @@ def _np(N: int) -> int:
     return max(2, triton.next_power_of_2(N))
 
 
-def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int) -> LaunchConfig:
-    """The forward kind (and, for "auto", sizes) a launch over bsz samples of dm channels will use."""
-    if cfg.fwd_kind != "auto":
+def auto_splits(programs: int, seqlen: int) -> int:
+    """Segments for a split forward of `programs` programs per segment over `seqlen` steps (see SPLIT_*)."""
+    want = triton.cdiv(SPLIT_TARGET_PROGRAMS, programs)
+    return max(1, min(want, seqlen // SPLIT_MIN_STEPS, SPLIT_MAX_SEGMENTS))
+
+
+def _segments(seqlen: int, splits: int) -> tuple[int, int]:
+    """(steps per segment, segments) for at most `splits` segments; only the last one may be shorter."""
+    seg_len = triton.cdiv(seqlen, max(1, splits))
+    return seg_len, triton.cdiv(seqlen, seg_len)
+
+
+def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int, seqlen: int, save_checkpoints: bool) -> LaunchConfig:
+    """The forward kind (and, for "auto", sizes) a launch over bsz samples of dm channels and seqlen steps
+    will use; a "split" result carries its segment count (>= 2) in fwd_splits."""
+    kind = cfg.fwd_kind
+    if kind == "auto":
+        if bsz * triton.cdiv(dm, SEQ_AUTO["fwd_block_d"]) >= SEQ_MIN_PROGRAMS:
+            return replace(cfg, fwd_kind="seq", **SEQ_AUTO)
+        if save_checkpoints or seqlen < SPLIT_MIN_LEN:
+            return replace(cfg, fwd_kind="chunk")
+        cfg = replace(cfg, **SEQ_AUTO)
+    elif kind != "split":
         return cfg
-    if bsz * triton.cdiv(dm, SEQ_AUTO["fwd_block_d"]) >= SEQ_MIN_PROGRAMS:
-        return replace(cfg, fwd_kind="seq", **SEQ_AUTO)
-    return replace(cfg, fwd_kind="chunk")
+    if save_checkpoints:  # the split passes store no checkpoints; seq is the same kernel in one pass
+        return replace(cfg, fwd_kind="seq")
+    splits = cfg.fwd_splits or auto_splits(bsz * triton.cdiv(dm, cfg.fwd_block_d), seqlen)
+    n_seg = _segments(seqlen, splits)[1] if seqlen > 0 else 1
+    if n_seg > 1:
+        return replace(cfg, fwd_kind="split", fwd_splits=n_seg)
+    # One segment is the seq forward; "auto" only wants that with enough programs.
+    return replace(cfg, fwd_kind="chunk" if kind == "auto" else "seq", fwd_splits=0)
 
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
@@ -329,11 +373,12 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     """Launch the forward kernel `config.fwd_kind` names. Returns y [B, L, D] (u's dtype), last [B, D, N]
     or None, checkpoints or None.
 
-    checkpoints: [B, ceil(L/CHUNK), D, N] fp32, the state entering each chunk (the same from either kind).
+    checkpoints: [B, ceil(L/CHUNK), D, N] fp32, the state entering each chunk (the same from chunk and seq;
+    with save_checkpoints a "split" config runs as seq, see `resolve_forward`).
     """
     cfg = config or LaunchConfig.from_env()
     bsz, L, dm = u.shape
-    cfg = resolve_forward(cfg, bsz, dm)
+    cfg = resolve_forward(cfg, bsz, dm, L, save_checkpoints)
     N = A.shape[1]
     n_chunks = triton.cdiv(L, CHUNK)
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -343,30 +388,42 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = y
     zz = z if z is not None else u
-    grid = (triton.cdiv(dm, cfg.fwd_block_d), bsz)
-    seq = cfg.fwd_kind == "seq"
-    if seq:
-        # Imported here: that module uses this one's `_delta_act`.
-        from .selective_scan_triton_seq import _scan_fwd_seq_kernel as kernel
-
-        # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
-        # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
-        a_arg, B, C = (A.float() * _LOG2E).t().contiguous(), B.float(), C.float()
-        extra = dict(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N))
-    else:
-        kernel, a_arg, extra = _scan_fwd_kernel, A.float().contiguous(), {}
-    kernel[grid](
-        u, delta, zz, B, C, a_arg,
-        D.contiguous() if D is not None else dummy,
-        delta_bias.contiguous() if delta_bias is not None else dummy,
-        h0 if h0 is not None else dummy,
-        y, last if last is not None else dummy, chk if chk is not None else dummy,
-        L, dm, N, n_chunks,
-        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
+    n_blk = triton.cdiv(dm, cfg.fwd_block_d)
+    flags = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_LAST=return_last_state,
-        SAVE_CHK=save_checkpoints, T=CHUNK, BD=cfg.fwd_block_d, NP=_np(N), num_warps=cfg.fwd_warps, **extra,
+        SAVE_CHK=save_checkpoints, T=CHUNK, BD=cfg.fwd_block_d, NP=_np(N), num_warps=cfg.fwd_warps,
     )
+    inputs = (
+        D.contiguous() if D is not None else dummy, delta_bias.contiguous() if delta_bias is not None else dummy,
+        h0 if h0 is not None else dummy, y, last if last is not None else dummy, chk if chk is not None else dummy,
+    )
+    if cfg.fwd_kind == "chunk":
+        _scan_fwd_kernel[(n_blk, bsz)](
+            u, delta, zz, B, C, A.float().contiguous(), *inputs, L, dm, N, n_chunks,
+            *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(), **flags,
+        )
+        return y, last, chk
+    # Imported here: that module uses this one's `_delta_act`.
+    from .selective_scan_triton_seq import _scan_fwd_seq_kernel as kernel
+
+    # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
+    # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
+    a_arg, B, C = (A.float() * _LOG2E).t().contiguous(), B.float(), C.float()
+    split = cfg.fwd_kind == "split"
+    seg_len, n_seg = _segments(L, cfg.fwd_splits) if split else (L, 1)
+    # Segment summaries of the split forward: end state from 0 [B, S-1, D, N] and Σ delta [B, S-1, D].
+    hend = _empty(bsz, n_seg - 1, dm, N, **f32) if split else dummy
+    dsum = _empty(bsz, n_seg - 1, dm, **f32) if split else dummy
+    args = (
+        u, delta, zz, B, C, a_arg, *inputs, hend, dsum, L, dm, N, n_chunks, seg_len, n_seg,
+        *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
+    )
+    flags.update(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N), SPLIT=split, READOUT=True)
+    if split:  # pass 1: summaries of segments 0 .. S-2 (no readout, from a zero state)
+        summary_flags = dict(flags, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False, READOUT=False)
+        kernel[(n_blk, bsz, n_seg - 1)](*args, **summary_flags)
+    kernel[(n_blk, bsz, n_seg)](*args, **flags)
     return y, last, chk
 
 

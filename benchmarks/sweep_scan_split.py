@@ -1,0 +1,76 @@
+"""Forward kinds of the Triton selective scan at the shapes where few programs run (issue 15: B=1).
+
+The 1.4B layer (D 4096, N 16), bf16 activations, D skip, z gate, delta bias + softplus, no checkpoints (an
+inference forward). Times `chunk`, `seq` and `split` with several segment counts, and what `auto` picks;
+every output is compared with the chunk kernel's. With mamba_ssm importable, its `selective_scan_fn` on the
+same data (channels-first copies) is timed too.
+
+    PYTHONPATH=. python3 benchmarks/sweep_scan_split.py --out $OUT/sweep_scan_split.json     # H200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from simba_convert.ops.selective_scan_triton import LaunchConfig, resolve_forward, scan_forward
+
+CASES = ((1, 2048), (1, 8192), (1, 1229), (2, 2048), (4, 2048))
+SPLITS = (2, 4, 8, 16, 32)
+
+
+def main():
+    from triton.testing import do_bench
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    D, N = 4096, 16
+    g = torch.Generator(dev).manual_seed(0)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:
+        selective_scan_fn = None
+    rows = []
+    for bsz, L in CASES:
+        r = lambda *s, sc=1.0: (torch.randn(*s, device=dev, generator=g) * sc).to(torch.bfloat16)  # noqa: E731
+        u, dt, z = r(bsz, L, D), r(bsz, L, D, sc=0.5), r(bsz, L, D)
+        Bm, Cm = r(bsz, L, N), r(bsz, L, N)
+        A = -torch.exp(torch.randn(D, N, device=dev, generator=g) * 0.5)
+        Dsk, bias = torch.randn(D, device=dev, generator=g), torch.randn(D, device=dev, generator=g) - 3.0
+        args_ = (u, dt, A, Bm, Cm, Dsk, z, bias, True, None, False, False)
+        configs = [("chunk", LaunchConfig(fwd_kind="chunk")), ("seq", LaunchConfig(fwd_kind="seq", fwd_block_d=32,
+                                                                                  fwd_warps=1, fwd_stages=3))]
+        configs += [(f"split{s}", LaunchConfig(fwd_kind="split", fwd_block_d=32, fwd_warps=1, fwd_stages=3,
+                                               fwd_splits=s)) for s in SPLITS]
+        configs.append(("auto", LaunchConfig()))
+        ref = scan_forward(*args_, config=configs[0][1])[0].float()
+        for name, cfg in configs:
+            y = scan_forward(*args_, config=cfg)[0].float()
+            err = float((y - ref).norm() / ref.norm())
+            ms = do_bench(lambda: scan_forward(*args_, config=cfg), return_mode="median")
+            chosen = resolve_forward(cfg, bsz, D, L, False)
+            row = dict(B=bsz, L=L, kind=name, resolved=f"{chosen.fwd_kind}/{chosen.fwd_splits}", ms=ms,
+                       rel_vs_chunk=err)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if selective_scan_fn is not None:
+            ut, dtt, zt = (t.transpose(1, 2).contiguous() for t in (u, dt, z))
+            Bt, Ct = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()
+            ms = do_bench(lambda: selective_scan_fn(ut, dtt, A, Bt, Ct, Dsk, zt, bias, True), return_mode="median")
+            y = selective_scan_fn(ut, dtt, A, Bt, Ct, Dsk, zt, bias, True).transpose(1, 2).float()
+            rows.append(dict(B=bsz, L=L, kind="mamba_ssm", ms=ms, rel_vs_chunk=float((y - ref).norm() / ref.norm())))
+            print(json.dumps(rows[-1]), flush=True)
+    print("| B×L | kind | resolved | ms | rel vs chunk |\n|---|---|---|---|---|")
+    for r_ in rows:
+        print(f"| {r_['B']}×{r_['L']} | {r_['kind']} | {r_.get('resolved', '-')} | {r_['ms']:.3f} | {r_['rel_vs_chunk']:.1e} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
