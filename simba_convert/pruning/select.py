@@ -61,7 +61,34 @@ def select_kept(
     return torch.where(kept_valid, slots, 0), kept_valid
 
 
-def select_kept_dense_rows(scores: torch.Tensor, n_protected: int, k_next: int) -> torch.Tensor:
+def select_kept_dense_rows(scores: torch.Tensor, n_protected: int, k_next: int, *, backend: str = "auto") -> torch.Tensor:
+    """Slots [B, k_next] int64 in original order: the contract of `select_kept_dense_rows_ref`.
+
+    `backend` is auto | triton | reference (ops.backend). `triton` runs `select_kept_dense_rows_triton`
+    (one launch; the same kept set on scores without ties; ties at the threshold keep the lowest positions,
+    NaN ranks as -inf; `scores` is not written); rows longer than its one-block limit run the reference under
+    `auto`. Both paths require 0 <= n_protected <= k_next <= L: more protected slots than k_next leaves the
+    kept set undefined.
+    """
+    from ..ops.backend import resolve
+
+    check_dense_counts(scores.shape[-1], n_protected, k_next)
+    if resolve("select_kept", backend, scores.device) == "triton":
+        from . import select_triton
+
+        if backend == "triton" or scores.shape[-1] <= select_triton.MAX_L:
+            return select_triton.select_kept_dense_rows_triton(scores, n_protected, k_next)
+    return select_kept_dense_rows_ref(scores, n_protected, k_next)
+
+
+def check_dense_counts(L: int, n_protected: int, k_next: int) -> None:
+    """Protected slots always win, so more of them than k_next leaves the kept set undefined."""
+    if not 0 <= n_protected <= k_next <= L:
+        raise ValueError(f"select_kept_dense_rows: need 0 <= n_protected ({n_protected}) <= k_next ({k_next}) "
+                         f"<= L ({L})")
+
+
+def select_kept_dense_rows_ref(scores: torch.Tensor, n_protected: int, k_next: int) -> torch.Tensor:
     """`select_kept` for rows without padding that all keep k_next: slots [B, k_next], in original order.
 
     Without padding the protected tokens are exactly the last n_protected slots of every row (they are
