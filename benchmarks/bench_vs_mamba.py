@@ -238,7 +238,7 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     from simba_convert.ops.impact_score import impact_score
     from simba_convert.ops.rms_norm import add_rms_norm
     from simba_convert.ops.selective_scan import selective_scan
-    from simba_convert.pruning.select import gather_rows, select_kept_dense_rows
+    from simba_convert.pruning.select import gather_rows, select_kept_dense_rows, select_kept_dense_rows_ref
 
     d, D, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
     bf = torch.bfloat16
@@ -257,6 +257,7 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     hid = torch.randn(bsz, L, d, device=dev, dtype=bf, generator=g)
     res = torch.randn(bsz, L, d, device=dev, dtype=torch.float32, generator=g)
     nw = torch.ones(d, device=dev, dtype=bf)
+    sc = torch.rand(bsz, L, device=dev, generator=g)
     T = bsz * L
     exp_floor = T * D * N / SFU_EXP2_PER_S * 1e3
     floors = {
@@ -272,9 +273,11 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
         "add_rms_norm": lambda: add_rms_norm(hid, res, nw, 1e-5, True, backend="triton"),
         "score": lambda: impact_score(u, dt, A, Bm, Cm, criterion="last", delta_bias=bias, delta_softplus=True,
                                       backend="triton"),
-        "selection": lambda: gather_rows(select_kept_dense_rows(torch.rand(bsz, L, device=dev), P, int(0.9 * L)),
-                                         hid, res),
+        "selection": lambda: gather_rows(select_kept_dense_rows(sc, P, int(0.9 * L)), hid, res),
+        "selection (torch topk + sort)": lambda: gather_rows(select_kept_dense_rows_ref(sc.clone(), P, int(0.9 * L)),
+                                                             hid, res),
     }
+    floors["selection (torch topk + sort)"] = floors["selection"]
     theirs = {}
     if mixer_cuda.available():
         conv_fn, scan_fn, norm_fn = mixer_cuda.kernels()[:3]
