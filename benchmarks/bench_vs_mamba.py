@@ -136,10 +136,10 @@ def build_models(cfg: MambaConfig, dev, dtype):
     return ours, impls
 
 
-def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: bool) -> list[dict]:
+def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: bool, hf: bool = True) -> list[dict]:
     ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev, generator=torch.Generator(dev).manual_seed(1))
     rows, ref = [], None
-    runs = [(name, "-", 1.0, fn) for name, fn in impls.items()]
+    runs = [(name, "-", 1.0, fn) for name, fn in impls.items() if hf or name != "transformers"]
     for backend in backends:
         runs.append(("ours-dense", backend, 1.0, lambda x: ours(x, num_last=P)))
         for budget in budgets:
@@ -290,11 +290,15 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
             "conv": lambda: conv_fn(xt, w, cb, activation="silu"),
             "add_rms_norm": lambda: norm_fn(hid, nw, None, residual=res, prenorm=True, residual_in_fp32=True, eps=1e-5),
         }
-        # Our score on the channels-first internals the cuda backend hands it (strided [B, L, D] views).
-        ours["score (cuda layout)"] = lambda: impact_score(
+        # Our score from the channels-first tensors of the cuda backend: strided views, and token-major copies
+        # first (what mixer_cuda hands the score).
+        ours["score (cuda layout, strided)"] = lambda: impact_score(
             ut.transpose(1, 2), dtt.transpose(1, 2), A, Bt.transpose(1, 2), Ct.transpose(1, 2), criterion="last",
             delta_bias=bias, delta_softplus=True, backend="triton")
-        floors["score (cuda layout)"] = floors["score"]
+        ours["score (cuda layout, copy + score)"] = lambda: impact_score(
+            ut.transpose(1, 2).contiguous(), dtt.transpose(1, 2).contiguous(), A, Bm, Cm, criterion="last",
+            delta_bias=bias, delta_softplus=True, backend="triton")
+        floors["score (cuda layout, strided)"] = floors["score (cuda layout, copy + score)"] = floors["score"]
     rows = []
     for name, fn in ours.items():
         row = dict(B=bsz, L=L, kernel=name, floor_ms=floors[name])
@@ -363,6 +367,7 @@ def main():
     ap.add_argument("--kernel-cases", default="1x2048,4x2048,16x2048,1x8192")
     ap.add_argument("--budgets", default="0.8,0.6,0.4")
     ap.add_argument("--backends", default="triton,cuda")
+    ap.add_argument("--hf-cases", default=None, help="BxL cases that also time transformers (default: all)")
     ap.add_argument("--gen-cases", default="1x2048,4x2048", help="BxL prompts for the generation table")
     ap.add_argument("--gen-tokens", type=int, default=129)
     ap.add_argument("--reps", type=int, default=5)
@@ -392,7 +397,8 @@ def main():
         if args.smoke:
             impls = {}
         for bsz, L in cases:
-            rows += model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, not args.no_graphs)
+            hf = args.hf_cases is None or (bsz, L) in parse(args.hf_cases)
+            rows += model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, not args.no_graphs, hf)
         for bsz, L in ([] if args.smoke else parse(args.gen_cases)):
             grows += generation_rows(cfg, ours, impls, bsz, L, budgets, backends, args.gen_tokens, dev)
         del ours, impls

@@ -26,7 +26,9 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cases", default=None, help="BxL list (default: the module's CASES)")
     args = ap.parse_args()
+    cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")] if args.cases else CASES
     dev = torch.device("cuda")
     D, N = 4096, 16
     g = torch.Generator(dev).manual_seed(0)
@@ -35,7 +37,7 @@ def main():
     except Exception:
         selective_scan_fn = None
     rows = []
-    for bsz, L in CASES:
+    for bsz, L in cases:
         r = lambda *s, sc=1.0: (torch.randn(*s, device=dev, generator=g) * sc).to(torch.bfloat16)  # noqa: E731
         u, dt, z = r(bsz, L, D), r(bsz, L, D, sc=0.5), r(bsz, L, D)
         Bm, Cm = r(bsz, L, N), r(bsz, L, N)

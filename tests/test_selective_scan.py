@@ -206,7 +206,9 @@ def test_auto_forward_picks_seq_only_with_enough_programs():
     big = resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=True)
     assert (small.fwd_kind, small.fwd_block_d, small.fwd_warps) == ("chunk", auto.fwd_block_d, auto.fwd_warps)
     assert (big.fwd_kind, big.fwd_block_d, big.fwd_warps, big.fwd_stages) == ("seq", 32, 1, 3)
-    assert resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=False) == big
+    # Without checkpoints, fewer than SPLIT_BELOW_PROGRAMS programs split the sequence; from there on, seq.
+    assert resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=False).fwd_kind == "split"
+    assert resolve_forward(auto, 16, 4096, 2048, save_checkpoints=False) == big
     explicit = LaunchConfig(fwd_kind="chunk")
     assert resolve_forward(explicit, 64, 4096, 2048, save_checkpoints=False) is explicit
 
@@ -216,14 +218,15 @@ def test_auto_forward_picks_split_only_with_few_programs_and_no_checkpoints():
     from simba_convert.ops import selective_scan_triton as sst
 
     auto = sst.LaunchConfig()
-    # The 1.4B layer at B=1 (128 programs): 8 segments of 256 steps make 1024 programs.
+    # The 1.4B layer at B=1 (128 programs): 16 segments of 128 steps, the fastest measured.
     b1 = sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=False)
-    assert (b1.fwd_kind, b1.fwd_splits, b1.fwd_block_d, b1.fwd_warps, b1.fwd_stages) == ("split", 8, 32, 1, 3)
-    assert sst.resolve_forward(auto, 2, 4096, 2048, save_checkpoints=False).fwd_splits == 4
+    assert (b1.fwd_kind, b1.fwd_splits, b1.fwd_block_d, b1.fwd_warps, b1.fwd_stages) == ("split", 16, 32, 1, 3)
+    assert sst.resolve_forward(auto, 4, 4096, 2048, save_checkpoints=False).fwd_splits == 16
+    assert sst.resolve_forward(auto, 8, 4096, 2048, save_checkpoints=False).fwd_splits == 8
     assert sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=True).fwd_kind == "chunk"  # autograd
     assert sst.resolve_forward(auto, 1, 4096, sst.SPLIT_MIN_LEN - 1, save_checkpoints=False).fwd_kind == "chunk"
-    assert sst.resolve_forward(auto, 4, 4096, 2048, save_checkpoints=False).fwd_kind == "seq"  # enough programs
-    # Segments stay >= SPLIT_MIN_STEPS long and at most SPLIT_MAX_SEGMENTS: 256 // 64 = 4; 1 program: 32.
+    assert sst.resolve_forward(auto, 16, 4096, 2048, save_checkpoints=False).fwd_kind == "seq"  # enough programs
+    # Segments stay >= SPLIT_MIN_STEPS long and at most SPLIT_MAX_SEGMENTS: 256 // 64 = 4; 1 program: 16.
     assert sst.resolve_forward(auto, 1, 4096, 256, save_checkpoints=False).fwd_splits == 4
     assert sst.resolve_forward(auto, 1, 32, 1 << 16, save_checkpoints=False).fwd_splits == sst.SPLIT_MAX_SEGMENTS
     # An explicit split count is kept (rounded to the segments that are not empty) ...

@@ -71,7 +71,8 @@ def _graphed_step(model, states):
     from .cuda_graph import GraphedStep
 
     cache = model.__dict__.setdefault("_graphed_steps", {})
-    key = (states[0][0].shape[0], model.dtype)
+    layers = getattr(model, "dense", model).backbone.layers
+    key = (states[0][0].shape[0], model.dtype, layers[0].mixer.backend)  # a graph replays the kernels it captured
     stepper = cache.get(key)
     if stepper is None or not stepper.matches(states):
         stepper = cache[key] = GraphedStep(model, states)

@@ -17,6 +17,7 @@ from ..ops.backend import resolve_model
 from ..ops.conv1d import causal_conv1d, conv_state_from
 from ..ops.rms_norm import add_rms_norm
 from ..ops.selective_scan import selective_scan, step_size
+from ..ops.step import conv_step, ssm_step
 from .config import MambaConfig
 
 
@@ -135,24 +136,17 @@ class MambaMixer(nn.Module):
 
         The given states are left unchanged (on the `cuda` backend mamba_ssm's in-place update kernels run on
         copies)."""
-        if resolve_model(self.backend, h.device) == "cuda":
+        kind = resolve_model(self.backend, h.device)
+        if kind == "cuda":
             from . import mixer_cuda
 
             return mixer_cuda.mixer_step(self, h, conv_state.clone(), ssm_state.clone())
         x, z = self.in_proj(h).chunk(2, dim=-1)
-        window = torch.cat([conv_state.to(x.dtype), x[:, :, None]], dim=2)  # [B, D, K]
-        w = self.conv1d.weight.squeeze(1)
-        xc = (window.float() * w.float()).sum(-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias.float()
-        u = F.silu(xc).to(x.dtype)
+        u, conv_state = conv_step(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", backend=kind)
         dt, Bm, Cm = self._ssm_inputs(u)
-        delta = F.softplus(dt.float() + self.dt_proj.bias.float())  # [B, D]
-        dA = torch.exp(delta[:, :, None] * self.A())
-        h_new = dA * ssm_state + (delta * u.float())[:, :, None] * Bm.float()[:, None, :]
-        y = (h_new * Cm.float()[:, None, :]).sum(-1) + self.D.float() * u.float()
-        y = (y * F.silu(z.float())).to(x.dtype)
-        return self.out_proj(y), window[:, :, 1:].contiguous(), h_new
+        y, ssm_state = ssm_step(u, dt, self.A(), Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(), ssm_state,
+                                backend=kind)
+        return self.out_proj(y), conv_state, ssm_state
 
 
 class MambaBlock(nn.Module):

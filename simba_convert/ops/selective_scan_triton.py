@@ -41,16 +41,17 @@ MAX_FWD_STAGES = 4
 # 128 (1.4B, B=1) seq 1.6x slower.
 SEQ_MIN_PROGRAMS = 384
 SEQ_AUTO = dict(fwd_block_d=32, fwd_warps=1, fwd_stages=3)
-# Below SEQ_MIN_PROGRAMS, "auto" runs the split forward instead of chunk when no checkpoints are needed and
-# L >= SPLIT_MIN_LEN: S segments with B·⌈D/32⌉·S ≈ SPLIT_TARGET_PROGRAMS (the 1024 one-warp programs at which
-# seq was measured, 1.4B layer at B=8), each at least SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS (pass 2
-# folds up to S-1 summaries per program). NOT YET MEASURED ON A GPU: the cost model (ops/README.md,
-# "Split-sequence forward") predicts ~0.3–0.37 ms against 0.50 ms for chunk at B=1, L=2048, D=4096; the
-# thresholds are to be replaced by a sweep.
+# "auto" runs the split forward when no checkpoints are needed, L >= SPLIT_MIN_LEN and the launch has fewer
+# than SPLIT_BELOW_PROGRAMS programs: S segments with B·⌈D/32⌉·S ≈ SPLIT_TARGET_PROGRAMS, each at least
+# SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS. H200, bf16, 1.4B layer (benchmarks/sweep_scan_split.py,
+# BENCHMARKS.md): S = 16 was the fastest or tied at 128, 256 and 512 programs (1x2048: 0.250 ms against chunk
+# 0.505; 4x2048: 0.835 against seq 1.090; 1x8192: 0.892 against chunk 1.986); at 2048 programs (B=16) seq
+# alone runs as fast as mamba_ssm's kernel, so split stops below that.
 SPLIT_MIN_LEN = 256
-SPLIT_TARGET_PROGRAMS = 1024
+SPLIT_BELOW_PROGRAMS = 2048
+SPLIT_TARGET_PROGRAMS = 8192
 SPLIT_MIN_STEPS = 64
-SPLIT_MAX_SEGMENTS = 32
+SPLIT_MAX_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -351,11 +352,13 @@ def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int, seqlen: int, save_chec
     will use; a "split" result carries its segment count (>= 2) in fwd_splits."""
     kind = cfg.fwd_kind
     if kind == "auto":
-        if bsz * triton.cdiv(dm, SEQ_AUTO["fwd_block_d"]) >= SEQ_MIN_PROGRAMS:
+        programs = bsz * triton.cdiv(dm, SEQ_AUTO["fwd_block_d"])
+        if not save_checkpoints and seqlen >= SPLIT_MIN_LEN and programs < SPLIT_BELOW_PROGRAMS:
+            cfg = replace(cfg, **SEQ_AUTO)
+        elif programs >= SEQ_MIN_PROGRAMS:
             return replace(cfg, fwd_kind="seq", **SEQ_AUTO)
-        if save_checkpoints or seqlen < SPLIT_MIN_LEN:
+        else:
             return replace(cfg, fwd_kind="chunk")
-        cfg = replace(cfg, **SEQ_AUTO)
     elif kind != "split":
         return cfg
     if save_checkpoints:  # the split passes store no checkpoints; seq is the same kernel in one pass
