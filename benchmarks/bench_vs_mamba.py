@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -40,8 +41,11 @@ SFU_EXP2_PER_S = 132 * 16 * 1.98e9
 
 
 def commit() -> str | None:
+    """SIMBA_BENCH_COMMIT if set (a copied tree's git metadata can be stale), else `git describe --always --dirty`."""
+    if os.environ.get("SIMBA_BENCH_COMMIT"):
+        return os.environ["SIMBA_BENCH_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         return None
@@ -280,7 +284,9 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     floors["selection (torch topk + sort)"] = floors["selection"]
     theirs = {}
     if mixer_cuda.available():
-        conv_fn, scan_fn, norm_fn = mixer_cuda.kernels()[:3]
+        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn as norm_fn
+
+        conv_fn, scan_fn = mixer_cuda.kernels()[:2]
         xzt = xz.reshape(T, 2 * D).t().contiguous().view(2 * D, bsz, L).transpose(0, 1)  # [B, 2D, L] as mixer_cuda
         xt, zt = xzt.chunk(2, dim=1)
         ut, dtt = u.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous()

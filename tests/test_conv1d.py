@@ -35,13 +35,14 @@ def kernels():
 def make_inputs(bsz, L, D, K=4, *, bias=True, state=False, strided=True, dtype=torch.float32, device=DEV, seed=0):
     """x as the first half of an in_proj-like [B, L, 2D] output (strides (L·2D, 2D, 1)) when `strided`."""
     g = torch.Generator().manual_seed(seed)
-    xz = torch.randn(bsz, L, 2 * D if strided else D, generator=g)
+    # Slice after moving: a copy to another device is contiguous, and the kernel must see the strided view.
+    xz = torch.randn(bsz, L, 2 * D if strided else D, generator=g).to(device=device, dtype=dtype)
     x = xz[..., :D] if strided else xz
     w = torch.randn(D, K, generator=g) * 0.5
     b = torch.randn(D, generator=g) if bias else None
     s = torch.randn(bsz, D, K - 1, generator=g) if state else None
     to = dict(device=device)
-    return (x.to(dtype=dtype, **to), w.to(**to), None if b is None else b.to(**to),
+    return (x, w.to(**to), None if b is None else b.to(**to),
             None if s is None else s.to(dtype=dtype, **to))
 
 

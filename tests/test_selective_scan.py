@@ -453,13 +453,13 @@ def test_gpu_realistic_shapes_bf16(d, fwd_kind):
 
 @pytest.mark.gpu
 def test_gpu_split_forward_b1_bf16(monkeypatch):
-    """The 1.4B layer at B=1 without gradients: `auto` picks split (8 segments), and it matches the reference."""
+    """The 1.4B layer at B=1 without gradients: `auto` picks split (16 segments), and it matches the reference."""
     from simba_convert.ops import selective_scan_triton as sst
 
     monkeypatch.delenv("SIMBA_SCAN_CONFIG", raising=False)
     bsz, L, d, N = 1, 2048, 4096, 16
     resolved = sst.resolve_forward(sst.LaunchConfig(), bsz, d, L, save_checkpoints=False)
-    assert (resolved.fwd_kind, resolved.fwd_splits) == ("split", 8)
+    assert (resolved.fwd_kind, resolved.fwd_splits) == ("split", 16)
     inp = cast(make_inputs(bsz, L, d, N, h0=True, device="cuda", dtype=torch.float32), torch.bfloat16)
     args = [inp[k] for k in NAMES[:8]] + [True, inp["initial_state"], True]
     with torch.no_grad():

@@ -36,11 +36,12 @@ def kernels():
 def conv_inputs(bsz, D, K, *, bias=True, dtype=torch.float32, state_dtype=None, device=DEV, seed=0):
     """x as the first half of an in_proj-like [B, 2D] output (strides (2D, 1))."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(bsz, 2 * D, generator=g)[:, :D]
+    # Slice after moving: a copy to another device is contiguous, and the kernel must see the strided view.
+    x = torch.randn(bsz, 2 * D, generator=g).to(device, dtype)[:, :D]
     s = torch.randn(bsz, D, K - 1, generator=g)
     w = torch.randn(D, K, generator=g) * 0.5
     b = torch.randn(D, generator=g) if bias else None
-    return (x.to(device, dtype), s.to(device, state_dtype or dtype), w.to(device), None if b is None else b.to(device))
+    return (x, s.to(device, state_dtype or dtype), w.to(device), None if b is None else b.to(device))
 
 
 def ssm_inputs(bsz, D, N, *, dtype=torch.float32, R=5, device=DEV, seed=0):
@@ -48,7 +49,7 @@ def ssm_inputs(bsz, D, N, *, dtype=torch.float32, R=5, device=DEV, seed=0):
     x_proj-like [B, R+2N] output; A = -exp(A_log) fp32; state fp32."""
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(bsz, D, generator=g)
-    dt = (torch.randn(D, bsz, generator=g) - 1.0).t()
+    dt_t = torch.randn(D, bsz, generator=g) - 1.0
     xz = torch.randn(bsz, 2 * D, generator=g)
     xp = torch.randn(bsz, R + 2 * N, generator=g)
     A = -torch.exp(torch.rand(D, N, generator=g) * 2.0)
@@ -57,7 +58,7 @@ def ssm_inputs(bsz, D, N, *, dtype=torch.float32, R=5, device=DEV, seed=0):
     h0 = torch.randn(bsz, D, N, generator=g)
     low = dict(device=device, dtype=dtype)
     xp = xp.to(**low)
-    return dict(u=u.to(**low), dt=dt.to(**low), A=A.to(device), Bm=xp[:, R:R + N], Cm=xp[:, R + N:],
+    return dict(u=u.to(**low), dt=dt_t.to(**low).t(), A=A.to(device), Bm=xp[:, R:R + N], Cm=xp[:, R + N:],
                 D=Dk.to(device), z=xz.to(**low)[:, D:], dt_bias=dt_bias.to(device), ssm_state=h0.to(device))
 
 

@@ -106,7 +106,9 @@ class MambaMixer(nn.Module):
         if kind == "cuda" and conv_state is None and ssm_state is None:
             from . import mixer_cuda
 
-            return mixer_cuda.mixer_forward(self, h, return_state, return_internals)
+            # `auto` takes mamba_ssm's kernels only on the lengths where they are fast (mixer_cuda.even_length).
+            if self.backend == "cuda" or mixer_cuda.even_length(h.shape[1]):
+                return mixer_cuda.mixer_forward(self, h, return_state, return_internals)
         op_backend = "auto" if kind == "cuda" else kind
         x, z = self.in_proj(h).chunk(2, dim=-1)
         w = self.conv1d.weight.squeeze(1)
@@ -159,15 +161,12 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg)
 
     def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
-        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks; one fused pass
-        with RMSNorm on CUDA (mamba_ssm's kernel on the `cuda` backend, ours on `triton`)."""
+        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks; one fused Triton
+        pass with RMSNorm on CUDA (also on the `cuda` backend: ours measured faster than mamba_ssm's)."""
         if isinstance(self.norm, RMSNorm):
             kind = resolve_model(self.mixer.backend, hidden.device)
-            if kind == "cuda":
-                from . import mixer_cuda
-
-                return mixer_cuda.add_rms_norm(self, hidden, residual)
-            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32, backend=kind)
+            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
+                                backend="auto" if kind == "cuda" else kind)
         residual = hidden if residual is None else hidden.to(residual.dtype) + residual
         h = self.norm(residual)
         if self.residual_in_fp32:

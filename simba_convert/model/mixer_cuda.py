@@ -1,5 +1,6 @@
-"""The Mamba-1 mixer on the CUDA kernels Mamba users run: `causal_conv1d_fn`, `selective_scan_fn` and the fused
-add + RMSNorm of mamba_ssm (the `[cuda]` extra; never required).
+"""The Mamba-1 mixer on the CUDA kernels Mamba users run: `causal_conv1d_fn`, `selective_scan_fn` and, for decoding,
+`causal_conv1d_update` and `selective_state_update` (the `[cuda]` extra; never required). The residual add + RMSNorm
+stays ours (ops.rms_norm): it measured faster than mamba_ssm's fused kernel at every shape (BENCHMARKS.md).
 
 These kernels work on the channels-first layout [B, D, L]: in_proj is computed straight into it (W @ hᵀ, as
 mamba_ssm's own `Mamba.forward` does), so conv, scan and their inputs need no transposing copies. The
@@ -19,16 +20,15 @@ from ..errors import BackendError
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
-    """(causal_conv1d_fn, selective_scan_fn, rms_norm_fn, causal_conv1d_update, selective_state_update), or None
-    when mamba_ssm / causal_conv1d do not import."""
+    """(causal_conv1d_fn, selective_scan_fn, causal_conv1d_update, selective_state_update), or None when
+    mamba_ssm / causal_conv1d do not import."""
     try:
         from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
     except Exception:  # ImportError, or a build whose extension fails to load (e.g. a torch ABI mismatch)
         return None
-    return causal_conv1d_fn, selective_scan_fn, rms_norm_fn, causal_conv1d_update, selective_state_update
+    return causal_conv1d_fn, selective_scan_fn, causal_conv1d_update, selective_state_update
 
 
 def available() -> bool:
@@ -43,12 +43,13 @@ def kernels():
     return k
 
 
-def add_rms_norm(block, hidden: torch.Tensor, residual: torch.Tensor | None):
-    """`MambaBlock.add_norm` through mamba_ssm's fused Triton add + RMSNorm (one pass, fp32 residual if asked)."""
-    rms_norm_fn = kernels()[2]
-    norm = block.norm
-    return rms_norm_fn(hidden, norm.weight, None, residual=residual, prenorm=True,
-                       residual_in_fp32=block.residual_in_fp32, eps=norm.eps)
+def even_length(L: int) -> bool:
+    """True when mamba_ssm's scan takes its even-length path: L a multiple of the chunk it picks for L (its
+    threads × items: 128, 256, 512, 1024, then 2048). Off that path it stages its loads with bounds checks: in a
+    pruned 1.4B forward at 4x2048 (H200 profile) its calls on the ~1640-token layers took 938 µs against 591 µs
+    for the 2048-token one, slower than our Triton scan on the same tokens."""
+    chunk = next((c for c in (128, 256, 512, 1024) if L <= c), 2048)
+    return L % chunk == 0
 
 
 def mixer_forward(mixer, h: torch.Tensor, return_state: bool, return_internals: bool):
@@ -79,18 +80,17 @@ def mixer_forward(mixer, h: torch.Tensor, return_state: bool, return_internals: 
     if return_state:
         extras.append((conv_state_from(x.transpose(1, 2), mixer.d_conv), last))
     if return_internals:
-        # Token-major copies for the impact score: on the channels-first tensors (strided [B, L, D] views) the
-        # score took 0.566 ms against 0.302 ms on token-major ones (H200, 1.4B layer, 4x2048), and the pruned
-        # model on this backend ran slower than dense (BENCHMARKS.md, "Against mamba_ssm").
-        extras.append(MixerInternals(u=u.transpose(1, 2).contiguous(), dt=dt.transpose(1, 2).contiguous(),
-                                     delta_bias=delta_bias, Bm=Bm, Cm=Cm, A=A))
+        # The score reads u and dt as strided [B, L, D] views of the channels-first tensors: 0.566 ms at the 1.4B
+        # layer, 4x2048 (H200), against 0.722 ms for token-major copies plus the score (BENCHMARKS.md).
+        extras.append(MixerInternals(u=u.transpose(1, 2), dt=dt.transpose(1, 2), delta_bias=delta_bias, Bm=Bm,
+                                     Cm=Cm, A=A))
     return (out, *extras) if extras else out
 
 
 def mixer_step(mixer, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
     """`MambaMixer.step` on mamba_ssm's decoding kernels; conv_state [B, D, K-1] and ssm_state [B, D, N] (fp32)
     are updated IN PLACE and returned: out [B, d], conv_state, ssm_state."""
-    conv_update, state_update = kernels()[3:]
+    conv_update, state_update = kernels()[2:]
     x, z = mixer.in_proj(h).chunk(2, dim=-1)
     u = conv_update(x, conv_state, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, "silu")  # [B, D]
     dt, Bm, Cm = mixer._ssm_inputs(u)
