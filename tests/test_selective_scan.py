@@ -208,7 +208,7 @@ def test_auto_forward_picks_seq_only_with_enough_programs():
     assert (big.fwd_kind, big.fwd_block_d, big.fwd_warps, big.fwd_stages) == ("seq", 32, 1, 3)
     # Without checkpoints, fewer than SPLIT_BELOW_PROGRAMS programs split the sequence; from there on, seq.
     assert resolve_forward(auto, 2, 32 * (SEQ_MIN_PROGRAMS // 2), 2048, save_checkpoints=False).fwd_kind == "split"
-    assert resolve_forward(auto, 16, 4096, 2048, save_checkpoints=False) == big
+    assert resolve_forward(auto, 8, 4096, 2048, save_checkpoints=False) == big
     explicit = LaunchConfig(fwd_kind="chunk")
     assert resolve_forward(explicit, 64, 4096, 2048, save_checkpoints=False) is explicit
 
@@ -222,7 +222,7 @@ def test_auto_forward_picks_split_only_with_few_programs_and_no_checkpoints():
     b1 = sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=False)
     assert (b1.fwd_kind, b1.fwd_splits, b1.fwd_block_d, b1.fwd_warps, b1.fwd_stages) == ("split", 16, 32, 1, 3)
     assert sst.resolve_forward(auto, 4, 4096, 2048, save_checkpoints=False).fwd_splits == 16
-    assert sst.resolve_forward(auto, 8, 4096, 2048, save_checkpoints=False).fwd_splits == 8
+    assert sst.resolve_forward(auto, 8, 4096, 2048, save_checkpoints=False).fwd_kind == "seq"  # 1024 programs
     assert sst.resolve_forward(auto, 1, 4096, 2048, save_checkpoints=True).fwd_kind == "chunk"  # autograd
     assert sst.resolve_forward(auto, 1, 4096, sst.SPLIT_MIN_LEN - 1, save_checkpoints=False).fwd_kind == "chunk"
     assert sst.resolve_forward(auto, 16, 4096, 2048, save_checkpoints=False).fwd_kind == "seq"  # enough programs

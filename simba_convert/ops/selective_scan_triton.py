@@ -45,10 +45,10 @@ SEQ_AUTO = dict(fwd_block_d=32, fwd_warps=1, fwd_stages=3)
 # than SPLIT_BELOW_PROGRAMS programs: S segments with B·⌈D/32⌉·S ≈ SPLIT_TARGET_PROGRAMS, each at least
 # SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS. H200, bf16, 1.4B layer (benchmarks/sweep_scan_split.py,
 # BENCHMARKS.md): S = 16 was the fastest or tied at 128, 256 and 512 programs (1x2048: 0.250 ms against chunk
-# 0.505; 4x2048: 0.835 against seq 1.090; 1x8192: 0.892 against chunk 1.986); at 2048 programs (B=16) seq
-# alone runs as fast as mamba_ssm's kernel, so split stops below that.
+# 0.505; 4x2048: 0.835 against seq 1.090; 1x8192: 0.892 against chunk 1.986); at 1024 programs (8x2048) seq
+# was faster than every split (1.276 against 1.585 ms at S = 8).
 SPLIT_MIN_LEN = 256
-SPLIT_BELOW_PROGRAMS = 2048
+SPLIT_BELOW_PROGRAMS = 1024
 SPLIT_TARGET_PROGRAMS = 8192
 SPLIT_MIN_STEPS = 64
 SPLIT_MAX_SEGMENTS = 16
