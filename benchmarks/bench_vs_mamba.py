@@ -22,12 +22,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import torch
+from bench_prune import timeit  # the benchmarks' shared timer (this script's folder is on sys.path)
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
@@ -57,27 +57,8 @@ def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def time_ms(fn, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """(median device ms per call, median host ms to enqueue a call); CPU: both the wall time."""
-    for _ in range(warmup):
-        fn()
-    dev, host = [], []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            b.record()
-            torch.cuda.synchronize()
-            dev.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            dev.append((time.perf_counter() - t0) * 1e3)
-            host.append(dev[-1])
-    return statistics.median(dev), statistics.median(host)
+    """(median device ms per call, median host ms to enqueue a call): bench_prune's timer."""
+    return timeit(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), warmup, reps)
 
 
 class Captured:

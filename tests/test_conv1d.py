@@ -5,7 +5,6 @@ Triton kernels run compiled on CUDA and interpreted on the CPU (TRITON_INTERPRET
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import torch
 from simba_convert.errors import BackendError
 from simba_convert.ops.conv1d import causal_conv1d, causal_conv1d_ref
 from tolerance import assert_matches, poison_like
+from triton_helpers import kernel_module
 
 KERNEL_MODULE = "simba_convert.ops.conv1d_triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33)]  # (B, L, D)
@@ -23,13 +23,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The Triton module: compiled on CUDA, interpreted on the CPU (conftest.py sets TRITON_INTERPRET=1 first)."""
-    if torch.cuda.is_available():
-        return importlib.import_module(KERNEL_MODULE)
-    triton = pytest.importorskip("triton")
-    if type(triton.language.standard._sum_combine).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported without TRITON_INTERPRET=1; run: TRITON_INTERPRET=1 pytest tests/test_conv1d.py")
-    return importlib.import_module(KERNEL_MODULE)
+    """The Triton module: compiled on CUDA, interpreted on the CPU."""
+    return kernel_module(KERNEL_MODULE)
 
 
 def make_inputs(bsz, L, D, K=4, *, bias=True, state=False, strided=True, dtype=torch.float32, device=DEV, seed=0):

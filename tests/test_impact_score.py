@@ -17,6 +17,7 @@ from simba_convert.errors import BackendError, ConfigError
 from simba_convert.ops import impact_score as isc
 from simba_convert.ops.impact_score import impact_score, impact_score_ref
 from tolerance import FP32_RTOL, assert_matches, poison_like
+from triton_helpers import kernel_module
 
 KERNEL_MODULE = "simba_convert.ops.impact_score_triton"
 SHAPES = [(1, 1, 5, 4), (3, 7, 9, 16), (1, 63, 33, 4), (3, 100, 17, 16)]  # (B, L, D, N)
@@ -24,14 +25,8 @@ SHAPES = [(1, 1, 5, 4), (3, 7, 9, 16), (1, 63, 33, 4), (3, 100, 17, 16)]  # (B, 
 
 @pytest.fixture(scope="module")
 def kernels():
-    """(the Triton module, device): compiled on CUDA, interpreted on the CPU. triton.jit picks the mode when it
-    decorates, triton's own library included, so conftest.py sets TRITON_INTERPRET=1 before triton is imported."""
-    if torch.cuda.is_available():
-        return importlib.import_module(KERNEL_MODULE), "cuda"
-    triton = pytest.importorskip("triton")
-    if type(triton.language.standard._sum_combine).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported without TRITON_INTERPRET=1; run: TRITON_INTERPRET=1 pytest tests/test_impact_score.py")
-    return importlib.import_module(KERNEL_MODULE), "cpu"
+    """(the Triton module, device): compiled on CUDA, interpreted on the CPU."""
+    return kernel_module(KERNEL_MODULE), "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_inputs(bsz, L, D, N, dtype=torch.float32, device="cpu", seed=0):

@@ -6,7 +6,6 @@ Triton kernels run compiled on CUDA and interpreted on the CPU (TRITON_INTERPRET
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from simba_convert.errors import BackendError
 from simba_convert.model.mamba import RMSNorm
 from simba_convert.ops.rms_norm import add_rms_norm, add_rms_norm_ref, rms_norm_ref
 from tolerance import assert_matches, poison_like
+from triton_helpers import kernel_module
 
 KERNEL_MODULE = "simba_convert.ops.rms_norm_triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33), (5, 1000)]  # [..., d]
@@ -42,13 +42,8 @@ def _dt_id(c):
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The Triton module: compiled on CUDA, interpreted on the CPU (conftest.py sets TRITON_INTERPRET=1 first)."""
-    if torch.cuda.is_available():
-        return importlib.import_module(KERNEL_MODULE)
-    triton = pytest.importorskip("triton")
-    if type(triton.language.standard._sum_combine).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported without TRITON_INTERPRET=1; run: TRITON_INTERPRET=1 pytest tests/test_rms_norm.py")
-    return importlib.import_module(KERNEL_MODULE)
+    """The Triton module: compiled on CUDA, interpreted on the CPU."""
+    return kernel_module(KERNEL_MODULE)
 
 
 def make_inputs(shape, h_dtype=torch.float32, r_dtype=torch.float32, w_dtype=torch.float32, device=DEV, seed=0):

@@ -6,7 +6,6 @@ Triton kernels run compiled on CUDA and interpreted on the CPU (TRITON_INTERPRET
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 from simba_convert.errors import BackendError
 from simba_convert.pruning import select
 from simba_convert.pruning.select import select_kept_dense_rows, select_kept_dense_rows_ref
+from triton_helpers import kernel_module
 
 KERNEL_MODULE = "simba_convert.pruning.select_triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -23,13 +23,8 @@ LENGTHS = [1, 2, 7, 63, 100, 257, 1000]
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The Triton module: compiled on CUDA, interpreted on the CPU (conftest.py sets TRITON_INTERPRET=1 first)."""
-    if torch.cuda.is_available():
-        return importlib.import_module(KERNEL_MODULE)
-    triton = pytest.importorskip("triton")
-    if type(triton.language.standard._sum_combine).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported without TRITON_INTERPRET=1; run: TRITON_INTERPRET=1 pytest tests/test_select.py")
-    return importlib.import_module(KERNEL_MODULE)
+    """The Triton module: compiled on CUDA, interpreted on the CPU."""
+    return kernel_module(KERNEL_MODULE)
 
 
 def counts(L):

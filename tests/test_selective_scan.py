@@ -63,6 +63,18 @@ def triton_fn(*args):
     return selective_scan_triton(*args)
 
 
+def assert_triton_grads_match(inp, dy):
+    """The Triton scan in fp32 against the fp64 reference with softplus and the last state: outputs and every
+    gradient; returns the Triton y."""
+    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
+    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
+    assert_matches(y, y_ref, torch.float32)
+    assert_matches(h, h_ref, torch.float32)
+    for k in g_ref:
+        assert_matches(g[k], g_ref[k], torch.float32)
+    return y
+
+
 # The seq forward under test: 8 channels a program so that D = 17 spans a partial block, and 3 stages
 # (a path that rotates every prefetched value); test_seq_forward_matches_chunk covers the others.
 SEQ_ENV = "8,1,8,4,seq,3"
@@ -136,12 +148,7 @@ def test_triton_writes_every_output_element(monkeypatch, fwd_kind):
     monkeypatch.setattr(sst, "_empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device, dtype=dtype))
     inp = make_inputs(2, 20, 9, 16, h0=True, device=DEV)
     dy = torch.randn(2, 20, 9, device=DEV, dtype=torch.float64)
-    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
-    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
-    assert_matches(y, y_ref, torch.float32)
-    assert_matches(h, h_ref, torch.float32)
-    for k in g_ref:
-        assert_matches(g[k], g_ref[k], torch.float32)
+    y = assert_triton_grads_match(inp, dy)
     assert torch.isnan(poison_like(y)).all()  # the poison really is NaN
 
 
@@ -332,12 +339,7 @@ def test_split_through_env_runs_as_seq_under_autograd(monkeypatch):
     monkeypatch.setenv("SIMBA_SCAN_CONFIG", "8,1,8,4,split,3,3")
     inp = make_inputs(1, 20, 5, 4, h0=True, device=DEV)
     dy = torch.randn(1, 20, 5, device=DEV, dtype=torch.float64)
-    y_ref, h_ref, g_ref = run_with_grads(ss.selective_scan_ref, inp, True, dy, last=True)
-    y, h, g = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
-    assert_matches(y, y_ref, torch.float32)
-    assert_matches(h, h_ref, torch.float32)
-    for k in g_ref:
-        assert_matches(g[k], g_ref[k], torch.float32)
+    assert_triton_grads_match(inp, dy)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 32])

@@ -6,7 +6,6 @@ Triton kernels run compiled on CUDA and interpreted on the CPU (TRITON_INTERPRET
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaMixer
 from simba_convert.ops.step import conv_step, conv_step_ref, ssm_step, ssm_step_ref
 from tolerance import LOWP_REL_RMS, assert_matches, poison_like, rel_rms
+from triton_helpers import kernel_module
 
 KERNEL_MODULE = "simba_convert.ops.step_triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -24,13 +24,8 @@ BS, DS, NS, KS = (1, 3), (1, 7, 33, 130), (1, 3, 16), (2, 4)
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The Triton module: compiled on CUDA, interpreted on the CPU (conftest.py sets TRITON_INTERPRET=1 first)."""
-    if torch.cuda.is_available():
-        return importlib.import_module(KERNEL_MODULE)
-    triton = pytest.importorskip("triton")
-    if type(triton.language.standard._sum_combine).__name__ != "InterpretedFunction":
-        pytest.fail("triton was imported without TRITON_INTERPRET=1; run: TRITON_INTERPRET=1 pytest tests/test_step.py")
-    return importlib.import_module(KERNEL_MODULE)
+    """The Triton module: compiled on CUDA, interpreted on the CPU."""
+    return kernel_module(KERNEL_MODULE)
 
 
 def conv_inputs(bsz, D, K, *, bias=True, dtype=torch.float32, state_dtype=None, device=DEV, seed=0):
