@@ -35,9 +35,9 @@ _LOG2E = math.log2(math.e)
 class LaunchConfig:
     """Channels per program and warps.
 
-    Not yet measured on the GPU. ssm: 32 channels and 4 warps is mamba_ssm's selective_state_update choice
-    for N ≤ 16 (B=1, D=4096: 128 programs, about one per SM on an H200). conv: 128 channels × K taps is
-    ≤ 4 values a thread at 4 warps. A sweep should replace both.
+    Not swept (the decode they serve is timed in BENCHMARKS.md, "Generation"). ssm: 32 channels and 4 warps
+    (B=1, D=4096: 128 programs, about one per SM on an H200). conv: 128 channels × K taps is ≤ 4 values a
+    thread at 4 warps.
     """
 
     conv_block_d: int = 128
