@@ -2,9 +2,18 @@
 
 
 class SimbaError(Exception):
-    """Base class: a problem the user can act on. The message is one line."""
+    """Base class: a problem the user can act on. The message is one line.
+
+    Library code names parameters, never command-line flags; `options` lists the parameters (keyword
+    names of the API, e.g. "budget", "seq_len") the problem is about, so that a front end can name its
+    own flags for them (the CLI appends e.g. "(--budget)").
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, option: str | tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.options: tuple[str, ...] = (option,) if isinstance(option, str) else tuple(option or ())
 
 
 class CheckpointError(SimbaError):
@@ -23,8 +32,12 @@ class BackendError(SimbaError):
     """A compute backend was asked for where it cannot run."""
 
 
-class OutputExistsError(SimbaError):
-    """The output path exists and --force was not given."""
+class OutputError(SimbaError):
+    """The output location cannot be written (read-only, not a directory, no space, same as the input, ...)."""
+
+
+class OutputExistsError(OutputError):
+    """The output path exists and overwriting it (force) was not asked for."""
 
 
 class MissingExtraError(SimbaError):

@@ -357,8 +357,9 @@ def test_save_refuses_to_overwrite_without_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="needs force") as e:
         simba_convert.save_checkpoint(random_model(), out)
+    assert e.value.options == ("force",)  # the parameter; the CLI names its flag
     assert listing(out) == {"keep.txt"}
     simba_convert.save_checkpoint(random_model(), out, force=True)
     assert listing(out) == {"config.json", "model.safetensors"}
@@ -439,11 +440,57 @@ def test_default_tokenizer_from_cache_or_clear_error(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_tokenizer(tmp_path / "m", offline=True, cache_dir=tmp_path / "cache")
     msg = str(e.value)
-    assert "EleutherAI/gpt-neox-20b" in msg and "HF_HUB_OFFLINE" in msg and "--tokenizer" in msg and "\n" not in msg
+    assert "EleutherAI/gpt-neox-20b" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert e.value.options == ("tokenizer",) and "--" not in msg  # the CLI names its flag
     _word_tokenizer(tmp_path / "neox" / "tokenizer.json")
     fake_hub_cache(tmp_path / "cache", "EleutherAI/gpt-neox-20b", tmp_path / "neox")
     tok = load_tokenizer(tmp_path / "m", offline=True, cache_dir=tmp_path / "cache")
     assert tok.source == "EleutherAI/gpt-neox-20b" and tok.encode("world hello") == [2, 1]
+
+
+def test_simba_section_for_another_model_is_a_checkpoint_error(tmp_path):
+    """pruning.model raises ValueError for keep ratios of another layer count; the loader names the file."""
+    simba_convert.save_checkpoint(random_model(), tmp_path / "s",
+                                  extra_config={"simba": {"spec": {"keep_ratios": [1.0, 0.5, 0.4]}}})
+    with pytest.raises(CheckpointError, match=r"config.json: invalid 'simba' section \(spec has 3 ratios"):
+        simba_convert.load(tmp_path / "s")
+
+
+def test_tokenizer_must_fit_the_embedding(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    save_bin(random_model(), tmp_path / "m")  # 61 tokens, 64 embedding rows
+    tok = _word_tokenizer(tmp_path / "t" / "tokenizer.json", words=[f"w{i}" for i in range(70)])
+    with pytest.raises(CheckpointError, match="token ids up to 69 but the model's embedding has 64 rows") as e:
+        load_tokenizer(tmp_path / "m", tokenizer=tok, vocab_size=64)
+    assert e.value.options == ("tokenizer",)
+    assert load_tokenizer(tmp_path / "m", tokenizer=tok, vocab_size=70).vocab_size == 70
+
+    def no_hub(*a, **k):
+        raise AssertionError("asked the Hub for GPT-NeoX's tokenizer for a 64-token model")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    with pytest.raises(CheckpointError, match="no tokenizer.json, and its vocabulary .64 rows. is not GPT-NeoX's"):
+        load_tokenizer(tmp_path / "m", vocab_size=64)
+    with pytest.raises(CheckpointError, match="not GPT-NeoX's"):
+        simba_convert.load_with_tokenizer(tmp_path / "m")
+
+
+def test_never_waits_for_an_unreachable_hub(tmp_path, monkeypatch):
+    """Online, with nothing answering: one quick probe, not huggingface_hub's five retries (about 25 s)."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    save_bin(random_model(), tmp_path / "m")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"the Hub \(http://127.0.0.1:9\) cannot be reached"):
+        load_tokenizer(tmp_path / "m", cache_dir=tmp_path / "cache")
+    with pytest.raises(CheckpointError, match=r"not in the Hugging Face cache .* the Hub \(http://127.0.0.1:9\)"):
+        resolve_mod.resolve("state-spaces/mamba-130m", cache_dir=tmp_path / "cache")
+    assert time.perf_counter() - t0 < 5
 
 
 # --- `simba-convert info` and import weight -------------------------------------------------------

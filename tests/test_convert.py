@@ -153,7 +153,8 @@ def test_cli_success_and_one_line_errors(src, tmp_path):
     r = _cli("--in", str(src), "--budget", "2", "--out", str(tmp_path / "x"))
     assert r.returncode != 0 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
     r = _cli("--in", str(tmp_path / "nope"), "--budget", "0.5")
-    assert r.returncode != 0 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
+    *progress, last = r.stderr.splitlines()  # found while loading: after the stage's progress line
+    assert r.returncode == 2 and last.startswith("error:") and progress == ["[1/4] load"]
 
 
 def test_killed_midway_leaves_nothing(src, tmp_path):
@@ -192,6 +193,12 @@ def test_state_spaces_checkpoint_from_the_hub_cache(src, tmp_path, monkeypatch):
 
     from huggingface_hub import constants
 
+    from simba_convert.io.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)  # GPT-NeoX's vocabulary (its tokenizer is the fallback only for an embedding of its size)
+    neox = MambaLM(MambaConfig(d_model=32, n_layer=3, vocab_size=50277, d_state=8))
+    save_checkpoint(neox, tmp_path / "neox")
+    shutil.copyfile(src / "tokenizer.json", tmp_path / "neox" / "tokenizer.json")  # stands in for GPT-NeoX's
     sha = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hub"
     for repo, files in (("state-spaces/mamba-130m", ("config.json", "model.safetensors")),
@@ -202,11 +209,11 @@ def test_state_spaces_checkpoint_from_the_hub_cache(src, tmp_path, monkeypatch):
         snap = folder / "snapshots" / sha
         snap.mkdir(parents=True)
         for f in files:
-            shutil.copyfile(src / f, snap / f)
+            shutil.copyfile(tmp_path / "neox" / f, snap / f)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    rep = convert("mamba-130m", str(tmp_path / "out"), budget=0.7, offline=True, **FAST)
-    assert rep["simba"]["achieved_flops_ratio"] <= 0.7
+    rep = convert("mamba-130m", str(tmp_path / "out"), budget=0.95, offline=True, **FAST)  # the head dominates
+    assert rep["simba"]["achieved_flops_ratio"] <= 0.95
     assert (tmp_path / "out" / "tokenizer.json").is_file()
 
 

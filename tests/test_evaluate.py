@@ -414,6 +414,32 @@ def test_eval_cli_json_and_errors(tmp_path, monkeypatch):
         assert bad.exit_code == 2 and msg in bad.output and bad.output.count("\n") == 1, bad.output
 
 
+def test_eval_cli_json_is_strict_with_an_infinite_perplexity(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from simba_convert.cli.eval_cmd import eval_command
+
+    class Certain(Bigram):  # after "a" always "a": the text's "ab" has probability 0
+        def __init__(self):
+            super().__init__()
+            with torch.no_grad():
+                self.logp[A] = torch.tensor([0.0, -math.inf, -math.inf, -math.inf])
+
+    loader = types.ModuleType("simba_convert.io.load")
+    loader.load_with_tokenizer = lambda src, device, dtype, tokenizer, **kw: (Certain(), CharTokenizer(), None)
+    monkeypatch.setitem(sys.modules, "simba_convert.io.load", loader)
+    text = tmp_path / "t.txt"
+    text.write_text("abab bab")
+
+    def not_json(name):
+        raise AssertionError(f"eval --json printed {name}, which is not JSON")
+
+    run = CliRunner().invoke(eval_command, ["--in", "x", "--text", str(text), "--seq-len", "3", "--protect", "3", "--json"])
+    assert run.exit_code == 0, run.output
+    out = json.loads(run.stdout, parse_constant=not_json)
+    assert out["perplexity"] is None and out["nll"] is None and out["tokens_scored"] == 6
+
+
 def test_eval_cli_end_to_end_with_the_real_loader(tmp_path):
     pytest.importorskip("simba_convert.io.load")
     from click.testing import CliRunner

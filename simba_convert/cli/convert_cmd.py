@@ -15,13 +15,15 @@ def convert_options(fn):
         click.option("--out", "out", type=click.Path(), default=None, help="Output directory [default: <name>-simba-<budget>]."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="calibrated", show_default=True),
         click.option("--criterion", type=click.Choice(CRITERIA), default="last", show_default=True),
-        click.option("--protect", type=int, default=64, show_default=True, help="Protected suffix P (always kept)."),
+        click.option("--protect", type=int, default=64, show_default=True, help="Protected suffix P (always kept), P >= 1."),
         click.option("--samples", type=int, default=None, help="Calibration sequences [default: 32 on GPU, 8 on CPU]."),
         click.option("--seq-len", type=int, default=512, show_default=True, help="Calibration sequence length L."),
         click.option("--calib", type=str, default=None, help="Calibration text: .txt, .jsonl, a directory or a dataset name [default: bundled]."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", type=str, default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
+                     help="Compute dtype; also the dtype of fine-tuned weights [auto: bfloat16 on GPU, else float32; "
+                          "fine-tuned weights as stored in the input]."),
         click.option("--tokenizer", type=str, default=None, help="Tokenizer file or directory, when the checkpoint has none."),
         click.option("--finetune-steps", type=int, default=0, show_default=True, help="Distillation steps with pruning active."),
         click.option("--onnx", "onnx_export", is_flag=True, help="Also export an ONNX prefill graph."),
@@ -29,13 +31,24 @@ def convert_options(fn):
         click.option("--force", is_flag=True, help="Overwrite an existing output directory."),
         click.option("--offline", is_flag=True, help="Never contact the Hugging Face Hub."),
         click.option("--max-evals", type=int, default=None, help="Calibration candidates [default: 40 on GPU, 16 on CPU]."),
+        *verbosity_options(),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
+def verbosity_options():
+    return [
+        click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the report when --report json)."),
+        click.option("--verbose", "-v", is_flag=True, help="More progress lines, and log messages, on stderr."),
+    ]
+
+
 def run_convert(**opts):
     from ..pipeline.convert import convert_from_cli
+    from .main import set_verbosity  # here, not at import: main imports this module
 
-    convert_from_cli(**opts)
+    quiet, verbose = opts.pop("quiet"), opts.pop("verbose")
+    set_verbosity(quiet, verbose)
+    convert_from_cli(quiet=quiet, progress=not quiet, **opts)

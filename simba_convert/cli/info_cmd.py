@@ -63,7 +63,7 @@ def _text(s: dict) -> str:
         f"{'RMSNorm' if c['rms_norm'] else 'LayerNorm'}, {'tied' if c['tie_embeddings'] else 'untied'} head"
     )
     dtypes = ", ".join(f"{k} ({v} tensors)" for k, v in sorted(s["dtypes"].items(), key=lambda kv: -kv[1]))
-    tok = ", ".join(s["tokenizer"]) if s["tokenizer"] else "none in the checkpoint (EleutherAI/gpt-neox-20b will be used)"
+    tok = ", ".join(s["tokenizer"]) if s["tokenizer"] else _no_tokenizer(c["padded_vocab_size"])
     lines = [
         f"checkpoint:   {where}",
         f"layout:       {s['layout']} ({weights})",
@@ -78,6 +78,16 @@ def _text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _no_tokenizer(vocab_rows: int) -> str:
+    from ..io.tokenizer import DEFAULT_TOKENIZER, neox_sized
+
+    if neox_sized(vocab_rows):
+        return f"none in the checkpoint ({DEFAULT_TOKENIZER} will be used)"
+    return "none in the checkpoint (give one with --tokenizer)"
+
+
 def run_info(src, as_json: bool, offline: bool) -> None:
     s = checkpoint_summary(src, offline=offline)
-    click.echo(json.dumps(s, indent=2) if as_json else _text(s))
+    from .eval_cmd import strict_dumps
+
+    click.echo(strict_dumps(s, indent=2) if as_json else _text(s))

@@ -14,31 +14,95 @@ from .._version import __version__
 from .convert_cmd import convert_options, run_convert
 
 
+# Exit codes (README.md, "Exit codes"): 0 success, 1 an unexpected error (a bug: traceback), 2 a problem with the
+# input, options or output (one line), 3 out of memory, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+EXIT_OOM, EXIT_INTERRUPTED, EXIT_TERMINATED = 3, 130, 143
+# API parameter names whose flag is not --<name with dashes>
+_FLAG_ALIASES = {"onnx": "onnx_export"}
+
+
+def flag_names(options) -> list[str]:
+    """The current command's flags for API parameter names (those it has), e.g. ("budget",) -> ["--budget"]."""
+    ctx = click.get_current_context(silent=True)
+    params = {}
+    while ctx is not None:
+        for p in ctx.command.params:
+            if isinstance(p, click.Option):
+                params.setdefault(p.name, max(p.opts, key=len))
+        ctx = ctx.parent
+    return [params[n] for n in (_FLAG_ALIASES.get(o, o) for o in options) if n in params]
+
+
+def error_line(e) -> str:
+    """`error: <message> (<flags>)`: the one line a SimbaError becomes, naming this command's flags for it."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    flags = flag_names(getattr(e, "options", ()))
+    return f"error: {msg}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def _terminated(signum, frame):
+    raise SystemExit(EXIT_TERMINATED)  # unwinds like an error: staging directories are removed
+
+
 def report_errors(fn):
-    """Turn SimbaError (and out-of-memory) into a one-line error and a non-zero exit."""
+    """Turn SimbaError (and out-of-memory, interrupts, SIGTERM) into a one-line error and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+
         from ..errors import SimbaError
 
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminated)
+        except ValueError:  # not the main thread
+            pass
         try:
             return fn(*args, **kwargs)
         except SimbaError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(error_line(e), err=True)
             sys.exit(e.exit_code)
         except MemoryError:
-            click.echo("error: out of memory (try a smaller --samples/--seq-len, --dtype bfloat16 or another --device)", err=True)
-            sys.exit(3)
+            click.echo("error: out of memory (try fewer samples, a shorter sequence length, dtype bfloat16 or "
+                       "another device)", err=True)
+            sys.exit(EXIT_OOM)
         except RuntimeError as e:
             if "out of memory" in str(e).lower():
-                click.echo("error: out of device memory (try a smaller --samples/--seq-len or --dtype bfloat16)", err=True)
-                sys.exit(3)
+                click.echo("error: out of device memory (try fewer samples, a shorter sequence length or dtype "
+                           "bfloat16)", err=True)
+                sys.exit(EXIT_OOM)
             raise
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        except SystemExit as e:
+            if e.code == EXIT_TERMINATED:
+                click.echo("error: terminated; nothing was written", err=True)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def set_verbosity(quiet: bool, verbose: bool) -> None:
+    """--verbose: progress lines every 1 % and the library's log messages on stderr; --quiet: neither."""
+    import logging
+
+    from ..pipeline.progress import set_verbose
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    set_verbose(verbose)
+    if verbose:
+        log = logging.getLogger("simba_convert")
+        if not log.handlers:
+            h = logging.StreamHandler(sys.stderr)
+            h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            log.addHandler(h)
+        log.setLevel(logging.INFO)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})

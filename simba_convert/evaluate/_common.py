@@ -126,11 +126,12 @@ def eval_mode(model):
 
 
 def progress_bar(total: int, desc: str, progress: bool | None):
-    """A tqdm bar on stderr; `progress=None` shows it only when stderr is a terminal."""
-    from tqdm.auto import tqdm
+    """Progress on stderr (see pipeline.progress: a bar on a terminal, plain lines elsewhere);
+    `progress=None` shows it only when stderr is a terminal."""
+    from ..pipeline.progress import bar
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    return tqdm(total=total, desc=desc, disable=not show, leave=False, file=sys.stderr)
+    return bar(None, desc, show, total=total)
 
 
 def check_positive(name: str, value: int) -> int:

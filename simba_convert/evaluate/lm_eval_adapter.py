@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MissingExtraError
+from ..errors import ConfigError, MissingExtraError
 from ._common import encoder, end_of_text_id, resolve_device
 from .multiple_choice import encode_pair, make_request, rolling_requests, score_requests
 
@@ -39,7 +39,7 @@ class SimbaLM(LM):
         super().__init__()
         if model is None:
             if pretrained is None:
-                raise ValueError("give pretrained=SRC or a model object")
+                raise ConfigError("give pretrained=SRC or a model object", option=("pretrained", "model"))
             from ..io.load import load_with_tokenizer
 
             tok_path = tokenizer if isinstance(tokenizer, str) else None

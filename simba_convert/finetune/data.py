@@ -23,8 +23,8 @@ def all_windows(ids, seq_len: int) -> torch.Tensor:
     if w < 2:
         raise DataError(
             f"the fine-tuning text has {t.numel()} tokens: fewer than two windows of seq_len+1 = {seq_len + 1} "
-            "(one to train on, one to validate); give more text (--calib) or lower --seq-len"
-        )
+            "(one to train on, one to validate); give more calibration text or a shorter seq_len",
+            option=("calib", "seq_len"))
     return t[: w * (seq_len + 1)].view(w, seq_len + 1)
 
 

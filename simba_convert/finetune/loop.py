@@ -9,7 +9,6 @@ choice, recomputed from the current weights at every step and never differentiat
 from __future__ import annotations
 
 import copy
-import sys
 import time
 
 import torch
@@ -57,10 +56,9 @@ def _thin(values: list[float]) -> tuple[list[int], list[float]]:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from ..pipeline.progress import bar
 
-    return tqdm(total=total, desc="finetune", disable=not enabled or not sys.stderr.isatty(), leave=False,
-                dynamic_ncols=True)
+    return bar(None, "finetune", enabled, total=total)
 
 
 def _train_step(model, teacher, opt, params, stream, cfg: FinetuneConfig, P: int, amp: bool) -> float:

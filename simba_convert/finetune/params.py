@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import ConfigError
 from . import lora
 
 # Norm weights (and LayerNorm biases), the delta path (x_proj, dt_proj) and the SSM's A_log and D.
@@ -31,7 +32,7 @@ def select(dense, which: str) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in named if _NORMS_DT_XPROJ.search(n)]
     if which == "lora":
         return []
-    raise ValueError(f"unknown trainable set {which!r}")
+    raise ConfigError(f"unknown trainable set {which!r}; choose one of all, norms_dt_xproj, lora")
 
 
 @contextmanager

@@ -179,7 +179,13 @@ def load_dense(info: CheckpointInfo | str | Path, *, device="cpu", dtype=None) -
         for name in expected:
             if name == "lm_head.weight" and cfg.tie_embeddings:
                 continue
-            state[name] = reader.get(name).to(device=device, dtype=target)
+            t = reader.get(name)
+            _check_finite(t, name, info.path)
+            state[name] = t.to(device=device, dtype=target)
+            if target != t.dtype and not bool(torch.isfinite(state[name]).all()):
+                raise ConfigError(
+                    f"{info.path}: tensor {name!r} has values beyond the range of {str(target).removeprefix('torch.')};"
+                    f" load it as {str(t.dtype).removeprefix('torch.')} or float32 instead", option="dtype")
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:  # assign=True replaced the embedding Parameter; re-tie the head to it
         model.lm_head.weight = model.backbone.embedding.weight
@@ -187,6 +193,22 @@ def load_dense(info: CheckpointInfo | str | Path, *, device="cpu", dtype=None) -
     if left:
         raise CheckpointError(f"{info.path}: parameter {left[0]!r} was not loaded")  # unreachable after verify
     return model.eval()
+
+
+def _check_finite(t: torch.Tensor, name: str, where: Path) -> None:
+    """A one-line CheckpointError for NaN or infinite weights (a diverged or corrupt checkpoint)."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise CheckpointError(
+            f"{where}: tensor {name!r} holds {n} NaN or infinite value{'s' if n > 1 else ''} (of {t.numel()}); "
+            "the checkpoint is corrupt or its training diverged")
+
+
+def stored_dtype(info: CheckpointInfo) -> torch.dtype:
+    """The dtype of the stored embedding: what dtype="auto" loads the checkpoint in."""
+    with contextlib.ExitStack() as stack:
+        return _Reader(info, stack).dtypes["backbone.embedding.weight"]
 
 
 def _check_tied(reader: _Reader, where: Path) -> None:
@@ -226,7 +248,10 @@ def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
+    from .atomic import file_mode
+
     save_file(tensors, str(path), metadata={"format": "pt"})
+    path.chmod(file_mode())  # safetensors >= 0.6 creates its files 0600
 
 
 def _copy_tokenizer(src, dest: Path) -> None:
@@ -245,13 +270,13 @@ def _copy_tokenizer(src, dest: Path) -> None:
             shutil.copyfile(src / name, dest / name)
 
 
-def _prepare(model, layout: str, extra_config: dict | None):
+def _prepare(model, layout: str, extra_config: dict | None, dtype=None):
     """(dense model, config.json dict); every check that can fail happens here, before anything is written."""
     if getattr(model, "is_pruned", False):
         model = model.dense
     if layout not in LAYOUTS:
-        raise ConfigError(f"unknown checkpoint layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    config = _config_dict(model.config, layout, model.dtype)
+        raise ConfigError(f"unknown checkpoint layout {layout!r}; choose one of {', '.join(LAYOUTS)}", option="layout")
+    config = _config_dict(model.config, layout, model.dtype if dtype is None else resolve_dtype(dtype))
     clash = sorted(set(extra_config or {}) & set(config))
     if clash:
         raise ConfigError(f"extra_config may not override the architecture field {clash[0]!r}")
@@ -267,16 +292,20 @@ def write_checkpoint(
     extra_config: dict | None = None,
     tokenizer_dir=None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    dtype=None,
 ) -> None:
     """Write the checkpoint files of `model` into the existing directory `dest` (no atomicity: for a
-    caller that stages its own output directory; otherwise use `save_checkpoint`)."""
-    model, config = _prepare(model, layout, extra_config)
+    caller that stages its own output directory; otherwise use `save_checkpoint`). `dtype`: the stored
+    dtype (default: the model's)."""
+    model, config = _prepare(model, layout, extra_config, dtype)
+    target = None if dtype is None else resolve_dtype(dtype)
     dest = Path(dest)
     tensors = {}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue
-        tensors[layout_name(name, layout)] = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu")
+        tensors[layout_name(name, layout)] = (t if target is None else t.to(target)).contiguous()
     shards = _shards(tensors, max_shard_bytes)
     if len(shards) == 1:
         _write_safetensors(dest / SAFETENSORS, shards[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackendError, CheckpointError
+from ..errors import BackendError, CheckpointError, ConfigError, SimbaError
 from .layout import inspect_checkpoint
 from .resolve import resolve
 
@@ -23,15 +23,26 @@ class LoadInfo:
 
 
 def _device(device):
+    """None -> cpu; "auto" -> cuda when available, else cpu; "cpu", "cuda", "cuda:N" or a torch.device otherwise."""
     import torch
 
     if device is None:
         return torch.device("cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(f"device {device} was asked for but CUDA is not available (use --device cpu)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N", option="device")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"device {device} was asked for but CUDA is not available (use device cpu)",
+                               option="device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BackendError(f"device {device} was asked for but there are {torch.cuda.device_count()} CUDA "
+                               "devices", option="device")
     return dev
 
 
@@ -44,7 +55,11 @@ def _build(r, info, device, dtype, apply_simba):
             raise CheckpointError(f"{info.path}/config.json: the 'simba' section is not an object")
         from ..pruning.model import from_simba_config
 
-        model = from_simba_config(model, info.simba)
+        try:
+            model = from_simba_config(model, info.simba)
+        # ValueError: e.g. keep ratios for another number of layers (pruning/model.py); TypeError: unknown keys
+        except (SimbaError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{info.path}/config.json: invalid 'simba' section ({e})") from None
     return model, LoadInfo(r.path, r.kind, info.layout, r.repo_id, info.sparsified, info.weight_format)
 
 
@@ -64,12 +79,14 @@ def load_with_tokenizer(src, *, device=None, dtype=None, offline: bool = False, 
                         cache_dir=None, apply_simba: bool = True):
     """Like `load`, plus the tokenizer (see `load_tokenizer`) and a LoadInfo: (model, tokenizer, info).
 
-    The tokenizer is found before the weights are read, so a missing tokenizer fails fast.
+    The tokenizer is found, and checked to fit the model's embedding, before the weights are read, so a
+    missing or mismatched tokenizer fails fast.
     """
     from .tokenizer import load_tokenizer
 
     r = resolve(src, offline=offline, cache_dir=cache_dir)
     info = inspect_checkpoint(r.path)
-    tok = load_tokenizer(info.path, tokenizer, offline=offline, cache_dir=cache_dir)
+    tok = load_tokenizer(info.path, tokenizer, offline=offline, cache_dir=cache_dir,
+                         vocab_size=info.config.padded_vocab_size)
     model, load_info = _build(r, info, device, dtype, apply_simba)
     return model, tok, load_info

@@ -1,4 +1,4 @@
-"""Turn `--in SRC` into a local checkpoint directory (CHECKPOINTS.md §4).
+"""Turn a model source (`src`, the CLI's `--in`) into a local checkpoint directory (CHECKPOINTS.md §4).
 
 Accepted forms, tried in this order:
 1. an existing local directory;
@@ -67,19 +67,19 @@ def resolve(src: str | os.PathLike, *, offline: bool = False, cache_dir: str | o
     """Resolve SRC to a local directory holding config.json and weights; one-line CheckpointError otherwise."""
     text = os.fspath(src)
     if not text.strip():
-        raise CheckpointError(f"no model given; --in takes {ACCEPTED}")
+        raise CheckpointError(f"no model given; expected {ACCEPTED}", option="src")
     path = Path(text).expanduser()
     if path.is_dir():
         return _checked(Resolved(path, "local"))
     if text in BUNDLED:
         return _checked(Resolved(bundled_model_dir(text), "bundled"))
     if path.exists():
-        raise CheckpointError(f"{text} is a file; --in takes a checkpoint directory ({ACCEPTED})")
+        raise CheckpointError(f"{text} is a file; expected a checkpoint directory ({ACCEPTED})", option="src")
     if _looks_like_path(text):
-        raise CheckpointError(f"checkpoint directory {text} does not exist; --in takes {ACCEPTED}")
+        raise CheckpointError(f"checkpoint directory {text} does not exist; expected {ACCEPTED}", option="src")
     repo_id = SHORT_NAMES.get(text, text)
     if not _is_repo_id(repo_id):
-        raise CheckpointError(f"unknown model {text!r}; --in takes {ACCEPTED}")
+        raise CheckpointError(f"unknown model {text!r}; expected {ACCEPTED}", option="src")
     return _checked(Resolved(_hub_snapshot(repo_id, offline, cache_dir, revision), "hub", repo_id))
 
 
@@ -123,33 +123,34 @@ def hub_cache_dir(cache_dir=None) -> Path:
 
 
 def _hub_snapshot(repo_id: str, offline: bool, cache_dir, revision) -> Path:
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.utils import (
         GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
+    from .hub import hub_unreachable, offline_mode
+
     cache = hub_cache_dir(cache_dir)
-    local_only = bool(offline or constants.HF_HUB_OFFLINE)
-    kw = dict(cache_dir=str(cache), revision=revision, local_files_only=local_only)
+    local_only = offline_mode(offline)
+    unreachable = None if local_only else hub_unreachable()  # then only the cache is read: no 25 s of retries
+    kw = dict(cache_dir=str(cache), revision=revision, local_files_only=local_only or unreachable is not None)
     try:
         snap = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, **kw))
         if not _has_weights(snap):
             snap = Path(snapshot_download(repo_id, allow_patterns=_HUB_BIN_PATTERNS, **kw))
         return snap
     except LocalEntryNotFoundError:
-        why = (
-            "offline mode is on (--offline or HF_HUB_OFFLINE=1)" if local_only
-            else "the Hub cannot be reached"
-        )
+        why = "offline mode is on (offline=True or HF_HUB_OFFLINE=1)" if local_only else (unreachable or "the Hub cannot be reached")
         raise CheckpointError(
             f"{repo_id} is not a local directory and is not in the Hugging Face cache ({cache}), and {why}; "
             f"download it first while online (HF_HUB_OFFLINE unset) with `hf download {repo_id}` (older huggingface_hub: `huggingface-cli download`), "
-            "or pass a local directory"
+            "or give a local directory", option="src"
         ) from None
     except GatedRepoError:
         raise CheckpointError(f"{repo_id} is gated on the Hub; accept its terms and log in (`hf auth login`)") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"no model {repo_id!r} on the Hub (or it is private); --in takes {ACCEPTED}") from None
+        raise CheckpointError(f"no model {repo_id!r} on the Hub (or it is private); expected {ACCEPTED}",
+                              option="src") from None
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo_id} has no revision {revision!r}") from None
     except HfHubHTTPError as e:

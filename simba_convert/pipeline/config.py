@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -14,6 +15,14 @@ SCHEDULES = ("calibrated", "linear", "uniform")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # A CPU conversion of a small model should take a minute or two, not twenty: fewer windows and candidates.
 DEVICE_DEFAULTS = {"cuda": {"samples": 32, "max_evals": 40}, "cpu": {"samples": 8, "max_evals": 16}}
+DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(device) -> None:
+    """A one-line ConfigError unless `device` names a device this tool runs on (availability is checked at load)."""
+    if not (isinstance(device, str) and _DEVICE.fullmatch(device)):
+        raise ConfigError(f"unknown device {device!r}; expected {DEVICES}", option="device")
 
 
 @dataclass(frozen=True)
@@ -43,26 +52,28 @@ class ConvertConfig:
 
     def __post_init__(self):
         if not self.src:
-            raise ConfigError("--in is required: a checkpoint directory, a hub id or a short name such as mamba-tiny")
+            raise ConfigError("no input model: give src, a checkpoint directory, a hub id or a short name such as "
+                              "mamba-tiny", option="src")
         b = self.budget
-        if not (isinstance(b, (int, float)) and math.isfinite(b) and 0.0 < b <= 1.0):
-            raise ConfigError(f"--budget must satisfy 0 < budget <= 1, got {b!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name, lo in (("protect", 0), ("samples", 1), ("seq_len", 2), ("finetune_steps", 0), ("max_evals", 2), ("batch_size", 1)):
+        if isinstance(b, bool) or not (isinstance(b, (int, float)) and math.isfinite(b) and 0.0 < b <= 1.0):
+            raise ConfigError(f"budget must be in (0, 1], got {b!r}", option="budget")
+        for name, allowed in (("schedule", SCHEDULES), ("criterion", CRITERIA), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
+                                  option=name)
+        check_device_name(self.device)
+        for name, lo in (("protect", 1), ("samples", 1), ("seq_len", 2), ("finetune_steps", 0), ("max_evals", 2),
+                         ("batch_size", 1)):
             v = getattr(self, name)
             if v is None and name in ("samples", "max_evals"):
                 continue
-            if not isinstance(v, int) or v < lo:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}", option=name)
         if self.protect >= self.seq_len:
-            raise ConfigError(f"--protect ({self.protect}) must be smaller than --seq-len ({self.seq_len})")
+            raise ConfigError(f"protect ({self.protect}) must be smaller than seq_len ({self.seq_len})",
+                              option=("protect", "seq_len"))
         if not 0.0 < self.floor <= 1.0:
-            raise ConfigError(f"floor must be in (0, 1], got {self.floor}")
+            raise ConfigError(f"floor must be in (0, 1], got {self.floor}", option="floor")
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"convert config version {self.version} is not supported")
 

@@ -6,18 +6,30 @@ import json
 import time
 from contextlib import contextmanager
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..pruning.flops import flops_report
 from . import report as rep
 from . import stages
 from .config import ConvertConfig
 
 
-@contextmanager
-def _timed(timings: dict, name: str):
-    t0 = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - t0
+class _Stages:
+    """Times the stages and announces each with one progress line."""
+
+    def __init__(self, cfg: ConvertConfig):
+        self.names = ["load", "score", "calibrate"] + (["finetune"] if cfg.finetune_steps > 0 else []) + ["save"] + (
+            ["export"] if cfg.onnx else [])
+        self.enabled = cfg.progress
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        from .progress import stage
+
+        stage(name, self.names.index(name) + 1, len(self.names), self.enabled)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - t0
 
 
 def convert(src: str, out: str | None = None, *, budget: float = 0.6, **options) -> dict:
@@ -34,23 +46,27 @@ def run(cfg: ConvertConfig) -> dict:
 
     out = cfg.out_dir()
     check_writable(out, cfg.force)  # before any expensive work
-    timings: dict[str, float] = {}
-    with _timed(timings, "load"):
+    stages.check_export(cfg)
+    timed = _Stages(cfg)
+    timings = timed.timings
+    with timed("load"):
         loaded = stages.load_stage(cfg)
+        check_space(cfg, loaded, out)
     cfg = cfg.for_device(loaded.device.type)
-    with _timed(timings, "score"):
+    with timed("score"):
         scored = stages.score_stage(cfg, loaded)
-    with _timed(timings, "calibrate"):
+    with timed("calibrate"):
         result = stages.calibrate_stage(cfg, loaded, scored)
     model = stages.pruned_model(cfg, loaded, result)
     finetune = None
     if cfg.finetune_steps > 0:
-        with _timed(timings, "finetune"):
+        with timed("finetune"):
             finetune = stages.finetune_stage(cfg, loaded, scored, model)
     versions = rep.versions()
     flops = flops_report(model.config, model.spec.keep_ratios, cfg.seq_len, cfg.protect, cfg.criterion)
-    section = stages.simba_section(cfg, model, scored, result, versions, flops)
+    section = stages.simba_section(cfg, model, scored, result, rep.provenance(versions), flops, finetune)
     report = {
+        "schema_version": rep.SCHEMA_VERSION,
         "input": cfg.src,
         "output": str(out),
         "config": cfg.to_dict(),
@@ -63,27 +79,53 @@ def run(cfg: ConvertConfig) -> dict:
         "versions": versions,
         "timings": timings,
     }
-    with atomic_directory(out, force=cfg.force) as tmp:
-        with _timed(timings, "save"):
-            stages.save_stage(cfg, loaded, model, section, tmp, finetuned=finetune is not None)
-        if cfg.onnx:
-            with _timed(timings, "export"):
-                report["onnx"] = stages.export_stage(cfg, model, tmp)
-        report["plot"] = rep.write_plot(report, tmp / "keep_ratios.png") or "keep_ratios.png"
-        (tmp / "simba_report.json").write_text(json.dumps(rep.strict_json(report), indent=2) + "\n", encoding="utf-8")
-        (tmp / "report.txt").write_text(rep.summary_text(report), encoding="utf-8")
+    try:
+        with atomic_directory(out, force=cfg.force) as tmp:
+            with timed("save"):
+                stages.save_stage(cfg, loaded, model, section, tmp,
+                                  finetuned=finetune is not None and finetune["applied"])
+            if cfg.onnx:
+                with timed("export"):
+                    report["onnx"] = stages.export_stage(cfg, model, tmp)
+            report["plot"] = rep.write_plot(report, tmp / "keep_ratios.png") or "keep_ratios.png"
+            (tmp / "simba_report.json").write_text(json.dumps(rep.strict_json(report), indent=2) + "\n",
+                                                   encoding="utf-8")
+            (tmp / "report.txt").write_text(rep.summary_text(report), encoding="utf-8")
+    except OSError as e:  # disk full, file-size limit, a filesystem gone read-only: after the checks above
+        where = f" ({e.filename})" if e.filename else ""
+        raise OutputError(f"writing the output {out} failed: {e.strerror or e}{where}; nothing was written",
+                          option="out") from None
     return report
 
 
-def convert_from_cli(**opts) -> None:
+def check_space(cfg: ConvertConfig, loaded, out) -> None:
+    """Refuse before the work when the output's filesystem cannot hold even the weights (and ONNX copy)."""
+    import shutil
+
+    need = sum(f.stat().st_size for f in loaded.info.weight_files)
+    if cfg.onnx:
+        need += sum(p.numel() for p in loaded.model.parameters()) * 4  # exported in float32 at most
+    parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    if free < need:
+        raise OutputError(f"the output {out} needs about {need / 2**20:.0f} MiB and only {free / 2**20:.0f} MiB "
+                          f"are free in {parent}", option="out")
+
+
+def convert_from_cli(*, quiet: bool = False, **opts) -> None:
     import click
 
     fmt = opts.pop("report")
     opts["onnx"] = opts.pop("onnx_export")
     if opts.get("src") is None:
-        raise ConfigError("--in is required")
+        raise ConfigError("no input model given", option="src")
     report = run(ConvertConfig(**opts))
     if fmt == "json":
         click.echo(json.dumps(rep.strict_json(report), indent=2))
-    else:
+    elif not quiet:
         click.echo(rep.summary_text(report), nl=False)

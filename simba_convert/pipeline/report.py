@@ -7,18 +7,45 @@ import platform
 from pathlib import Path
 
 
+SCHEMA_VERSION = 1  # of simba_report.json; raised when a field changes meaning or goes away (README.md)
+# Reported in simba_report.json whether installed or not (null when absent), so its keys never vary.
+OPTIONAL_PACKAGES = ("triton", "onnx", "onnxscript", "onnxruntime", "matplotlib", "transformers")
+REQUIRED_PACKAGES = ("safetensors", "tokenizers", "huggingface_hub")
+
+
 def versions() -> dict:
+    """Versions of Python and of every package the conversion may have used (None: not installed)."""
     import torch
 
     from .._version import __version__
 
     out = {"simba_convert": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for mod in ("triton", "safetensors", "tokenizers", "onnx", "onnxruntime"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # absent or broken optional packages are simply not reported
-            pass
+    for name in REQUIRED_PACKAGES + OPTIONAL_PACKAGES:
+        out[name] = _package_version(name)
     return out
+
+
+def provenance(versions: dict) -> dict:
+    """The versions recorded in config.json: the tool and torch only, so that the file does not change with
+    which optional packages happen to be installed (the full list is in simba_report.json)."""
+    return {k: versions[k] for k in ("simba_convert", "torch")}
+
+
+# distributions that install the same module under another name
+_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                  "triton": ("triton", "pytorch-triton", "pytorch-triton-rocm")}
+
+
+def _package_version(name: str) -> str | None:
+    """The installed version of `name`, read from package metadata (nothing is imported)."""
+    from importlib import metadata
+
+    for dist in _DISTRIBUTIONS.get(name, (name,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _holdout(h: dict | None) -> str:
@@ -48,8 +75,24 @@ def _finetune_lines(ft: dict | None) -> list[str]:
     if not ft:
         return []
     c = ft.get("calibration", {})
+    verdict = ("saved" if ft.get("applied", True)
+               else "worse: not saved, the pre-fine-tune weights were kept")
     return [f"  fine-tune               {ft.get('steps')} steps; calibration KL "
-            f"{c.get('kl_before', float('nan')):.5f} -> {c.get('kl_after', float('nan')):.5f}"]
+            f"{c.get('kl_before', float('nan')):.5f} -> {c.get('kl_after', float('nan')):.5f} ({verdict})"]
+
+
+def _verify_text(v: dict) -> str:
+    """One phrase per onnxruntime path of the export check: its error, or why it was skipped."""
+    metric, parts = v.get("metric", "max_rel"), []
+    for k in ("portable", "library"):
+        r = v.get(k)
+        if not isinstance(r, dict):
+            continue
+        if "skipped" in r:
+            parts.append(f"{k} skipped: {r['skipped']}")
+        elif isinstance(r.get(metric), (int, float)):
+            parts.append(f"{k} {metric.replace('_', ' ')} {r[metric]:.1e}")
+    return "; ".join(parts) or "not run"
 
 
 def summary_text(report: dict) -> str:
@@ -78,9 +121,9 @@ def summary_text(report: dict) -> str:
     if report.get("onnx"):
         o = report["onnx"]
         v = o.get("verify") or {}
-        paths = ", ".join(f"{k} max rel {v[k]['max_rel']:.1e}" for k in ("portable", "library") if isinstance(v.get(k), dict))
-        verdict = "passed" if o.get("passed") else "FAILED"
-        lines.append(f"\n  onnx: {o.get('path')}  checker {o.get('checker')}; onnxruntime vs PyTorch {verdict} ({paths or 'not run'})")
+        verdict = "passed" if o.get("passed") else ("FAILED" if v else "not checked")
+        lines.append(f"\n  onnx: {o.get('path')}  checker {o.get('checker')}; onnxruntime vs PyTorch {verdict} "
+                     f"({_verify_text(v)})")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ Each stage takes the frozen ConvertConfig and what earlier stages produced, and 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Loaded:
     tokenizer: object
     info: object  # the input checkpoint (io.layout.CheckpointInfo)
     device: torch.device
+    save_dtype: torch.dtype  # of fine-tuned weights: the input's stored dtype, unless a dtype was asked for
 
 
 @dataclass
@@ -45,27 +47,31 @@ class Scored:
 def _dtype(cfg: ConvertConfig, device: torch.device):
     if cfg.dtype != "auto":
         return cfg.dtype
-    # fine-tuned weights are saved as trained: bf16 would round every small update away
+    # fine-tuning trains in fp32 (bf16 would round every small update away); Loaded.save_dtype is what is saved
     return "bfloat16" if device.type == "cuda" and cfg.finetune_steps == 0 else "float32"
 
 
 def load_stage(cfg: ConvertConfig) -> Loaded:
-    from ..io.load import _device, load_with_tokenizer
+    from ..io.atomic import check_distinct
+    from ..io.checkpoint import resolve_dtype, stored_dtype
     from ..io.layout import inspect_checkpoint
+    from ..io.load import _device, load_with_tokenizer
     from ..io.resolve import resolve
 
     device = _device(cfg.device)
     r = resolve(cfg.src, offline=cfg.offline)
+    check_distinct(cfg.out_dir(), r.path)
     info = inspect_checkpoint(r.path)
     if info.sparsified:
         raise CheckpointError(
             f"{cfg.src} is already a sparsified checkpoint; convert the original dense checkpoint instead "
-            "(use `simba-convert eval` or `info` on this one)"
+            "(evaluate or inspect this one)", option="src"
         )
     # the resolved directory, so a Hub id is looked up once
     model, tok, _ = load_with_tokenizer(str(r.path), device=device, dtype=_dtype(cfg, device),
                                         offline=cfg.offline, tokenizer=cfg.tokenizer)
-    return Loaded(model.eval(), tok, info, device)
+    save_dtype = stored_dtype(info) if cfg.dtype == "auto" else resolve_dtype(cfg.dtype)
+    return Loaded(model.eval(), tok, info, device, save_dtype)
 
 
 def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
@@ -75,13 +81,18 @@ def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
     windows = calib_data.make_windows(ids, cfg.samples, cfg.seq_len, cfg.seed)
     n_hold = cfg.samples // 4 if cfg.schedule == "calibrated" else 0
 
-    def objective(w):
+    def objective(w, what=""):
         return KLObjective(loaded.model, w, cfg.protect, batch_size=cfg.batch_size,
                            spec_kw={"criterion": cfg.criterion, "floor": cfg.floor, "seed": cfg.seed},
-                           progress=lambda it, desc: bar(it, desc, cfg.progress))
+                           progress=lambda it, desc: bar(it, desc + what, cfg.progress))
 
     fit = objective(windows[n_hold:])
-    holdout = objective(windows[:n_hold]) if n_hold else None
+    if not math.isfinite(fit.dense_nll):
+        raise CheckpointError(
+            f"the dense model's predictions on the calibration text are not finite (mean NLL {fit.dense_nll}); "
+            f"its weights overflow in {str(loaded.model.dtype).removeprefix('torch.')} or are corrupt",
+            option="dtype")
+    holdout = objective(windows[:n_hold], ", held-out windows") if n_hold else None
     with torch.no_grad():
         profile = score_profile(loaded.model, windows, cfg.criterion, batch_size=cfg.batch_size)
     from .report import ppl_from_nll
@@ -103,8 +114,8 @@ def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> Calib
         return CalibrationResult(chosen, cands["linear"], cands["uniform"], [cands["linear"], cands["uniform"]])
     with bar(None, "calibrate", cfg.progress, total=cfg.max_evals) as pb:
         def on_eval(c):
-            pb.update(1)
             pb.set_postfix_str(f"KL {c.kl:.4f}")
+            pb.update(1)
 
         result = calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
                            seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval)
@@ -129,9 +140,11 @@ def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) 
 
 
 def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, result: CalibrationResult,
-                  versions: dict, rep: FlopsReport) -> dict:
-    """The `simba` section of the sparsified checkpoint's config.json; `rep` is the FLOPs of its ratios."""
-    return {
+                  versions: dict, rep: FlopsReport, finetune: dict | None = None) -> dict:
+    """The `simba` section of the sparsified checkpoint's config.json; `rep` is the FLOPs of its ratios,
+    `versions` the packages that made it (the same whatever optional packages are installed), `finetune`
+    the fine-tune's report when one ran."""
+    section = {
         "format_version": 1,
         "spec": model.spec.to_dict(),
         "budget": cfg.budget,
@@ -146,6 +159,13 @@ def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, resu
                         "seq_len": cfg.seq_len, "seed": cfg.seed, "kl": result.best.kl},
         "versions": versions,
     }
+    if finetune is not None:
+        c = finetune["calibration"]
+        section["finetune"] = {
+            "applied": finetune["applied"], "steps": finetune["steps"], "lr": finetune["config"]["lr"],
+            "trainable": finetune["trainable"], "kl_before": c["kl_before"], "kl_after": c["kl_after"],
+        }
+    return section
 
 
 def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section: dict, dest: Path, finetuned: bool) -> None:
@@ -155,7 +175,8 @@ def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section
     if finetuned:
         from ..io.checkpoint import write_checkpoint
 
-        write_checkpoint(model.dense, dest, layout=src.layout, extra_config={"simba": section})
+        write_checkpoint(model.dense, dest, layout=src.layout, extra_config={"simba": section},
+                         dtype=loaded.save_dtype)
     else:
         for f in src.weight_files:
             shutil.copyfile(f, dest / f.name)
@@ -188,14 +209,44 @@ def finetune_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored, model: Pr
     windows = all_windows(calib_data.encode(loaded.tokenizer, text), cfg.seq_len)
     train, valid = split_windows(windows, seed=cfg.seed, max_valid=ft.max_valid_windows)
     before = scored.objective(model.spec.keep_ratios)
+    original = {k: v.detach().to("cpu", copy=True) for k, v in model.dense.state_dict().items()}
     report = finetune(model, train, valid, ft)
+    _round_to(model.dense, loaded.save_dtype)  # measure the weights that would be saved
     after = scored.objective(model.spec.keep_ratios)
+    applied = after.kl <= before.kl
+    if not applied:  # never save a model that fits the calibration data worse than the one it came from
+        model.dense.load_state_dict(original)
+    report["applied"] = applied
+    report["saved_dtype"] = str(loaded.save_dtype).removeprefix("torch.")
     report["calibration"] = {
         "kl_before": before.kl, "kl_after": after.kl,
         "ppl_before": ppl_from_nll(before.nll), "ppl_after": ppl_from_nll(after.nll),
         "dense_ppl": scored.dense_ppl,
     }
     return report
+
+
+@torch.no_grad()
+def _round_to(dense, dtype: torch.dtype) -> None:
+    """Round every weight to `dtype` in place, keeping its own dtype (exact when they are equal)."""
+    for t in dense.state_dict().values():
+        if t.is_floating_point() and t.dtype != dtype:
+            t.copy_(t.to(dtype))
+
+
+def check_export(cfg: ConvertConfig) -> None:
+    """Before the work: the packages an ONNX export needs are installed and the criterion can be exported."""
+    if not cfg.onnx:
+        return
+    from ..errors import ConfigError, require
+
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require(module, "onnx")
+    from ..export.graph import EXPORT_CRITERIA
+
+    if cfg.criterion not in EXPORT_CRITERIA:
+        raise ConfigError(f"criterion {cfg.criterion!r} cannot be exported to ONNX; use one of "
+                          f"{', '.join(EXPORT_CRITERIA)}", option=("criterion", "onnx"))
 
 
 def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path) -> dict:
