@@ -29,7 +29,8 @@ def bundled_calibration_path() -> Path:
     p = Path(__file__).resolve().parents[2] / "calibration" / DEFAULT_NAME  # running from a source tree
     if p.is_file():
         return p
-    raise DataError("the bundled calibration text is missing from this installation; pass --calib FILE")
+    raise DataError("the bundled calibration text is missing from this installation; pass calibration data",
+                    option="calib")
 
 
 def _read_jsonl(path: Path) -> str:
@@ -56,7 +57,8 @@ def _read_dataset(name: str) -> str:
         import datasets
     except ImportError:
         raise DataError(
-            f"--calib {name!r} is neither a file nor a directory; dataset names need the 'datasets' package"
+            f"calibration data {name!r} is neither a file nor a directory; dataset names need the 'datasets' package",
+            option="calib",
         ) from None
     try:
         ds = datasets.load_dataset(name, split="train")
@@ -108,7 +110,8 @@ def make_windows(ids: list[int], samples: int, seq_len: int, seed: int = 0):
     if len(ids) < need:
         raise DataError(
             f"the calibration text has {len(ids)} tokens, fewer than samples x (seq_len+1) = {samples} x {seq_len + 1} = {need}; "
-            "give more text (--calib) or lower --samples/--seq-len"
+            "give more text or lower samples / seq_len",
+            option=("calib", "samples", "seq_len"),
         )
     stride = len(ids) // samples
     t = torch.tensor(ids, dtype=torch.long)

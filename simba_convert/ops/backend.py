@@ -40,7 +40,8 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     can_triton = triton_available() and (device.type == "cuda" or interpret_mode())
     if backend == "triton" and not can_triton:
         why = "triton is not installed" if not triton_available() else f"the tensors are on {device.type}"
-        raise BackendError(f"backend 'triton' cannot run {op}: {why} (use --backend auto or reference)")
+        raise BackendError(f"backend 'triton' cannot run {op}: {why} (use backend auto or reference)",
+                           option="backend")
     chosen = backend
     if backend == "auto":
         chosen = "triton" if (can_triton and device.type == "cuda") else "reference"

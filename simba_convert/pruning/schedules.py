@@ -81,7 +81,8 @@ def solve_budget(
     if ratio(1.0) > budget:
         raise ConfigError(
             f"budget {budget:g} is below what this schedule can reach at L={L}, protect={protect} "
-            f"(minimum {ratio(1.0):.4f}); raise --budget, lower --protect or use a longer --seq-len"
+            f"(minimum {ratio(1.0):.4f}); raise the budget, lower protect or use a longer seq_len",
+            option=("budget", "protect", "seq_len"),
         )
     lo, hi = 0.0, 1.0  # ratio(lo) > budget >= ratio(hi)
     for _ in range(iters):
