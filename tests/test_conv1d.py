@@ -14,7 +14,7 @@ import torch
 from simba_convert.errors import BackendError
 from simba_convert.ops.conv1d import causal_conv1d, causal_conv1d_ref
 from tolerance import assert_matches, poison_like
-from triton_helpers import kernel_module
+from triton_helpers import kernel_module, no_launch
 
 KERNEL_MODULE = "simba_convert.ops.conv1d_triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33)]  # (B, L, D)
@@ -59,6 +59,18 @@ def test_kernel_matches_reference_fp32(kernels, shape, bias, state):
     res = kernels.causal_conv1d_triton(x, w, b, s, "silu", out=out)
     assert res is out
     assert_matches(out.cpu(), reference(x, w, b, s))
+
+
+def test_a_kernel_that_writes_nothing_is_caught(kernels, monkeypatch):
+    """After a real call, a launch that writes nothing leaves the freshly allocated output poisoned (conftest.py)."""
+    x, w, b, s = make_inputs(2, 9, 33, state=True)
+    ref = reference(x, w, b, s)
+    assert_matches(kernels.causal_conv1d_triton(x, w, b, s).cpu(), ref)
+    stub = no_launch(monkeypatch, kernels, "_causal_conv1d_fwd_kernel")
+    out = kernels.causal_conv1d_triton(x, w, b, s)
+    assert stub.launches == 1 and torch.isnan(out).all()
+    with pytest.raises(AssertionError, match="NaN"):
+        assert_matches(out.cpu(), ref)
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 8])

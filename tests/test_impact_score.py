@@ -17,7 +17,7 @@ from simba_convert.errors import BackendError, ConfigError
 from simba_convert.ops import impact_score as isc
 from simba_convert.ops.impact_score import impact_score, impact_score_ref
 from tolerance import FP32_RTOL, assert_matches, poison_like
-from triton_helpers import kernel_module
+from triton_helpers import kernel_module, no_launch
 
 KERNEL_MODULE = "simba_convert.ops.impact_score_triton"
 SHAPES = [(1, 1, 5, 4), (3, 7, 9, 16), (1, 63, 33, 4), (3, 100, 17, 16)]  # (B, L, D, N)
@@ -125,6 +125,33 @@ def test_kernel_matches_reference(kernels, shape, dtype, criterion):
     ref = impact_score_ref(*[t.cpu() for t in x], criterion=criterion, mask=None if mask is None else mask.cpu())
     # Both sides upcast the same low-precision inputs and compute in fp32, so the fp32 contract applies.
     assert_scores_match(out, ref, torch.float32)
+
+
+ALL_KERNELS = ("_last_kernel", "_global_kernel", "_delta_chunk_sums_kernel")
+
+
+@pytest.mark.parametrize("criterion,config,silenced", [
+    ("last", None, ALL_KERNELS),
+    ("global", None, ALL_KERNELS),
+    ("last", dict(block_t=8, block_d=16, chunks=4), ALL_KERNELS),
+    ("last", dict(block_t=8, block_d=16, chunks=4), ("_delta_chunk_sums_kernel",)),  # only `sums` unwritten
+], ids=["last", "global", "chunked", "chunk-sums-only"])
+@pytest.mark.filterwarnings("ignore:All-NaN slice")  # the interpreter's max over NaN carries: what is tested
+def test_a_kernel_that_writes_nothing_is_caught(kernels, monkeypatch, criterion, config, silenced):
+    """The kernels write `part` (and `sums`), never the scores: torch.amax fills those, so poisoning `out` guards
+    nothing. After a real call (its right answers may be left in freed memory) and with an unpoisoned `out`,
+    launches that write nothing must still give NaN scores, which the comparison rejects."""
+    mod, dev = kernels
+    x = make_inputs(2, 20, 17, 4, device=dev)
+    ref = impact_score_ref(*[t.cpu() for t in x], criterion=criterion)
+    assert_scores_match(mod.impact_score_triton(*x, criterion=criterion, config=config), ref)
+    stub = no_launch(monkeypatch, mod, *silenced)
+    out = torch.zeros(2, 20, device=dev)
+    mod.impact_score_triton(*x, criterion=criterion, out=out, config=config)
+    assert stub.launches >= 1
+    assert torch.isnan(out).any()
+    with pytest.raises(AssertionError, match="NaN"):
+        assert_scores_match(out, ref)
 
 
 @pytest.mark.parametrize("config", [dict(block_t=8, block_d=16, chunks=4, num_warps=2), dict(block_t=32, chunks=2)])

@@ -14,7 +14,7 @@ from simba_convert.errors import BackendError
 from simba_convert.model.mamba import RMSNorm
 from simba_convert.ops.rms_norm import add_rms_norm, add_rms_norm_ref, rms_norm_ref
 from tolerance import assert_matches, poison_like
-from triton_helpers import kernel_module
+from triton_helpers import kernel_module, no_launch
 
 KERNEL_MODULE = "simba_convert.ops.rms_norm_triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33), (5, 1000)]  # [..., d]
@@ -104,6 +104,21 @@ def test_kernel_matches_reference(kernels, shape, dtypes):
     assert res is (res_out if writes_res else h)
     assert res.dtype == res_ref.dtype and torch.equal(res.cpu(), res_ref)
     assert_matches(normed.float().cpu(), normed_ref.float(), w_dt)
+
+
+def test_a_kernel_that_writes_nothing_is_caught(kernels, monkeypatch):
+    """After a real call, a launch that writes nothing leaves both fresh outputs poisoned (conftest.py)."""
+    h, r, w = make_inputs((3, 5, 33))
+    ref_out, ref_res = reference(h, r, w, True)
+    out, res = kernels.add_rms_norm_triton(h, r, w, EPS, True)
+    assert_matches(out.cpu(), ref_out)
+    assert_matches(res.cpu(), ref_res)
+    stub = no_launch(monkeypatch, kernels, "_add_rms_norm_fwd_kernel")
+    out, res = kernels.add_rms_norm_triton(h, r, w, EPS, True)
+    assert stub.launches == 1 and torch.isnan(out).all() and torch.isnan(res).all()
+    for got, ref in ((out, ref_out), (res, ref_res)):
+        with pytest.raises(AssertionError, match="NaN"):
+            assert_matches(got.cpu(), ref)
 
 
 @pytest.mark.parametrize("layout", ["row-strided", "transposed"])

@@ -14,7 +14,7 @@ import torch
 from simba_convert.errors import BackendError
 from simba_convert.pruning import select
 from simba_convert.pruning.select import select_kept_dense_rows, select_kept_dense_rows_ref
-from triton_helpers import kernel_module
+from triton_helpers import kernel_module, no_launch
 
 KERNEL_MODULE = "simba_convert.pruning.select_triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,6 +77,19 @@ def test_kernel_keeps_reference_set(kernels, bsz, L):
         check_output(got, bsz, k, L, P)
         # both ascending, so equal tensors <=> equal kept sets
         assert torch.equal(got, ref), f"k={k} P={P}"
+
+
+def test_a_kernel_that_writes_nothing_is_caught(kernels, monkeypatch):
+    """After a real call, a launch that writes nothing leaves the fresh slots at the int64 minimum (conftest.py):
+    never a valid slot, so the output check rejects it."""
+    scores = distinct_scores(3, 63)
+    ref = select_kept_dense_rows_ref(scores.clone(), 5, 20)
+    assert torch.equal(kernels.select_kept_dense_rows_triton(scores, 5, 20), ref)
+    stub = no_launch(monkeypatch, kernels, "_select_kept_rows_kernel")
+    got = kernels.select_kept_dense_rows_triton(scores, 5, 20)
+    assert stub.launches == 1 and (got == torch.iinfo(torch.int64).min).all()
+    with pytest.raises(AssertionError):
+        check_output(got, 3, 20, 63, 5)
 
 
 @pytest.mark.parametrize("L", [7, 100, 257])

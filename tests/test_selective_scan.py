@@ -19,7 +19,8 @@ if not torch.cuda.is_available():
 from simba_convert.errors import BackendError  # noqa: E402
 from simba_convert.ops import selective_scan as ss  # noqa: E402
 from simba_convert.ops.selective_scan_chunked import selective_scan_chunked  # noqa: E402
-from tests.tolerance import assert_matches, poison_like  # noqa: E402
+from tests.tolerance import assert_matches  # noqa: E402
+from tests.triton_helpers import no_launch  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
@@ -141,27 +142,80 @@ def test_triton_non_contiguous_inputs(fwd_kind):
     assert_matches(triton_fn(*args), ss.selective_scan_ref(*args))
 
 
-def test_triton_writes_every_output_element(monkeypatch, fwd_kind):
-    """Outputs, partial buffers and state gradients start as NaN: any element left unwritten fails."""
-    from simba_convert.ops import selective_scan_triton as sst
+def allocations(monkeypatch):
+    """Record every buffer the kernels get from `_alloc.empty` (still poisoned by conftest.py)."""
+    from simba_convert.ops import _alloc
 
-    monkeypatch.setattr(sst, "_empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device, dtype=dtype))
+    made = []
+    poisoned = _alloc.empty
+
+    def spy(*s, device, dtype):
+        made.append(poisoned(*s, device=device, dtype=dtype))
+        return made[-1]
+
+    monkeypatch.setattr(_alloc, "empty", spy)
+    return made
+
+
+def test_triton_writes_every_output_element(monkeypatch, fwd_kind):
+    """Outputs, partial buffers and state gradients start as NaN (conftest.py): any element left unwritten fails.
+    The y compared is the kernel's own output buffer, not a copy made after it."""
+    made = allocations(monkeypatch)
     inp = make_inputs(2, 20, 9, 16, h0=True, device=DEV)
     dy = torch.randn(2, 20, 9, device=DEV, dtype=torch.float64)
     y = assert_triton_grads_match(inp, dy)
-    assert torch.isnan(poison_like(y)).all()  # the poison really is NaN
+    assert len(made) == 12  # y, last, checkpoints; du, d delta, dz, dB, dC, dA, dD, d bias, d h0 partials
+    assert y.data_ptr() in {t.data_ptr() for t in made}
+
+
+@pytest.mark.parametrize("kind", ["chunk", "seq", "split"])
+def test_a_forward_that_writes_nothing_is_caught(monkeypatch, kind):
+    """After a real call, forward launches that write nothing leave y and the last state poisoned (conftest.py)."""
+    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops import selective_scan_triton_seq as seq
+
+    cfg = split_config(3) if kind == "split" else sst.LaunchConfig(8, 1, 8, 4, kind, 3)
+    x = cast(make_inputs(2, 40, 9, 4, h0=True, device=DEV), torch.float32)
+    args = [x[k] for k in NAMES[:8]] + [True, x["initial_state"], True, False]
+    y_ref, h_ref = ss.selective_scan_ref(*(x[k] for k in NAMES[:8]), True, x["initial_state"], True)
+    y, h, _ = sst.scan_forward(*args, config=cfg)
+    assert_matches(y, y_ref)
+    assert_matches(h, h_ref)
+    stub = no_launch(monkeypatch, sst, "_scan_fwd_kernel")
+    no_launch(monkeypatch, seq, "_scan_fwd_seq_kernel", stub=stub)
+    y, h, _ = sst.scan_forward(*args, config=cfg)
+    assert stub.launches == (2 if kind == "split" else 1)
+    for got, ref in ((y, y_ref), (h, h_ref)):
+        assert torch.isnan(got).all()
+        with pytest.raises(AssertionError, match="NaN"):
+            assert_matches(got, ref)
+
+
+def test_a_backward_that_writes_nothing_is_caught(monkeypatch):
+    """After a real backward, a backward launch that writes nothing leaves every gradient NaN: the ones written
+    directly (du, d delta, dz) and the ones reduced from poisoned partial buffers."""
+    from simba_convert.ops import selective_scan_triton as sst
+
+    monkeypatch.setenv("SIMBA_SCAN_CONFIG", SEQ_ENV)
+    inp = make_inputs(1, 17, 5, 4, h0=True, device=DEV)
+    dy = torch.randn(1, 17, 5, device=DEV, dtype=torch.float64)
+    assert_triton_grads_match(inp, dy)
+    stub = no_launch(monkeypatch, sst, "_scan_bwd_kernel")
+    _, _, grads = run_with_grads(triton_fn, cast(inp, torch.float32), True, dy, last=True)
+    assert stub.launches == 1
+    assert sorted(grads) == sorted(k for k, v in inp.items() if v is not None)
+    for name, g in grads.items():
+        assert torch.isnan(g).all(), name
 
 
 def test_triton_no_checkpoints_without_grad(monkeypatch, fwd_kind):
     """Inference (no tensor needs a gradient) must not allocate the [B, L/CHUNK, D, N] checkpoints."""
     from simba_convert.ops import selective_scan_triton as sst
 
-    shapes = []
-    real = sst._empty
-    monkeypatch.setattr(sst, "_empty", lambda *s, **kw: shapes.append(s) or real(*s, **kw))
+    made = allocations(monkeypatch)
     inp = cast(make_inputs(1, 40, 4, 4, device=DEV), torch.float32)
     sst.selective_scan_triton(*(inp[k] for k in NAMES[:8]), True)
-    assert all(len(s) != 4 for s in shapes), shapes
+    assert made and all(t.dim() != 4 for t in made), [tuple(t.shape) for t in made]
 
 
 @pytest.mark.parametrize("stages", [1, 2, 4])
@@ -285,17 +339,8 @@ def split_config(splits, stages=3):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every buffer the kernels write (outputs and segment summaries) starts as NaN; returns their shapes."""
-    from simba_convert.ops import selective_scan_triton as sst
-
-    shapes = []
-
-    def nan_empty(*s, device, dtype):
-        shapes.append(s)
-        return torch.full(s, float("nan"), device=device, dtype=dtype)
-
-    monkeypatch.setattr(sst, "_empty", nan_empty)
-    return shapes
+    """Every buffer the kernels write (outputs and segment summaries) starts as NaN (conftest.py); the buffers."""
+    return allocations(monkeypatch)
 
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "B{}-L{}-D{}-N{}-S{}".format(*c[:5]))
@@ -318,7 +363,8 @@ def test_split_forward_matches_reference_fp32(case, poisoned):
     assert_matches(y, y_ref, torch.float32)
     if last:
         assert_matches(h, h_ref, torch.float32)
-    assert ((bsz, made - 1, d, N) in poisoned) == ((bsz, made - 1, d) in poisoned) == (made > 1)  # summaries
+    shapes = [tuple(t.shape) for t in poisoned]
+    assert ((bsz, made - 1, d, N) in shapes) == ((bsz, made - 1, d) in shapes) == (made > 1)  # summaries
 
 
 def test_split_forward_bf16(poisoned):

@@ -15,7 +15,7 @@ from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaMixer
 from simba_convert.ops.step import conv_step, conv_step_ref, ssm_step, ssm_step_ref
 from tolerance import LOWP_REL_RMS, assert_matches, poison_like, rel_rms
-from triton_helpers import kernel_module
+from triton_helpers import kernel_module, no_launch
 
 KERNEL_MODULE = "simba_convert.ops.step_triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -121,6 +121,24 @@ def test_conv_kernel_writes_only_its_views(kernels):
     assert torch.equal(big_s[:, :, 1:4].cpu(), ns_ref)
     assert torch.isnan(big_u[:, :5]).all() and torch.isnan(big_u[:, 38:]).all()
     assert torch.isnan(big_s[:, :, 0]).all() and torch.isnan(big_s[:, :, 4]).all()
+
+
+def test_a_kernel_that_writes_nothing_is_caught(kernels, monkeypatch):
+    """After real calls, launches that write nothing leave every fresh output poisoned (conftest.py)."""
+    x, s, w, b = conv_inputs(3, 33, 4)
+    inp = ssm_inputs(3, 33, 16)
+    conv_ref = conv_step_ref(x.cpu(), s.cpu(), w.cpu(), b.cpu())
+    ssm_ref = ssm_step_ref(**cpu_f32(inp))
+    refs = (*conv_ref, *ssm_ref)
+    for got, ref in zip((*kernels.conv_step_triton(x, s, w, b), *kernels.ssm_step_triton(**inp)), refs):
+        assert_matches(got.cpu(), ref)
+    stub = no_launch(monkeypatch, kernels, "_conv_step_kernel", "_ssm_step_kernel")
+    outs = (*kernels.conv_step_triton(x, s, w, b), *kernels.ssm_step_triton(**inp))
+    assert stub.launches == 2
+    for got, ref in zip(outs, refs):
+        assert torch.isnan(got).all()
+        with pytest.raises(AssertionError, match="NaN"):
+            assert_matches(got.cpu(), ref)
 
 
 # ---- ssm_step: kernel vs reference ----------------------------------------------------------------------

@@ -40,3 +40,13 @@ def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | No
 def poison_like(t: torch.Tensor) -> torch.Tensor:
     """An output buffer filled with NaN, so unwritten elements fail `assert_matches`."""
     return torch.full_like(t, float("nan"))
+
+
+def poison_value(dtype: torch.dtype):
+    """NaN for floating dtypes; the dtype's minimum for integers (never a valid index or count)."""
+    return float("nan") if dtype.is_floating_point or dtype.is_complex else torch.iinfo(dtype).min
+
+
+def poisoned_empty(*shape: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """Stands in for `simba_convert.ops._alloc.empty` in every test (conftest.py): buffers a kernel must fill."""
+    return torch.full(shape, poison_value(dtype), device=device, dtype=dtype)

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _alloc
+
 
 @dataclass(frozen=True)
 class LaunchConfig:
@@ -132,7 +134,7 @@ def causal_conv1d_triton(
             f"causal_conv1d: initial_state must be [B, D, K-1] = [{bsz}, {D}, {K - 1}], got {tuple(initial_state.shape)}"
         )
     if out is None:
-        out = torch.empty(bsz, L, D, device=x.device, dtype=x.dtype)
+        out = _alloc.empty(bsz, L, D, device=x.device, dtype=x.dtype)
     elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"causal_conv1d: out must be {x.dtype} {tuple(x.shape)} on {x.device}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")

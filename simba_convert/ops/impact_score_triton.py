@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _alloc
 from .impact_score import last_real_index
 from .selective_scan_triton import _channel_vector, _delta_act
 
@@ -200,14 +201,14 @@ def impact_score_triton(
     bsz, L, D = u.shape
     N = A.shape[1]
     dev = u.device
-    scores = out if out is not None else torch.empty(bsz, L, dtype=torch.float32, device=dev)
+    scores = out if out is not None else _alloc.empty(bsz, L, dtype=torch.float32, device=dev)
     if L == 0 or bsz == 0:
         return scores
     cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32), bool(delta_softplus)), **(config or {})}
     block_d = cfg["block_d"]
     n_dblk = triton.cdiv(D, block_d)
     a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
-    part = torch.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
+    part = _alloc.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
     # Absent optional tensors are passed as any tensor: the kernels do not read them (HAS_MASK, HAS_BIAS false).
     m = mask.to(torch.uint8) if mask is not None else part
     bias = delta_bias if delta_bias is not None else a2t
@@ -244,7 +245,7 @@ def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
         ct = C[torch.arange(bsz, device=u.device), last_real_index(mask, bsz, L, u.device)].float().contiguous()
     n_dblk = part.shape[1]
     if chunks > 1:
-        sums = torch.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
+        sums = _alloc.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
         _delta_chunk_sums_kernel[(bsz, n_dblk, chunks)](
             delta, bias, m, sums, L, D, *delta.stride(), *_mask_strides(m, mask), sums.stride(0), sums.stride(1),
             chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], HAS_BIAS=common["HAS_BIAS"],

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _alloc
 from .conv1d_triton import cast_rne
 
 MAX_D = 16384  # widest row held in one block (64 fp32 registers a thread at 8 warps)
@@ -100,7 +101,7 @@ def add_rms_norm_triton(
 
 def _check_out(buf: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     if buf is None:
-        return torch.empty(like.shape, device=like.device, dtype=dtype)
+        return _alloc.empty(*like.shape, device=like.device, dtype=dtype)
     if buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device or not buf.is_contiguous():
         raise ValueError(f"add_rms_norm: {name} must be a contiguous {dtype} {tuple(like.shape)} on {like.device}, "
                          f"got {buf.dtype} {tuple(buf.shape)}")

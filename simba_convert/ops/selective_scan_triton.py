@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ..errors import ConfigError
+from . import _alloc
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
 _LOG2E = math.log2(math.e)
@@ -326,11 +327,6 @@ def _scan_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------- host code
-def _empty(*shape, device, dtype) -> torch.Tensor:
-    """Every buffer a kernel writes comes from here (tests swap in NaN-filled buffers)."""
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
 def _np(N: int) -> int:
     return max(2, triton.next_power_of_2(N))
 
@@ -385,9 +381,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     N = A.shape[1]
     n_chunks = triton.cdiv(L, CHUNK)
     f32 = dict(device=u.device, dtype=torch.float32)
-    y = _empty(bsz, L, dm, device=u.device, dtype=u.dtype)
-    last = _empty(bsz, dm, N, **f32) if return_last_state else None
-    chk = _empty(bsz, n_chunks, dm, N, **f32) if save_checkpoints else None
+    y = _alloc.empty(bsz, L, dm, device=u.device, dtype=u.dtype)
+    last = _alloc.empty(bsz, dm, N, **f32) if return_last_state else None
+    chk = _alloc.empty(bsz, n_chunks, dm, N, **f32) if save_checkpoints else None
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = y
     zz = z if z is not None else u
@@ -416,8 +412,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     split = cfg.fwd_kind == "split"
     seg_len, n_seg = _segments(L, cfg.fwd_splits) if split else (L, 1)
     # Segment summaries of the split forward: end state from 0 [B, S-1, D, N] and Σ delta [B, S-1, D].
-    hend = _empty(bsz, n_seg - 1, dm, N, **f32) if split else dummy
-    dsum = _empty(bsz, n_seg - 1, dm, **f32) if split else dummy
+    hend = _alloc.empty(bsz, n_seg - 1, dm, N, **f32) if split else dummy
+    dsum = _alloc.empty(bsz, n_seg - 1, dm, **f32) if split else dummy
     args = (
         u, delta, zz, B, C, a_arg, *inputs, hend, dsum, L, dm, N, n_chunks, seg_len, n_seg,
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
@@ -445,15 +441,15 @@ def scan_backward(dy, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chk, 
     dev = u.device
     f32 = dict(device=dev, dtype=torch.float32)
     # Gradients are written contiguous ([B, L, D] strides shared by du, d delta, dz).
-    du = _empty(*u.shape, device=dev, dtype=u.dtype)
-    ddelta = _empty(*delta.shape, device=dev, dtype=delta.dtype)
-    dz = _empty(*z.shape, device=dev, dtype=z.dtype) if z is not None else None
-    dBp = _empty(n_blk, bsz, L, N, **f32)
-    dCp = _empty(n_blk, bsz, L, N, **f32)
-    dAp = _empty(bsz, dm, N, **f32)
-    dDp = _empty(bsz, dm, **f32)
-    dbiasp = _empty(bsz, dm, **f32)
-    dh0 = _empty(bsz, dm, N, **f32) if has_h0 else None
+    du = _alloc.empty(*u.shape, device=dev, dtype=u.dtype)
+    ddelta = _alloc.empty(*delta.shape, device=dev, dtype=delta.dtype)
+    dz = _alloc.empty(*z.shape, device=dev, dtype=z.dtype) if z is not None else None
+    dBp = _alloc.empty(n_blk, bsz, L, N, **f32)
+    dCp = _alloc.empty(n_blk, bsz, L, N, **f32)
+    dAp = _alloc.empty(bsz, dm, N, **f32)
+    dDp = _alloc.empty(bsz, dm, **f32)
+    dbiasp = _alloc.empty(bsz, dm, **f32)
+    dh0 = _alloc.empty(bsz, dm, N, **f32) if has_h0 else None
     dy = dy.contiguous() if dy.stride(-1) != 1 else dy
     zz, dzz = (z, dz) if z is not None else (u, du)
     grid = (n_blk, bsz)

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _alloc
 from .conv1d_triton import cast_rne
 from .selective_scan_triton import _delta_act
 
@@ -116,7 +117,7 @@ def _ssm_step_kernel(
 
 def _check_out(name: str, buf: torch.Tensor | None, shape, dtype, device) -> torch.Tensor:
     if buf is None:
-        return torch.empty(shape, device=device, dtype=dtype)
+        return _alloc.empty(*shape, device=device, dtype=dtype)
     if tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != device:
         raise ValueError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {buf.dtype} {tuple(buf.shape)} "
                          f"on {buf.device}")

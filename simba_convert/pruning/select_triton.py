@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops import _alloc
 from .select import check_dense_counts
 
 MAX_L = 16384  # longest row held in one block (32 int32 keys a thread at 16 warps)
@@ -92,7 +93,7 @@ def select_kept_dense_rows_triton(
     if L > MAX_L:
         raise ValueError(f"select_kept_dense_rows_triton: rows of {L} > {MAX_L} scores do not fit one block")
     if out is None:
-        out = torch.empty(bsz, k_next, device=scores.device, dtype=torch.int64)
+        out = _alloc.empty(bsz, k_next, device=scores.device, dtype=torch.int64)
     elif out.shape != (bsz, k_next) or out.dtype != torch.int64 or out.device != scores.device or not out.is_contiguous():
         raise ValueError(f"select_kept_dense_rows: out must be a contiguous int64 {(bsz, k_next)} on {scores.device}, "
                          f"got {out.dtype} {tuple(out.shape)}")
