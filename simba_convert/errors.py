@@ -24,6 +24,10 @@ class ConfigError(SimbaError):
     """An option or configuration value is out of range or inconsistent."""
 
 
+class ShapeError(SimbaError, ValueError):
+    """A tensor op or model call got arguments of the wrong shape, dtype, device or value (also a ValueError)."""
+
+
 class DataError(SimbaError):
     """Calibration or evaluation data is missing, empty or too short."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 
 
 class GraphedForward:
@@ -44,7 +44,7 @@ class GraphedForward:
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         if tuple(input_ids.shape) != self.shape:
-            raise ValueError(f"this graph was captured for input_ids of shape {list(self.shape)}, got {list(input_ids.shape)}")
+            raise ShapeError(f"this graph was captured for input_ids of shape {list(self.shape)}, got {list(input_ids.shape)}")
         self._ids.copy_(input_ids)
         self.graph.replay()
         return self._out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ShapeError
+
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator | None):
     logits = logits.float() / max(temperature, 1e-6)
@@ -40,7 +42,7 @@ def generate(
     per batch size and kept on the model (`cuda_graph.GraphedStep`); the tokens are the same either way.
     """
     if max_new_tokens < 0:
-        raise ValueError("max_new_tokens must be >= 0")
+        raise ShapeError("max_new_tokens must be >= 0")
     gen = None
     if do_sample and seed is not None:
         gen = torch.Generator(device=input_ids.device).manual_seed(seed)

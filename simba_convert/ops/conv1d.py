@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ShapeError
+
 
 def causal_conv1d_ref(
     x: torch.Tensor,
@@ -26,7 +28,7 @@ def causal_conv1d_ref(
     if activation == "silu":
         out = F.silu(out)
     elif activation is not None:
-        raise ValueError(f"unknown activation {activation!r}")
+        raise ShapeError(f"unknown activation {activation!r}")
     return out
 
 

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import ShapeError
 from . import _alloc
 
 
@@ -120,23 +121,23 @@ def causal_conv1d_triton(
     Returns out [B, L, D] in x's dtype: a new contiguous tensor, or `out` (any strides) when given.
     """
     if activation not in ("silu", None):
-        raise ValueError(f"unknown activation {activation!r}")
+        raise ShapeError(f"unknown activation {activation!r}")
     if x.dim() != 3:
-        raise ValueError(f"causal_conv1d: x must be [B, L, D], got {tuple(x.shape)}")
+        raise ShapeError(f"causal_conv1d: x must be [B, L, D], got {tuple(x.shape)}")
     bsz, L, D = x.shape
     if weight.dim() != 2 or weight.shape[0] != D:
-        raise ValueError(f"causal_conv1d: weight must be [D, K] = [{D}, K], got {tuple(weight.shape)}")
+        raise ShapeError(f"causal_conv1d: weight must be [D, K] = [{D}, K], got {tuple(weight.shape)}")
     K = weight.shape[1]
     if bias is not None and tuple(bias.shape) != (D,):
-        raise ValueError(f"causal_conv1d: bias must be [D] = [{D}], got {tuple(bias.shape)}")
+        raise ShapeError(f"causal_conv1d: bias must be [D] = [{D}], got {tuple(bias.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (bsz, D, K - 1):
-        raise ValueError(
+        raise ShapeError(
             f"causal_conv1d: initial_state must be [B, D, K-1] = [{bsz}, {D}, {K - 1}], got {tuple(initial_state.shape)}"
         )
     if out is None:
         out = _alloc.empty(bsz, L, D, device=x.device, dtype=x.dtype)
     elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"causal_conv1d: out must be {x.dtype} {tuple(x.shape)} on {x.device}, got "
+        raise ShapeError(f"causal_conv1d: out must be {x.dtype} {tuple(x.shape)} on {x.device}, got "
                          f"{out.dtype} {tuple(out.shape)} on {out.device}")
     if bsz == 0 or L == 0 or D == 0:
         return out

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShapeError
 from .selective_scan import one_cpu_thread, step_size
 
 CRITERIA = ("last", "global", "delta", "output", "random")
@@ -52,11 +52,11 @@ def _chunk_len(bsz: int, d: int, n: int) -> int:
 
 def _check_ssm_inputs(u, delta, A, B, C, mask):
     if any(t is None for t in (u, delta, A, B, C)):
-        raise ValueError("criteria 'last' and 'global' need u, delta, A, B and C")
+        raise ShapeError("criteria 'last' and 'global' need u, delta, A, B and C")
     bsz, L, d = u.shape
     n = A.shape[1]
     if delta.shape != u.shape or A.shape != (d, n) or B.shape != (bsz, L, n) or C.shape != (bsz, L, n):
-        raise ValueError(
+        raise ShapeError(
             f"impact score shapes: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
             f"B {tuple(B.shape)}, C {tuple(C.shape)}; expected [B, L, D], [B, L, D], [D, N], [B, L, N], [B, L, N]"
         )
@@ -65,7 +65,7 @@ def _check_ssm_inputs(u, delta, A, B, C, mask):
 
 def _check_mask(mask, bsz, L):
     if mask is not None and (mask.shape != (bsz, L) or mask.dtype != torch.bool):
-        raise ValueError(f"mask must be bool [B, L] = [{bsz}, {L}], got {mask.dtype} {tuple(mask.shape)}")
+        raise ShapeError(f"mask must be bool [B, L] = [{bsz}, {L}], got {mask.dtype} {tuple(mask.shape)}")
 
 
 def last_real_index(mask: torch.Tensor | None, bsz: int, L: int, device) -> torch.Tensor:
@@ -90,7 +90,7 @@ def reverse_exclusive_cumsum(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 def _check_delta_bias(delta_bias, d):
     if delta_bias is not None and tuple(delta_bias.shape) != (d,):
-        raise ValueError(f"delta_bias must be [D] = [{d}], got {tuple(delta_bias.shape)}")
+        raise ShapeError(f"delta_bias must be [D] = [{d}], got {tuple(delta_bias.shape)}")
 
 
 def _finish(scores: torch.Tensor, mask, out):
@@ -195,12 +195,12 @@ def impact_score_ref(
         raise ConfigError(f"unknown impact-score criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion == "output":
         if y is None:
-            raise ValueError("criterion 'output' needs the layer output: pass y=[B, L, d]")
+            raise ShapeError("criterion 'output' needs the layer output: pass y=[B, L, d]")
         return output_score_ref(y, mask=mask, out=out)
     if criterion == "random":
         ref = u if u is not None else y
         if ref is None:
-            raise ValueError("criterion 'random' needs u or y to know [B, L]")
+            raise ShapeError("criterion 'random' needs u or y to know [B, L]")
         _check_mask(mask, ref.shape[0], ref.shape[1])
         return _finish(random_score_ref(ref.shape[0], ref.shape[1], ref.device, generator=generator), mask, out)
     if criterion == "delta":

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import ShapeError
 from . import _alloc
 from .conv1d_triton import cast_rne
 
@@ -74,11 +75,11 @@ def add_rms_norm_triton(
     """
     d = hidden.shape[-1]
     if d > MAX_D:
-        raise ValueError(f"add_rms_norm_triton: rows of {d} > {MAX_D} elements do not fit one block")
+        raise ShapeError(f"add_rms_norm_triton: rows of {d} > {MAX_D} elements do not fit one block")
     if residual is not None and residual.shape != hidden.shape:
-        raise ValueError(f"add_rms_norm: residual {tuple(residual.shape)} != hidden {tuple(hidden.shape)}")
+        raise ShapeError(f"add_rms_norm: residual {tuple(residual.shape)} != hidden {tuple(hidden.shape)}")
     if tuple(weight.shape) != (d,):
-        raise ValueError(f"add_rms_norm: weight must be [d] = [{d}], got {tuple(weight.shape)}")
+        raise ShapeError(f"add_rms_norm: weight must be [d] = [{d}], got {tuple(weight.shape)}")
     res_dtype = torch.float32 if residual_in_fp32 else (residual.dtype if residual is not None else hidden.dtype)
     store_res = residual is not None or res_dtype != hidden.dtype
     out = _check_out(out, hidden, weight.dtype, "out")
@@ -103,6 +104,6 @@ def _check_out(buf: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype,
     if buf is None:
         return _alloc.empty(*like.shape, device=like.device, dtype=dtype)
     if buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device or not buf.is_contiguous():
-        raise ValueError(f"add_rms_norm: {name} must be a contiguous {dtype} {tuple(like.shape)} on {like.device}, "
+        raise ShapeError(f"add_rms_norm: {name} must be a contiguous {dtype} {tuple(like.shape)} on {like.device}, "
                          f"got {buf.dtype} {tuple(buf.shape)}")
     return buf

@@ -13,10 +13,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ShapeError
+
 
 def _check_activation(activation: str | None) -> None:
     if activation not in ("silu", None):
-        raise ValueError(f"unknown activation {activation!r}")
+        raise ShapeError(f"unknown activation {activation!r}")
 
 
 def _into(buf: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import ShapeError
 from . import _alloc
 from .conv1d_triton import cast_rne
 from .selective_scan_triton import _delta_act
@@ -119,7 +120,7 @@ def _check_out(name: str, buf: torch.Tensor | None, shape, dtype, device) -> tor
     if buf is None:
         return _alloc.empty(*shape, device=device, dtype=dtype)
     if tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != device:
-        raise ValueError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {buf.dtype} {tuple(buf.shape)} "
+        raise ShapeError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {buf.dtype} {tuple(buf.shape)} "
                          f"on {buf.device}")
     return buf
 
@@ -148,22 +149,22 @@ def conv_step_triton(
     dtype: new contiguous tensors, or `out` / `state_out` (any strides) when given. `state_out` must not
     overlap conv_state (a channel's window is read and shifted by different threads)."""
     if activation not in ("silu", None):
-        raise ValueError(f"unknown activation {activation!r}")
+        raise ShapeError(f"unknown activation {activation!r}")
     if x.dim() != 2:
-        raise ValueError(f"conv_step: x must be [B, D], got {tuple(x.shape)}")
+        raise ShapeError(f"conv_step: x must be [B, D], got {tuple(x.shape)}")
     bsz, D = x.shape
     if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
-        raise ValueError(f"conv_step: weight must be [D, K] = [{D}, K], got {tuple(weight.shape)}")
+        raise ShapeError(f"conv_step: weight must be [D, K] = [{D}, K], got {tuple(weight.shape)}")
     K = weight.shape[1]
     if tuple(conv_state.shape) != (bsz, D, K - 1):
-        raise ValueError(f"conv_step: conv_state must be [B, D, K-1] = [{bsz}, {D}, {K - 1}], "
+        raise ShapeError(f"conv_step: conv_state must be [B, D, K-1] = [{bsz}, {D}, {K - 1}], "
                          f"got {tuple(conv_state.shape)}")
     if bias is not None and tuple(bias.shape) != (D,):
-        raise ValueError(f"conv_step: bias must be [D] = [{D}], got {tuple(bias.shape)}")
+        raise ShapeError(f"conv_step: bias must be [D] = [{D}], got {tuple(bias.shape)}")
     out = _check_out("conv_step: out", out, (bsz, D), x.dtype, x.device)
     state_out = _check_out("conv_step: state_out", state_out, (bsz, D, K - 1), x.dtype, x.device)
     if _overlaps(state_out, conv_state):
-        raise ValueError("conv_step: state_out must not overlap conv_state")
+        raise ShapeError("conv_step: state_out must not overlap conv_state")
     if bsz == 0 or D == 0:
         return out, state_out
     cfg = config or default_config()
@@ -199,20 +200,20 @@ def ssm_step_triton(
     contiguous tensors, or `out` / `state_out` (any strides) when given. `state_out` may be ssm_state itself
     (an in-place update: each state element is read and written by the same thread), but no other overlap."""
     if u.dim() != 2:
-        raise ValueError(f"ssm_step: u must be [B, D], got {tuple(u.shape)}")
+        raise ShapeError(f"ssm_step: u must be [B, D], got {tuple(u.shape)}")
     bsz, Dm = u.shape
     if A.dim() != 2 or A.shape[0] != Dm:
-        raise ValueError(f"ssm_step: A must be [D, N] = [{Dm}, N], got {tuple(A.shape)}")
+        raise ShapeError(f"ssm_step: A must be [D, N] = [{Dm}, N], got {tuple(A.shape)}")
     N = A.shape[1]
     for name, t, shape in (("dt", dt, (bsz, Dm)), ("z", z, (bsz, Dm)), ("Bm", Bm, (bsz, N)), ("Cm", Cm, (bsz, N)),
                            ("D", D, (Dm,)), ("dt_bias", dt_bias, (Dm,)), ("ssm_state", ssm_state, (bsz, Dm, N))):
         if tuple(t.shape) != shape:
-            raise ValueError(f"ssm_step: {name} must be {list(shape)}, got {tuple(t.shape)}")
+            raise ShapeError(f"ssm_step: {name} must be {list(shape)}, got {tuple(t.shape)}")
     out = _check_out("ssm_step: out", out, (bsz, Dm), u.dtype, u.device)
     state_out = _check_out("ssm_step: state_out", state_out, (bsz, Dm, N), torch.float32, u.device)
     same = state_out.data_ptr() == ssm_state.data_ptr() and state_out.stride() == ssm_state.stride()
     if not same and _overlaps(state_out, ssm_state):
-        raise ValueError("ssm_step: state_out must be ssm_state itself or not overlap it")
+        raise ShapeError("ssm_step: state_out must be ssm_state itself or not overlap it")
     if bsz == 0 or Dm == 0 or N == 0:
         return out, state_out
     cfg = config or default_config()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ShapeError
 from ..model.config import MambaConfig
 from .spec import keep_counts
 
@@ -53,7 +54,7 @@ def score_flops(cfg: MambaConfig, criterion: str) -> int:
         return 2 * d  # clamp and sum
     if criterion == "random":
         return 0
-    raise ValueError(f"unknown criterion {criterion!r}")
+    raise ShapeError(f"unknown criterion {criterion!r}")
 
 
 def head_flops(cfg: MambaConfig) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import ShapeError
 from ..model.mamba import MambaLM
 from ..ops.impact_score import impact_score
 from .select import compact, gather_rows, gather_slots, select_kept, select_kept_dense_rows
@@ -47,7 +48,7 @@ class PrunedMambaLM(nn.Module):
     def __init__(self, dense: MambaLM, spec: PruningSpec, *, score_backend: str = "auto"):
         super().__init__()
         if spec.n_layer != dense.config.n_layer:
-            raise ValueError(f"spec has {spec.n_layer} ratios for a model with {dense.config.n_layer} layers")
+            raise ShapeError(f"spec has {spec.n_layer} ratios for a model with {dense.config.n_layer} layers")
         self.dense = dense
         self.spec = spec
         self.score_backend = score_backend
@@ -98,7 +99,7 @@ class PrunedMambaLM(nn.Module):
             n_real = lengths.tolist()  # the one host sync: every later count follows from these
             hidden = gather_slots(emb, pos.clamp_max(L - 1))
         if num_last is not None and num_last > min(n_real):
-            raise ValueError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
+            raise ShapeError(f"num_last={num_last} exceeds the shortest sample ({min(n_real)} real tokens)")
         real_pos = pos  # [B, n]: each sample's real positions in order (the compaction, kept for num_last)
         protected = None
         if not uniform:  # rank among the sample's real tokens decides protection (positions differ under left padding)

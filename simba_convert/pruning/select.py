@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ShapeError
+
 
 def compact(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real positions of each sample packed to the left: pos [B, n] (L in padded slots), valid [B, n], lengths [B]."""
@@ -84,7 +86,7 @@ def select_kept_dense_rows(scores: torch.Tensor, n_protected: int, k_next: int, 
 def check_dense_counts(L: int, n_protected: int, k_next: int) -> None:
     """Protected slots always win, so more of them than k_next leaves the kept set undefined."""
     if not 0 <= n_protected <= k_next <= L:
-        raise ValueError(f"select_kept_dense_rows: need 0 <= n_protected ({n_protected}) <= k_next ({k_next}) "
+        raise ShapeError(f"select_kept_dense_rows: need 0 <= n_protected ({n_protected}) <= k_next ({k_next}) "
                          f"<= L ({L})")
 
 

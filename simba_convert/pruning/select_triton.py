@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import ShapeError
 from ..ops import _alloc
 from .select import check_dense_counts
 
@@ -86,16 +87,16 @@ def select_kept_dense_rows_triton(
     scores' device) receives the result when given; every element is written.
     """
     if scores.dim() != 2 or not scores.is_floating_point():
-        raise ValueError(f"select_kept_dense_rows: scores must be a float [B, L] tensor, got {scores.dtype} "
+        raise ShapeError(f"select_kept_dense_rows: scores must be a float [B, L] tensor, got {scores.dtype} "
                          f"{tuple(scores.shape)}")
     bsz, L = scores.shape
     check_dense_counts(L, n_protected, k_next)
     if L > MAX_L:
-        raise ValueError(f"select_kept_dense_rows_triton: rows of {L} > {MAX_L} scores do not fit one block")
+        raise ShapeError(f"select_kept_dense_rows_triton: rows of {L} > {MAX_L} scores do not fit one block")
     if out is None:
         out = _alloc.empty(bsz, k_next, device=scores.device, dtype=torch.int64)
     elif out.shape != (bsz, k_next) or out.dtype != torch.int64 or out.device != scores.device or not out.is_contiguous():
-        raise ValueError(f"select_kept_dense_rows: out must be a contiguous int64 {(bsz, k_next)} on {scores.device}, "
+        raise ShapeError(f"select_kept_dense_rows: out must be a contiguous int64 {(bsz, k_next)} on {scores.device}, "
                          f"got {out.dtype} {tuple(out.shape)}")
     if bsz == 0 or k_next == 0:
         return out
