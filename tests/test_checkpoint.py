@@ -509,7 +509,8 @@ def test_info_command(tmp_path):
                                   extra_config={"simba": {"keep_ratios": [1.0, 0.4]}})
     res = CliRunner().invoke(info_command, [str(tmp_path / "sp"), "--json"])
     s = json.loads(res.output)
-    assert (s["layout"], s["sparsified"], s["simba"]) == ("hf", True, {"keep_ratios": [1.0, 0.4]})
+    assert (s["layout"], s["sparsified"], s["simba"]["keep_ratios"]) == ("hf", True, [1.0, 0.4])
+    assert s["simba"]["format_version"] == 2  # an unversioned section is shown converted (format.py)
     assert s["dtypes"] == {"bfloat16": len(model.state_dict()) - 1} and s["parameters"] == parameter_count(CFG)
     res = CliRunner().invoke(info_command, [str(tmp_path / "missing")])
     assert res.exit_code == 2 and res.output.startswith("error: checkpoint directory") and res.output.count("\n") == 1

@@ -113,6 +113,13 @@ def test_onnx_export_without_the_custom_op_library(work, tmp_path, monkeypatch):
     assert v["passed"] and v["portable"]["kept_match"] and "skipped" in v["library"]
     assert (out / "model.onnx").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    import onnx
+
+    from simba_convert.format import from_json
+
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
+    stored = json.loads((out / "config.json").read_text())["simba"]
+    assert from_json(meta["simba"]).to_dict() == stored  # the file carries the checkpoint's spec and provenance
 
 
 # --- 2 and 6. one-line errors, phrased by parameter, flags added by the CLI ------------------------

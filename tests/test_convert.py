@@ -158,16 +158,36 @@ def test_cli_success_and_one_line_errors(src, tmp_path):
 
 
 def test_killed_midway_leaves_nothing(src, tmp_path):
-    out = tmp_path / "killed"
-    p = subprocess.Popen(
-        [sys.executable, "-m", "simba_convert.cli", "--in", str(src), "--budget", "0.5", "--out", str(out),
-         "--samples", "16", "--seq-len", "200", "--protect", "8"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(4.0)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not out.exists()
+    """SIGKILL while the output sits written in staging (paused by atomic.py's test hook): no output
+    appears, and the next run for the same output removes the dead process's staging directory."""
+    out = tmp_path / "outs" / "killed"
+    ready = tmp_path / "ready"
+    args = ["--in", str(src), "--budget", "0.6", "--out", str(out), "--samples", "4", "--seq-len", "96",
+            "--protect", "8", "--max-evals", "6", "--calib", FAST["calib"]]
+    p = subprocess.Popen([sys.executable, "-m", "simba_convert.cli", *args],
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "SIMBA_TEST_PAUSE_IN_SAVE": str(ready)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert p.poll() is None, f"exited {p.returncode} before pausing in the save: {p.stderr.read()}"
+            assert time.monotonic() < deadline, "never reached the save"
+            time.sleep(0.05)
+        staging = [d for d in out.parent.iterdir() if d.name.startswith(f".killed.tmp-{p.pid}-")]
+        assert len(staging) == 1 and staging[0].is_dir()
+        assert {"config.json", "simba_report.json"} <= {f.name for f in staging[0].iterdir()}  # mid-save
+        assert not out.exists()
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stderr.close()
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and staging[0].is_dir()  # killed: nothing in place, the staging dir left behind
+
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert [d.name for d in out.parent.iterdir()] == ["killed"]  # the stale staging directory was removed
+    assert (out / "simba_report.json").is_file()
 
 
 def test_bundled_model_end_to_end(tmp_path):

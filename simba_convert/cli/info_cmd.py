@@ -48,7 +48,7 @@ def checkpoint_summary(src, offline: bool = False) -> dict:
         "dtypes": dtypes,
         "tokenizer": [f for f in TOKENIZER_FILES if (info.path / f).is_file()],
         "sparsified": info.sparsified,
-        "simba": info.simba,
+        "simba": None if info.section is None else info.section.to_dict(),  # older layouts shown converted
     }
 
 

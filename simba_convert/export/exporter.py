@@ -87,13 +87,15 @@ def _name_dims(model) -> None:
 
 
 def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=None, check: bool = True,
-                library=None, verify_seq: int | None = None) -> dict:
+                library=None, verify_seq: int | None = None, section=None) -> dict:
     """Export `model` (PrunedMambaLM or dense MambaLM) to `path`; returns a JSON-serialisable report.
 
     protect: the protected suffix P (default: the model's spec, or 1 for a dense model).
     dtype: float32 | float16 (default: the model's; float32 for bf16). check: run onnx.checker (full) and compare
     onnxruntime with PyTorch, without the library and (when found, or library=True) with it.
     library: None/"auto", True, False or a path to libsimba_ort_ops.so, for the verification run.
+    section: the checkpoint's `format.SimbaSection`, stored as JSON in the file's metadata under "simba" so that
+    the file carries its spec and provenance.
     """
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
@@ -130,6 +132,11 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
         # after every exporter/optimiser pass: they would inline the functions (ONNX.md pitfall 1)
         attach_reference_functions(proto)
         _name_dims(proto)
+        if section is not None:
+            from ..format import SECTION, to_json
+
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = SECTION, to_json(section)
         onnx.save(proto, str(staged))
         if check:
             onnx.checker.check_model(str(staged), full_check=True)

@@ -139,6 +139,7 @@ def atomic_directory(out_dir: str | os.PathLike, *, force: bool = False) -> Iter
     _apply_umask(tmp)
     try:
         yield tmp
+        _test_pause(tmp)
         if not out.exists():
             os.replace(tmp, out)
             return
@@ -154,6 +155,18 @@ def atomic_directory(out_dir: str | os.PathLike, *, force: bool = False) -> Iter
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _test_pause(tmp: Path) -> None:
+    """Test hook: with SIMBA_TEST_PAUSE_IN_SAVE=<file>, once staging holds files, touch <file> and sleep
+    (at most 60 s) before the rename, so that a test can kill the process mid-save."""
+    ready = os.environ.get("SIMBA_TEST_PAUSE_IN_SAVE")
+    if not ready or not any(tmp.iterdir()):
+        return
+    import time
+
+    Path(ready).touch()
+    time.sleep(60)
 
 
 def _umask() -> int:

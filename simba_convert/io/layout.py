@@ -130,8 +130,18 @@ class CheckpointInfo:
 
     @property
     def simba(self) -> dict | None:
-        """The `simba` section of a sparsified checkpoint, else None."""
-        return self.raw_config.get("simba")
+        """The `simba` section of a sparsified checkpoint as stored (unchecked), else None."""
+        from ..format import SECTION
+
+        return self.raw_config.get(SECTION)
+
+    @property
+    def section(self):
+        """The `simba` section read and checked (a format.SimbaSection, older layouts converted), else None;
+        a one-line CheckpointError naming config.json when it cannot be read."""
+        from ..format import read
+
+        return read(self.raw_config, self.path / "config.json")
 
     @property
     def sparsified(self) -> bool:

@@ -49,16 +49,15 @@ def _device(device):
 def _build(r, info, device, dtype, apply_simba):
     from .checkpoint import load_dense
 
+    section = info.section if apply_simba else None  # before the weights: a bad section fails fast
     model = load_dense(info, device=_device(device), dtype=dtype)
-    if info.sparsified and apply_simba:
-        if not isinstance(info.simba, dict):
-            raise CheckpointError(f"{info.path}/config.json: the 'simba' section is not an object")
+    if section is not None:
         from ..pruning.model import from_simba_config
 
         try:
-            model = from_simba_config(model, info.simba)
-        # ValueError: e.g. keep ratios for another number of layers (pruning/model.py); TypeError: unknown keys
-        except (SimbaError, ValueError, TypeError, KeyError, AttributeError) as e:
+            model = from_simba_config(model, section)
+        # ValueError: e.g. keep ratios for another number of layers (pruning/model.py)
+        except (SimbaError, ValueError) as e:
             raise CheckpointError(f"{info.path}/config.json: invalid 'simba' section ({e})") from None
     return model, LoadInfo(r.path, r.kind, info.layout, r.repo_id, info.sparsified, info.weight_format)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -90,3 +90,19 @@ class ConvertConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvertConfig":
+        """The config `to_dict` wrote (e.g. simba_report.json's "config"); unknown keys and newer versions are
+        a ConfigError, and the values are validated as on construction."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a convert config must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            raise ConfigError(f"unknown convert config key{plural} {', '.join(map(repr, unknown))}")
+        version = d.get("version", CONFIG_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
+            raise ConfigError(f"convert config version {version} is newer than this tool reads ({CONFIG_VERSION}); "
+                              "upgrade simba-convert")
+        return cls(**{"src": None, **d})  # a missing src gets the same one-line error as an empty one

@@ -70,7 +70,7 @@ def run(cfg: ConvertConfig) -> dict:
         "input": cfg.src,
         "output": str(out),
         "config": cfg.to_dict(),
-        "simba": section,
+        "simba": section.to_dict(),
         "flops": flops.to_dict(),
         "calibration": result.to_dict(),
         "dense_ppl": scored.dense_ppl,
@@ -86,7 +86,7 @@ def run(cfg: ConvertConfig) -> dict:
                                   finetuned=finetune is not None and finetune["applied"])
             if cfg.onnx:
                 with timed("export"):
-                    report["onnx"] = stages.export_stage(cfg, model, tmp)
+                    report["onnx"] = stages.export_stage(cfg, model, tmp, section)
             report["plot"] = rep.write_plot(report, tmp / "keep_ratios.png") or "keep_ratios.png"
             (tmp / "simba_report.json").write_text(json.dumps(rep.strict_json(report), indent=2) + "\n",
                                                    encoding="utf-8")

@@ -97,15 +97,17 @@ def _verify_text(v: dict) -> str:
 
 def summary_text(report: dict) -> str:
     """The final summary table printed by the CLI and written to report.txt."""
-    s = report["simba"]
+    from ..format import SimbaSection
+
+    s = SimbaSection.from_dict(report["simba"])
     cal = report["calibration"]
     lines = [
         f"simba-convert {report['versions']['simba_convert']}: {report['input']} -> {report['output']}",
         "",
-        f"  budget asked            {s['budget']:.4f}",
-        f"  FLOPs ratio achieved    {s['achieved_flops_ratio']:.4f}  (backbone only {s['backbone_flops_ratio']:.4f};"
-        f" L={s['flops_reference']['seq_len']}, P={s['protect']}, criterion {s['criterion']})",
-        f"  schedule                {s['schedule']} ({cal['best']['label']}, {cal['evaluations']} candidates)",
+        f"  budget asked            {s.budget:.4f}",
+        f"  FLOPs ratio achieved    {s.achieved_flops_ratio:.4f}  (backbone only {s.backbone_flops_ratio:.4f};"
+        f" L={s.flops_seq_len}, P={s.spec.protect}, criterion {s.spec.criterion})",
+        f"  schedule                {s.schedule} ({cal['best']['label']}, {cal['evaluations']} candidates)",
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
         f"  held-out check          {_holdout(cal.get('holdout'))}",
         f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {ppl_from_nll(cal['best']['nll']):.3f}",
@@ -113,7 +115,7 @@ def summary_text(report: dict) -> str:
         "",
         "  layer  keep   tokens@L  score top-25% share",
     ]
-    for i, (r, k, prof) in enumerate(zip(s["keep_ratios"], report["flops"]["tokens_per_layer"], report["score_profile"])):
+    for i, (r, k, prof) in enumerate(zip(s.spec.keep_ratios, report["flops"]["tokens_per_layer"], report["score_profile"])):
         lines.append(f"  {i:5d}  {r:5.3f}  {k:8d}  {prof:6.3f}")
     lines += ["", "  stage        seconds"]
     for name, sec in report["timings"].items():
@@ -136,13 +138,16 @@ def write_plot(report: dict, path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install 'simba-convert[plot]')"
+    from ..format import SimbaSection
+
+    s = SimbaSection.from_dict(report["simba"])
     cal = report["calibration"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    n = len(report["simba"]["keep_ratios"])
-    a.plot(range(n), report["simba"]["keep_ratios"], "o-", label=f"chosen ({cal['best']['label']})")
+    n = s.spec.n_layer
+    a.plot(range(n), s.spec.keep_ratios, "o-", label=f"chosen ({cal['best']['label']})")
     a.plot(range(n), cal["linear"]["keep_ratios"], "--", label="linear")
     a.plot(range(n), cal["uniform"]["keep_ratios"], ":", label="uniform")
-    a.set(xlabel="layer", ylabel="keep ratio", ylim=(0, 1.05), title=f"budget {report['simba']['budget']:g}")
+    a.set(xlabel="layer", ylabel="keep ratio", ylim=(0, 1.05), title=f"budget {s.budget:g}")
     a.legend(fontsize=8)
     b.plot(range(1, len(cal["curve"]) + 1), cal["curve"], "o-", ms=3)
     b.set(xlabel="candidate", ylabel="best KL so far (nats)", title="calibration")

@@ -17,6 +17,7 @@ from ..calibrate import data as calib_data
 from ..calibrate.objective import KLObjective, score_profile
 from ..calibrate.search import CalibrationResult, Candidate, calibrate
 from ..errors import CheckpointError
+from ..format import Calibration, Finetune, SimbaSection, provenance, with_section
 from ..pruning import schedules
 from ..pruning.flops import FlopsReport, flops_report
 from ..pruning.model import PrunedMambaLM
@@ -140,42 +141,34 @@ def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) 
 
 
 def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, result: CalibrationResult,
-                  versions: dict, rep: FlopsReport, finetune: dict | None = None) -> dict:
+                  versions: dict, rep: FlopsReport, finetune: dict | None = None) -> SimbaSection:
     """The `simba` section of the sparsified checkpoint's config.json; `rep` is the FLOPs of its ratios,
     `versions` the packages that made it (the same whatever optional packages are installed), `finetune`
     the fine-tune's report when one ran."""
-    section = {
-        "format_version": 1,
-        "spec": model.spec.to_dict(),
-        "budget": cfg.budget,
-        "achieved_flops_ratio": rep.ratio,
-        "backbone_flops_ratio": rep.backbone_ratio,
-        "flops_reference": {"seq_len": cfg.seq_len, "protect": cfg.protect},
-        "keep_ratios": list(model.spec.keep_ratios),
-        "criterion": cfg.criterion,
-        "protect": cfg.protect,
-        "schedule": cfg.schedule,
-        "calibration": {"fingerprint": scored.fingerprint, "source": scored.source, "samples": cfg.samples,
-                        "seq_len": cfg.seq_len, "seed": cfg.seed, "kl": result.best.kl},
-        "versions": versions,
-    }
+    ft = None
     if finetune is not None:
         c = finetune["calibration"]
-        section["finetune"] = {
-            "applied": finetune["applied"], "steps": finetune["steps"], "lr": finetune["config"]["lr"],
-            "trainable": finetune["trainable"], "kl_before": c["kl_before"], "kl_after": c["kl_after"],
-        }
-    return section
+        ft = Finetune(applied=finetune["applied"], steps=finetune["steps"], lr=finetune["config"]["lr"],
+                      trainable=finetune["trainable"], kl_before=c["kl_before"], kl_after=c["kl_after"])
+    prov = provenance(calibration_fingerprint=scored.fingerprint, seed=model.spec.seed,
+                      torch_version=versions.get("torch"))
+    return SimbaSection(
+        spec=model.spec, provenance=prov, budget=cfg.budget, schedule=cfg.schedule,
+        achieved_flops_ratio=rep.ratio, backbone_flops_ratio=rep.backbone_ratio, flops_seq_len=cfg.seq_len,
+        calibration=Calibration(source=scored.source, samples=cfg.samples, seq_len=cfg.seq_len, kl=result.best.kl),
+        finetune=ft,
+    )
 
 
-def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section: dict, dest: Path, finetuned: bool) -> None:
+def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section: SimbaSection, dest: Path,
+               finetuned: bool) -> None:
     """Write the sparsified checkpoint into `dest` (an empty staging directory): the input's layout and
     weight files unchanged unless fine-tuned, config.json with the `simba` section, tokenizer files."""
     src = loaded.info
     if finetuned:
         from ..io.checkpoint import write_checkpoint
 
-        write_checkpoint(model.dense, dest, layout=src.layout, extra_config={"simba": section},
+        write_checkpoint(model.dense, dest, layout=src.layout, extra_config=with_section({}, section),
                          dtype=loaded.save_dtype)
     else:
         for f in src.weight_files:
@@ -183,7 +176,7 @@ def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (src.path / index).is_file():
                 shutil.copyfile(src.path / index, dest / index)
-        raw = {**src.raw_config, "simba": section}
+        raw = with_section(src.raw_config, section)
         (dest / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     tok_json = src.path / "tokenizer.json"
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -249,9 +242,9 @@ def check_export(cfg: ConvertConfig) -> None:
                           f"{', '.join(EXPORT_CRITERIA)}", option=("criterion", "onnx"))
 
 
-def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path) -> dict:
+def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path, section: SimbaSection | None = None) -> dict:
     from ..export import export_onnx
 
-    rep = export_onnx(model, dest / "model.onnx", protect=cfg.protect)
+    rep = export_onnx(model, dest / "model.onnx", protect=cfg.protect, section=section)
     rep["path"] = "model.onnx"
     return rep

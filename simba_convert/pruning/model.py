@@ -218,6 +218,11 @@ class PrunedMambaLM(nn.Module):
         return generate(self, input_ids, max_new_tokens, **kw)
 
 
-def from_simba_config(dense: MambaLM, section: dict) -> PrunedMambaLM:
-    """The pruned model described by the `simba` section of a sparsified checkpoint's config.json."""
-    return PrunedMambaLM(dense, PruningSpec.from_dict(section.get("spec", section)))
+def from_simba_config(dense: MambaLM, section) -> PrunedMambaLM:
+    """The pruned model described by the `simba` section of a sparsified checkpoint's config.json (a
+    `format.SimbaSection`, or its dict in any layout `SimbaSection.from_dict` reads)."""
+    from ..format import SimbaSection
+
+    if not isinstance(section, SimbaSection):
+        section = SimbaSection.from_dict(section)
+    return PrunedMambaLM(dense, section.spec)
