@@ -57,7 +57,8 @@ def _read_dataset(name: str) -> str:
         import datasets
     except ImportError:
         raise DataError(
-            f"calibration data {name!r} is neither a file nor a directory; dataset names need the 'datasets' package",
+            f"calibration data {name!r} is neither a file nor a directory; dataset names need the 'datasets' "
+            "package: pip install 'simba-convert[datasets]'",
             option="calib",
         ) from None
     try:
@@ -86,9 +87,15 @@ def read_calibration_text(calib: str | None) -> tuple[str, str]:
         except UnicodeDecodeError:
             raise DataError(f"calibration file {p} is not UTF-8 text") from None
         return text, str(p)
-    if os.sep in calib or calib.endswith((".txt", ".jsonl")):
+    if _looks_like_path(calib):
         raise DataError(f"calibration file {calib} does not exist")
     return _read_dataset(calib), f"dataset:{calib}"
+
+
+def _looks_like_path(calib: str) -> bool:
+    """True for what can only be a file path; dataset ids are `name` or `org/name` (one slash, no leading . / ~)."""
+    return (calib.endswith((".txt", ".jsonl")) or calib.startswith(("/", ".", "~"))
+            or calib.count("/") > 1 or (os.sep != "/" and os.sep in calib))
 
 
 def encode(tokenizer, text: str) -> list[int]:
