@@ -14,6 +14,8 @@ import json
 
 import torch
 
+from bench_vs_mamba import copy_bandwidth  # this script's folder is on sys.path
+
 from simba_convert.ops.conv1d_triton import LaunchConfig, causal_conv1d_triton
 
 CASES = ((1, 2048), (4, 2048), (16, 2048), (1, 8192))
@@ -28,9 +30,7 @@ def main():
     dev = torch.device("cuda")
     D, K = 4096, 4
     g = torch.Generator(dev).manual_seed(0)
-    big = torch.empty(2**30 // 2, dtype=torch.bfloat16, device=dev)
-    bw = 2 * big.numel() * 2 / (do_bench(lambda: big.clone(), return_mode="median") * 1e-3)
-    del big
+    bw = copy_bandwidth(dev)
     try:
         from causal_conv1d import causal_conv1d_fn
     except Exception:

@@ -25,6 +25,12 @@ def triton_available() -> bool:
     return True
 
 
+def needs_grad(*tensors) -> bool:
+    """True when autograd will differentiate through any of `tensors` (None entries allowed): the forward-only
+    Triton kernels then give way to their references."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def interpret_mode() -> bool:
     """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1), as CI does to test them."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -52,10 +52,7 @@ def causal_conv1d(
     from . import backend as _backend
 
     chosen = _backend.resolve("causal_conv1d", backend, x.device)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, initial_state)
-    )
-    if chosen == "triton" and not needs_grad:
+    if chosen == "triton" and not _backend.needs_grad(x, weight, bias, initial_state):
         from .conv1d_triton import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, initial_state, activation)

@@ -55,10 +55,7 @@ def add_rms_norm(
     from . import backend as _backend
 
     chosen = _backend.resolve("add_rms_norm", backend, hidden.device)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, residual, weight)
-    )
-    if chosen == "triton" and not needs_grad:
+    if chosen == "triton" and not _backend.needs_grad(hidden, residual, weight):
         from . import rms_norm_triton
 
         if hidden.shape[-1] <= rms_norm_triton.MAX_D:

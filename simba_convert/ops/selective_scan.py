@@ -113,10 +113,7 @@ def selective_scan(
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    )
-    if needs_grad and u.shape[1] >= CHUNKED_MIN_LEN:
+    if _backend.needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state) and u.shape[1] >= CHUNKED_MIN_LEN:
         from .selective_scan_chunked import selective_scan_chunked
 
         return selective_scan_chunked(

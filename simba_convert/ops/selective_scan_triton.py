@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from . import _alloc
+from .backend import needs_grad
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
 _LOG2E = math.log2(math.e)
@@ -530,7 +531,7 @@ def selective_scan_triton(
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # Checkpoints cost memory; keep them only when autograd will call backward.
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = needs_grad(*tensors)
     return SelectiveScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state, save
     )

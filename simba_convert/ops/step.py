@@ -81,10 +81,6 @@ def ssm_step_ref(
     return _into(out, y), _into(state_out, h)
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def conv_step(
     x: torch.Tensor,
     conv_state: torch.Tensor,
@@ -104,7 +100,7 @@ def conv_step(
     from . import backend as _backend
 
     chosen = _backend.resolve("conv_step", backend, x.device)
-    if chosen == "triton" and not _needs_grad(x, conv_state, weight, bias):
+    if chosen == "triton" and not _backend.needs_grad(x, conv_state, weight, bias):
         from .step_triton import conv_step_triton
 
         return conv_step_triton(x, conv_state, weight, bias, activation, out=out, state_out=state_out)
@@ -134,7 +130,7 @@ def ssm_step(
     from . import backend as _backend
 
     chosen = _backend.resolve("ssm_step", backend, u.device)
-    if chosen == "triton" and not _needs_grad(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state):
+    if chosen == "triton" and not _backend.needs_grad(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state):
         from .step_triton import ssm_step_triton
 
         return ssm_step_triton(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, out=out, state_out=state_out)
