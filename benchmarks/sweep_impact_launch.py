@@ -66,7 +66,7 @@ def main():
     for bsz, L in cases:
         args_, kw = inputs(bsz, L, D, N, dev, g)
         programs = bsz * -(-D // 32)
-        dflt = default_config("last", programs, fused_softplus=True)
+        dflt = default_config("last", programs, fused_softplus=True, seqlen=L)
         ref = impact_score_triton(*args_, criterion="last", **kw)
         case = {"B": bsz, "L": L, "programs": programs, "default": dflt, "configs": []}
         for ch, nw, bd in ((c, w, b) for c in chunk_opts for w in warp_opts for b in block_d_opts):

@@ -5,9 +5,11 @@ early checks of a run stay cheap. Reading and writing tensors is in `checkpoint.
 
 Two layouts hold the same Mamba-1 tensors (CHECKPOINTS.md §1.3, §2.2):
 - `mamba_ssm`: config.json with d_model/n_layer/ssm_cfg/...; weights usually `pytorch_model.bin`.
-- `hf` (transformers): config.json with model_type "mamba"; `model.safetensors` (maybe sharded with
-  `model.safetensors.index.json`) or `pytorch_model.bin`. The embedding is named
+- `hf` (transformers): config.json with model_type "mamba" or "falcon_mamba"; `model.safetensors` (maybe
+  sharded with `model.safetensors.index.json`) or `pytorch_model.bin`. The embedding is named
   `backbone.embeddings.weight` instead of `backbone.embedding.weight`; all other names are equal.
+  FalconMamba's B/C/dt norms have no weights (transformers keeps only non-persistent buffers of ones), so
+  its tensors are Mamba-1's; its LM head is usually untied (tie_word_embeddings false).
 A sparsified (Simba) checkpoint is either layout with a `simba` section in config.json.
 """
 
@@ -35,7 +37,7 @@ TOKENIZER_FILES = (
 LAYOUTS = ("mamba_ssm", "hf")
 SUPPORTED = (
     "supported: Mamba-1 checkpoints in the mamba_ssm layout (state-spaces/mamba-*) "
-    "or the transformers layout (model_type 'mamba')"
+    "or the transformers layout (model_type 'mamba' or 'falcon_mamba')"
 )
 WEIGHT_FILES = f"{SAFETENSORS}, {SAFETENSORS_INDEX} + shards, {BIN} or {BIN_INDEX} + shards"
 

@@ -1,4 +1,9 @@
-"""The Mamba-1 architecture configuration, and its mapping to the mamba_ssm and transformers layouts."""
+"""The Mamba-1 architecture configuration, and its mapping to the mamba_ssm and transformers layouts.
+
+FalconMamba (transformers model_type "falcon_mamba", tiiuae/falcon-mamba-*) is Mamba-1 with a parameter-free
+RMSNorm on dt (the low-rank step, before dt_proj), B and C: `bcdt_rms` with eps `mixer_rms_eps`. mamba_ssm's
+config has no such field, so a FalconMamba config has the transformers layout only.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
+
+HF_MODEL_TYPES = ("mamba", "falcon_mamba")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class MambaConfig:
     tie_embeddings: bool = True
     conv_bias: bool = True
     bias: bool = False
+    bcdt_rms: bool = False  # FalconMamba: weightless RMSNorm on dt (before dt_proj), B and C
+    mixer_rms_eps: float = 1e-6  # its eps (read only when bcdt_rms)
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand"):
@@ -38,6 +47,12 @@ class MambaConfig:
             object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
         if self.pad_vocab_size_multiple < 1:
             raise ConfigError("pad_vocab_size_multiple must be >= 1")
+        if not isinstance(self.bcdt_rms, bool):
+            raise ConfigError(f"config field bcdt_rms must be true or false, got {self.bcdt_rms!r}")
+        eps = self.mixer_rms_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ConfigError(f"config field mixer_rms_eps must be a positive number, got {eps!r}")
+        object.__setattr__(self, "mixer_rms_eps", float(eps))
 
     @property
     def d_inner(self) -> int:
@@ -85,6 +100,10 @@ class MambaConfig:
             raise CheckpointError(f"config.json lacks the field {e.args[0]!r} of a mamba_ssm config") from None
 
     def to_mamba_ssm(self) -> dict[str, Any]:
+        if self.bcdt_rms:
+            # mamba_ssm would read such a config as plain Mamba-1 and silently drop the norms.
+            raise ConfigError("FalconMamba (B/C/dt RMSNorm) has no mamba_ssm layout; save it in the 'hf' layout",
+                              option="layout")
         ssm: dict[str, Any] = {"d_state": self.d_state, "d_conv": self.d_conv, "expand": self.expand}
         if self.dt_rank != math.ceil(self.d_model / 16):
             ssm["dt_rank"] = self.dt_rank
@@ -110,12 +129,16 @@ class MambaConfig:
             out["norm_epsilon"] = self.norm_eps
         return out
 
-    # --- the transformers layout (model_type "mamba", state-spaces/mamba-*-hf) --------------------
+    # --- the transformers layout (model_type "mamba" / "falcon_mamba") ---------------------------
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> "MambaConfig":
+        """A transformers config dict -> MambaConfig. Fields that only steer initialisation or training
+        (time_step_*, rescale_prenorm_residual, initializer_range, use_mambapy, use_associative_scan) do not
+        change the forward pass and are not kept."""
         mt = cfg.get("model_type")
-        if mt != "mamba":
-            raise CheckpointError(f"found model_type={mt!r}; only Mamba-1 ('mamba') is supported")
+        if mt not in HF_MODEL_TYPES:
+            raise CheckpointError(f"found model_type={mt!r}; only Mamba-1 ('mamba', 'falcon_mamba') is supported")
+        falcon = mt == "falcon_mamba"
         try:
             hidden = int(cfg["hidden_size"])
             expand = int(cfg.get("expand", 2))
@@ -141,6 +164,8 @@ class MambaConfig:
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
                 conv_bias=bool(cfg.get("use_conv_bias", True)),
                 bias=bool(cfg.get("use_bias", False)),
+                bcdt_rms=falcon,
+                mixer_rms_eps=float(cfg.get("mixer_rms_eps", 1e-6)) if falcon else 1e-6,
             )
         except KeyError as e:
             raise CheckpointError(f"config.json lacks the field {e.args[0]!r} of a transformers Mamba config") from None
@@ -148,9 +173,9 @@ class MambaConfig:
     def to_hf(self) -> dict[str, Any]:
         if not self.rms_norm:
             raise ConfigError("the transformers Mamba layout has RMSNorm only; this model uses LayerNorm")
-        return {
-            "architectures": ["MambaForCausalLM"],
-            "model_type": "mamba",
+        out = {
+            "architectures": ["FalconMambaForCausalLM" if self.bcdt_rms else "MambaForCausalLM"],
+            "model_type": "falcon_mamba" if self.bcdt_rms else "mamba",
             "hidden_size": self.d_model,
             "num_hidden_layers": self.n_layer,
             "vocab_size": self.padded_vocab_size,
@@ -169,3 +194,6 @@ class MambaConfig:
             "bos_token_id": 0,
             "eos_token_id": 0,
         }
+        if self.bcdt_rms:
+            out["mixer_rms_eps"] = self.mixer_rms_eps
+        return out

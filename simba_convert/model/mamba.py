@@ -43,6 +43,13 @@ def make_norm(cfg: MambaConfig, d: int) -> nn.Module:
     return RMSNorm(d, cfg.norm_eps) if cfg.rms_norm else LayerNorm(d, eps=cfg.norm_eps)
 
 
+def weightless_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x², last dim) + eps), computed in fp32 and returned in x's dtype: FalconMamba's norm of
+    dt [.., R], B and C [.., N] (transformers rounds it to the input dtype before dt_proj and the scan too)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 @dataclass
 class MixerInternals:
     """What the impact score needs from one mixer call: u, dt [B, L, D]; Bm, Cm [B, L, N]; A [D, N];
@@ -78,13 +85,41 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(D, 1))
         self.D = nn.Parameter(torch.ones(D))
         self.out_proj = nn.Linear(D, d, bias=cfg.bias)
+        # FalconMamba's eps for the norm of dt, B and C; None for Mamba-1 (no norm, no extra op).
+        self.bcdt_rms_eps = cfg.mixer_rms_eps if cfg.bcdt_rms else None
         self.backend = "auto"
+        self._fp32_cache = None  # (parameter versions, (A, D, delta_bias)): see fp32_params
 
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())
 
+    def fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A [D, N], D [D], delta_bias [D]) in fp32, as the scan, the step and the score take them.
+
+        Formed once and reused while the parameters keep their storage and version and no gradient flows to
+        them (inference): forming them costs ~5 small launches a layer, about 1 ms of a 1.4B forward at B=1 on
+        the H200 (benchmarks/kernel_profile.py). A carries A·log2 e transposed, [N, D], for the Triton scan
+        (`selective_scan_triton.log2e_transposed`)."""
+        params = (self.A_log, self.D, self.dt_proj.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self.A(), self.D.float(), self.dt_proj.bias.float()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._fp32_cache is None or self._fp32_cache[0] != key:
+            # Ordinary tensors even under inference_mode, so a later frozen-weight autograd pass may use them.
+            with torch.inference_mode(False), torch.no_grad():
+                A = -torch.exp(self.A_log.detach().float())
+                A._simba_log2e_t = (A * 1.4426950408889634).t().contiguous()
+                derived = (A, self.D.detach().float().clone(), self.dt_proj.bias.detach().float().clone())
+            self._fp32_cache = (key, derived)
+        return self._fp32_cache[1]
+
     def _ssm_inputs(self, u: torch.Tensor):
+        """u [.., D] -> dt [.., D] (dt_proj without its bias), Bm, Cm [.., N]; every path (forward on each backend,
+        step, the impact score's internals, the ONNX graph) takes them from here, so all see FalconMamba's norms."""
         dt_low, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.bcdt_rms_eps is not None:
+            eps = self.bcdt_rms_eps
+            dt_low, Bm, Cm = weightless_rms_norm(dt_low, eps), weightless_rms_norm(Bm, eps), weightless_rms_norm(Cm, eps)
         dt = F.linear(dt_low, self.dt_proj.weight)  # the bias is applied inside the scan, in fp32
         return dt, Bm, Cm
 
@@ -116,9 +151,9 @@ class MambaMixer(nn.Module):
         u = causal_conv1d(x, w, self.conv1d.bias, initial_state=conv_state, activation="silu",
                           backend=op_backend).contiguous()
         dt, Bm, Cm = self._ssm_inputs(u)
-        A = self.A()
+        A, Dskip, delta_bias = self.fp32_params()
         res = selective_scan(
-            u, dt, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(), True,
+            u, dt, A, Bm, Cm, Dskip, z, delta_bias, True,
             initial_state=ssm_state, return_last_state=return_state, backend=op_backend,
         )
         y, last = res if return_state else (res, None)
@@ -128,8 +163,9 @@ class MambaMixer(nn.Module):
             extras.append((conv_state_from(x, self.d_conv, conv_state), last))
         if return_internals:
             # Bm and Cm are split views of x_proj's output (rows R + 2N apart); the score kernels read them token by
-            # token, and contiguous rows read faster than these tiny [B, L, N] copies cost. Same values.
-            extras.append(MixerInternals(u=u, dt=dt, delta_bias=self.dt_proj.bias.float(), Bm=Bm.contiguous(),
+            # token, and contiguous rows read faster than these tiny [B, L, N] copies cost. Same values. (FalconMamba's
+            # normed Bm and Cm are fresh contiguous tensors already.)
+            extras.append(MixerInternals(u=u, dt=dt, delta_bias=delta_bias, Bm=Bm.contiguous(),
                                          Cm=Cm.contiguous(), A=A))
         return (out, *extras) if extras else out
 
@@ -148,7 +184,8 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(h).chunk(2, dim=-1)
         u, conv_state = conv_step(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", backend=kind)
         dt, Bm, Cm = self._ssm_inputs(u)
-        y, ssm_state = ssm_step(u, dt, self.A(), Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(), ssm_state,
+        A, Dskip, delta_bias = self.fp32_params()
+        y, ssm_state = ssm_step(u, dt, A, Bm, Cm, Dskip, z, delta_bias, ssm_state,
                                 backend=kind)
         return self.out_proj(y), conv_state, ssm_state
 

@@ -55,7 +55,7 @@ def even_length(L: int) -> bool:
 def mixer_forward(mixer, h: torch.Tensor, return_state: bool, return_internals: bool):
     """`MambaMixer.forward` (no initial states) on the CUDA kernels: h [B, L, d] -> out [B, L, d] (+ extras)."""
     from ..ops.conv1d import conv_state_from
-    from .mamba import MixerInternals
+    from .mamba import MixerInternals, weightless_rms_norm
 
     conv_fn, scan_fn = kernels()[:2]
     bsz, L, _ = h.shape
@@ -68,11 +68,13 @@ def mixer_forward(mixer, h: torch.Tensor, return_state: bool, return_internals: 
     u = conv_fn(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, activation="silu")  # [B, D, L]
     x_dbl = F.linear(u.transpose(1, 2).reshape(bsz * L, D), mixer.x_proj.weight)  # [B·L, R + 2N]
     dt_low, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
+    if mixer.bcdt_rms_eps is not None:  # FalconMamba: as MambaMixer._ssm_inputs, on the [B·L, ·] rows
+        eps = mixer.bcdt_rms_eps
+        dt_low, Bm, Cm = weightless_rms_norm(dt_low, eps), weightless_rms_norm(Bm, eps), weightless_rms_norm(Cm, eps)
     dt = (mixer.dt_proj.weight @ dt_low.t()).view(D, bsz, L).transpose(0, 1)  # [B, D, L]; bias added in the scan
     Bm, Cm = Bm.reshape(bsz, L, N).contiguous(), Cm.reshape(bsz, L, N).contiguous()  # [B, L, N]
-    A = mixer.A()
-    delta_bias = mixer.dt_proj.bias.float()
-    res = scan_fn(u, dt, A, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(), mixer.D.float(), z,
+    A, Dskip, delta_bias = mixer.fp32_params()
+    res = scan_fn(u, dt, A, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(), Dskip, z,
                   delta_bias, True, return_last_state=return_state)
     y, last = res if return_state else (res, None)
     out = mixer.out_proj(y.transpose(1, 2))
@@ -94,5 +96,6 @@ def mixer_step(mixer, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torc
     x, z = mixer.in_proj(h).chunk(2, dim=-1)
     u = conv_update(x, conv_state, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, "silu")  # [B, D]
     dt, Bm, Cm = mixer._ssm_inputs(u)
-    y = state_update(ssm_state, u, dt, mixer.A(), Bm, Cm, mixer.D.float(), z, mixer.dt_proj.bias.float(), True)
+    A, Dskip, delta_bias = mixer.fp32_params()
+    y = state_update(ssm_state, u, dt, A, Bm, Cm, Dskip, z, delta_bias, True)
     return mixer.out_proj(y), conv_state, ssm_state

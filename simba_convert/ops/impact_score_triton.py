@@ -26,10 +26,12 @@ import triton
 import triton.language as tl
 
 from . import _alloc
+from ._triton_math import exp2, fast_exp2
 from .impact_score import last_real_index
 from .selective_scan_triton import _channel_vector, _delta_act
 
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e)
+_LOG2E = tl.constexpr(LOG2E)  # the same, readable inside kernels
 
 
 @triton.jit
@@ -72,26 +74,36 @@ def _delta_chunk_sums_kernel(
 
 @triton.jit
 def _last_kernel(
-    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, ct_ptr, mask_ptr, carry_ptr, part_ptr, L, D,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_mb, s_ml, s_cb, s_cc, s_pb, s_pd, CHUNK_TILES,
+    u_ptr, delta_ptr, bias_ptr, a_ptr, b_ptr, c_ptr, tlast_ptr, mask_ptr, sums_ptr, part_ptr, L, D,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_sb, s_sc,
+    s_pb, s_pd, CHUNK_TILES,
     N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_CARRY: tl.constexpr, SIGNED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |Δy_T(t)[d]| for the tokens of one chunk.
 
     Tiles are aligned to the end of the sequence and rows run backwards in time (row i of tile j is token
     L-1-(j·BLOCK_T+i)), so a forward tl.cumsum over rows is the reverse cumsum over time. The sum over the
     N states is unrolled: every term is a [BLOCK_T, BLOCK_D] tile, so no cross-lane reduction is needed.
+    C_T is read here from C (T = L-1, or tlast[b] with a mask) and A·log2 e formed here from A, so the launch
+    needs no helper tensors; with HAS_CARRY the chunk's starting R is the sum of the per-chunk delta sums of
+    the chunks after it (sums[b, c', :] for c' < pid_c, chunks counted from the end).
     """
     pid_b, pid_d, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     base_b = pid_b.to(tl.int64)
+    carry = tl.zeros([BLOCK_D], tl.float32)
     if HAS_CARRY:
-        carry = tl.load(carry_ptr + base_b * s_cb + pid_c * s_cc + offs_d, mask=d_ok, other=0.0)
+        for c in range(0, pid_c):
+            carry += tl.load(sums_ptr + base_b * s_sb + c * s_sc + offs_d, mask=d_ok, other=0.0)
+    if HAS_MASK:
+        t_last = tl.load(tlast_ptr + pid_b)
     else:
-        carry = tl.zeros([BLOCK_D], tl.float32)
+        t_last = L - 1
+    c_row = c_ptr + base_b * s_cb + t_last * s_cl
     bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     for j in range(CHUNK_TILES):
         offs_t = L - 1 - ((pid_c * CHUNK_TILES + j) * BLOCK_T + rows)
@@ -111,10 +123,10 @@ def _last_kernel(
         carry += tl.sum(dt, axis=0)
         reach = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         for n in tl.static_range(N):
-            a_n = tl.load(a2t_ptr + n * D + offs_d, mask=d_ok, other=0.0)  # A[:, n]·log2(e), a contiguous row
+            a_n = tl.load(a_ptr + offs_d * s_ad + n * s_an, mask=d_ok, other=0.0).to(tl.float32) * _LOG2E
             w_n = tl.load(b_ptr + base_b * s_bb + offs_t * s_bl + n * s_bn, mask=t_ok, other=0.0).to(tl.float32)
-            w_n = w_n * tl.load(ct_ptr + pid_b * N + n)  # B_t[n]·C_T[n]
-            reach += w_n[:, None] * tl.exp2(a_n[None, :] * R)  # exponents ≤ 0
+            w_n = w_n * tl.load(c_row + n * s_cn).to(tl.float32)  # B_t[n]·C_T[n]
+            reach += w_n[:, None] * exp2(a_n[None, :] * R, FAST_EXP)  # exponents ≤ 0
         ut = tl.load(u_ptr + base_b * s_ub + offs_t[:, None] * s_ul + offs_d[None, :] * s_ud,
                      mask=dmask, other=0.0).to(tl.float32)
         dy = ut * dt * reach
@@ -128,10 +140,10 @@ def _last_kernel(
 
 @triton.jit
 def _global_kernel(
-    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
+    u_ptr, delta_ptr, bias_ptr, a_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
     HAS_MASK: tl.constexpr, SIGNED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    FAST_EXP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |u_t δ_t Σ_n B_t[n] G_t[d,n]|, by the reverse scan
     G_t = C_t + exp(δ_{t+1} A) ⊙ G_{t+1} with G^T [BLOCK_N, BLOCK_D] in registers (channels along lanes,
@@ -141,7 +153,8 @@ def _global_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     d_ok, n_ok = offs_d < D, offs_n < N
     base_b = pid_b.to(tl.int64)
-    a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    a2t = tl.load(a_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=n_ok[:, None] & d_ok[None, :],
+                  other=0.0).to(tl.float32) * _LOG2E  # A^T·log2 e [BLOCK_N, BLOCK_D]
     bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
@@ -158,7 +171,7 @@ def _global_kernel(
             ct = tl.where(m, ct, 0.0)
             ok = ok & m
         dt = _step(dt, bias, ok, HAS_BIAS, SOFTPLUS)
-        G = ct[:, None] + tl.exp2(a2t * d_next[None, :]) * G
+        G = ct[:, None] + exp2(a2t * d_next[None, :], FAST_EXP) * G
         dy = ut * dt * tl.sum(G * bt[:, None], axis=0)
         if not SIGNED:
             dy = tl.abs(dy)
@@ -169,20 +182,24 @@ def _global_kernel(
         d_next = dt
 
 
-def default_config(criterion: str, programs: int | None = None, fused_softplus: bool = False) -> dict:
-    """Block sizes and warps, the fastest of benchmarks/bench_impact.py's sweep on the H200 (BENCHMARKS.md).
+def default_config(criterion: str, programs: int | None = None, fused_softplus: bool = False,
+                   seqlen: int | None = None) -> dict:
+    """Block sizes, sequence chunks and warps: the fastest of the H200 sweeps (BENCHMARKS.md), timed as graph
+    replays (benchmarks/sweep_impact_launch.py, `results/sweep_impact_graph_h200.json`).
 
-    `last`: 32×32 tiles. Warps by programs (B·⌈D/32⌉) and by whether the kernel forms the softplus itself:
-    - fused (the model's call: raw bf16 dt; benchmarks/sweep_impact_launch.py): 4 warps below 2048 programs,
-      2 from there. 1.4B layer, B=4, L=2048: 0.305 ms against 0.344 with 2; B=8: 0.575 against 0.649;
-      B=16, L=1229 (2048 programs): 0.666 against 0.693.
-    - materialised fp32 delta (benchmarks/bench_impact.py): 2 warps from 512 programs, 4 below. 1.4B layer,
-      B=8: 0.422 ms against 0.513 with 4; 130m layer, B=8 (384 programs): 0.252 against 0.323 with 2.
-    Chunking the sequence (`chunks` > 1) was slower or equal at the model's shapes (B=4 to 16) and at B=1
-    won only at L=2048 in one of two sweeps (0.166 against 0.210 ms), so it stays off.
+    `last`, by programs = B·⌈D/32⌉ and whether the kernel forms the softplus itself:
+    - at most 256 programs and L ≥ 128 (B = 1 at the 1.4B and 130m shapes): the sequence split into
+      min(32, L/64) chunks, 16 channels, 1 warp. 1.4B layer, B=1: L=2048 0.101 ms against 0.146 unchunked;
+      L=1229 0.066 against 0.097; L=8192 0.331 against 0.758.
+    - otherwise 32×32 tiles, unchunked (chunking was slower from 512 programs: B=4, L=2048 0.289 ms unchunked,
+      0.321 at 16 chunks). Fused softplus (the model's call: raw bf16 dt): 4 warps below 2048 programs, 2 from
+      there (B=4, L=2048: 0.305 ms against 0.344 with 2; B=16, L=1229: 0.666 against 0.693 with 4).
+      Materialised fp32 delta (benchmarks/bench_impact.py): 2 warps from 512 programs, 4 below.
     `global`: 16 channels, 1 warp at both shapes.
     """
     if criterion == "last":
+        if programs is not None and programs <= 256 and seqlen is not None and seqlen >= 128:
+            return dict(block_t=32, block_d=16, chunks=min(32, seqlen // 64), num_warps=1)
         many = 2048 if fused_softplus else 512
         warps = 2 if programs is not None and programs >= many else 4
         return dict(block_t=32, block_d=32, chunks=1, num_warps=warps)
@@ -197,6 +214,8 @@ def impact_score_triton(
     delta_softplus / delta_bias are given: softplus(delta + delta_bias) is formed in the kernel).
 
     `config` overrides `default_config` (keys: block_t, block_d, chunks, num_warps); benchmarks sweep it.
+    Launches: the score kernel, the per-chunk delta sums before it when the sequence is chunked, and one max
+    over the channel blocks (plus, with a mask, the few ops that find each sample's last real token).
     """
     bsz, L, D = u.shape
     N = A.shape[1]
@@ -204,22 +223,22 @@ def impact_score_triton(
     scores = out if out is not None else _alloc.empty(bsz, L, dtype=torch.float32, device=dev)
     if L == 0 or bsz == 0:
         return scores
-    cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32), bool(delta_softplus)), **(config or {})}
+    cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32), bool(delta_softplus), L), **(config or {})}
     block_d = cfg["block_d"]
     n_dblk = triton.cdiv(D, block_d)
-    a2t = (A.float() * LOG2E).t().contiguous()  # [N, D]: exp(x) = exp2(x·log2 e); rows load coalesced
     part = _alloc.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
     # Absent optional tensors are passed as any tensor: the kernels do not read them (HAS_MASK, HAS_BIAS false).
     m = mask.to(torch.uint8) if mask is not None else part
-    bias = delta_bias if delta_bias is not None else a2t
+    bias = delta_bias if delta_bias is not None else part
     common = dict(HAS_MASK=mask is not None, SIGNED=signed, HAS_BIAS=delta_bias is not None,
-                  SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, num_warps=cfg["num_warps"])
+                  SOFTPLUS=bool(delta_softplus), FAST_EXP=fast_exp2(), BLOCK_D=block_d, num_warps=cfg["num_warps"])
     if criterion == "last":
-        _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common)
+        _launch_last(u, delta, bias, A, B, C, m, part, mask, cfg, common)
     elif criterion == "global":
         _global_kernel[(bsz, n_dblk)](
-            u, delta, bias, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
-            *_mask_strides(m, mask), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
+            u, delta, bias, A, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+            *C.stride(), *_mask_strides(m, mask), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N),
+            **common,
         )
     else:
         raise ValueError(f"no Triton kernel for criterion {criterion!r}")
@@ -231,19 +250,18 @@ def _mask_strides(m, mask) -> tuple[int, int]:
     return (m.stride(0), m.stride(1)) if mask is not None else (0, 0)
 
 
-def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
+def _launch_last(u, delta, bias, A, B, C, m, part, mask, cfg, common):
     bsz, L, D = u.shape
-    N = a2t.shape[0]
+    N = A.shape[1]
     block_t = cfg["block_t"]
     n_tiles = triton.cdiv(L, block_t)
     chunks = max(1, min(cfg.get("chunks", 1), n_tiles))
     chunk_tiles = math.ceil(n_tiles / chunks)
     chunks = triton.cdiv(n_tiles, chunk_tiles)
-    if mask is None:
-        ct = C[:, L - 1].float().contiguous()  # [B, N]: the readout at the last (real) token
-    else:
-        ct = C[torch.arange(bsz, device=u.device), last_real_index(mask, bsz, L, u.device)].float().contiguous()
+    # T per sample: the last real token (int64 [B]) with a mask; the kernel takes L-1 without one.
+    tlast = last_real_index(mask, bsz, L, u.device) if mask is not None else part
     n_dblk = part.shape[1]
+    sums = part  # not read without HAS_CARRY
     if chunks > 1:
         sums = _alloc.empty(bsz, chunks, D, dtype=torch.float32, device=u.device)
         _delta_chunk_sums_kernel[(bsz, n_dblk, chunks)](
@@ -251,12 +269,8 @@ def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
             chunk_tiles * block_t, HAS_MASK=common["HAS_MASK"], HAS_BIAS=common["HAS_BIAS"],
             SOFTPLUS=common["SOFTPLUS"], BLOCK_T=block_t, BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
         )
-        # Exclusive cumsum over chunks (counted from the end): the delta of every token after the chunk.
-        carry = torch.cat([torch.zeros_like(sums[:, :1]), sums[:, :-1].cumsum(dim=1)], dim=1)
-    else:
-        carry = part  # not read without HAS_CARRY
     _last_kernel[(bsz, n_dblk, chunks)](
-        u, delta, bias, a2t, B, ct, m, carry, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
-        *_mask_strides(m, mask), carry.stride(0), carry.stride(1), part.stride(0), part.stride(1), chunk_tiles,
-        N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
+        u, delta, bias, A, B, C, tlast, m, sums, part, L, D, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+        *C.stride(), *_mask_strides(m, mask), sums.stride(0), sums.stride(1), part.stride(0), part.stride(1),
+        chunk_tiles, N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
     )

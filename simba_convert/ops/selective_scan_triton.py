@@ -29,6 +29,7 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from . import _alloc
+from ._triton_math import fast_exp2
 from .backend import needs_grad
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
@@ -368,6 +369,15 @@ def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int, seqlen: int, save_chec
     return replace(cfg, fwd_kind="chunk" if kind == "auto" else "seq", fwd_splits=0)
 
 
+def log2e_transposed(A: torch.Tensor) -> torch.Tensor:
+    """A·log2 e transposed, [N, D] fp32 contiguous: the seq kernels' layout. A model's cached A carries it
+    (`MambaMixer.fp32_params`), which saves two launches a layer."""
+    cached = getattr(A, "_simba_log2e_t", None)
+    if cached is not None and not A.requires_grad:
+        return cached
+    return (A.float() * _LOG2E).t().contiguous()
+
+
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                  return_last_state, save_checkpoints, config: LaunchConfig | None = None):
     """Launch the forward kernel `config.fwd_kind` names. Returns y [B, L, D] (u's dtype), last [B, D, N]
@@ -409,7 +419,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
 
     # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
     # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
-    a_arg, B, C = (A.float() * _LOG2E).t().contiguous(), B.float(), C.float()
+    a_arg, B, C = log2e_transposed(A), B.float(), C.float()
     split = cfg.fwd_kind == "split"
     seg_len, n_seg = _segments(L, cfg.fwd_splits) if split else (L, 1)
     # Segment summaries of the split forward: end state from 0 [B, S-1, D, N] and Σ delta [B, S-1, D].
@@ -419,7 +429,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         u, delta, zz, B, C, a_arg, *inputs, hend, dsum, L, dm, N, n_chunks, seg_len, n_seg,
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    flags.update(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N), SPLIT=split, READOUT=True)
+    flags.update(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N), SPLIT=split, READOUT=True, FAST_EXP=fast_exp2())
     if split:  # pass 1: summaries of segments 0 .. S-2 (no readout, from a zero state)
         summary_flags = dict(flags, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False, READOUT=False)
         kernel[(n_blk, bsz, n_seg - 1)](*args, **summary_flags)
