@@ -1,0 +1,147 @@
+"""BENCHMARKS.md's generated tables, rendered from the results files (never typed in by hand).
+
+A generated region of BENCHMARKS.md sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`;
+`python3 benchmarks/tables.py` rewrites every region from the JSON files named below, and `--check` exits 1
+when a region differs from what the files give (CI runs the check, so a table cannot drift from its data).
+
+    python3 benchmarks/tables.py            # rewrite BENCHMARKS.md's generated regions
+    python3 benchmarks/tables.py --check    # exit 1 if they are out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOC = HERE.parent / "BENCHMARKS.md"
+
+VS_MAMBA_FILES = ("vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json", "vs_mamba_h200_16x8192.json")
+BUDGETS = (0.8, 0.6, 0.4)
+
+
+def _f(v, fmt="{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _load(names) -> list[dict]:
+    return [json.loads((RESULTS / n).read_text()) for n in names if (RESULTS / n).exists()]
+
+
+def _sources(runs: list[dict]) -> str:
+    lines = []
+    for r in runs:
+        m = r["meta"]
+        lines.append(f"- `{m['command']}` — {m['date']}, {m['device']}, torch {m['torch']}, triton {m.get('triton')}, "
+                     f"mamba_ssm {m.get('mamba_ssm')}, causal_conv1d {m.get('causal_conv1d')}, commit {m.get('commit')}")
+    return "\n".join(lines)
+
+
+def vs_mamba_prefill(runs: list[dict]) -> str:
+    """One row per B×L: graph-replay ms of every implementation, and pruned against dense mamba_ssm."""
+    rows = [r for run in runs for r in run["rows"]]
+    cases = sorted({(r["B"], r["L"]) for r in rows}, key=lambda c: (c[1], c[0]))
+
+    def get(case, impl, backend=None):
+        for r in rows:
+            if (r["B"], r["L"]) == case and r["impl"] == impl and (backend is None or r["backend"] == backend):
+                return r
+        return {}
+
+    backends = sorted({r["backend"] for r in rows if r["backend"] != "-"})
+    head = ["B×L", "mamba_ssm dense", "transformers"] + [f"ours dense ({b})" for b in backends]
+    head += [f"pruned {b} ({be})" for be in backends for b in BUDGETS]
+    head += ["FLOPs ratio at 0.6", "best pruned 0.6 vs mamba_ssm", "best pruned 0.4 vs mamba_ssm"]
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for case in cases:
+        base = get(case, "mamba_ssm").get("graph_ms")
+        cells = [f"{case[0]}×{case[1]}", _f(base), _f(get(case, "transformers").get("graph_ms"))]
+        for be in backends:
+            ms = get(case, "ours-dense", be).get("graph_ms")
+            cells.append(f"{_f(ms)} ({_f(base / ms if base and ms else None, '{:.2f}×')})")
+        for be in backends:
+            for b in BUDGETS:
+                cells.append(_f(get(case, f"ours-pruned-{b}", be).get("graph_ms")))
+        cells.append(_f(get(case, "ours-pruned-0.6", backends[0]).get("flops_ratio"), "{:.3f}"))
+        for b in (0.6, 0.4):
+            best = min((get(case, f"ours-pruned-{b}", be).get("graph_ms") or float("inf") for be in backends))
+            cells.append(f"**{_f(base / best, '{:.2f}×')}**" if base and best < float("inf") else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n\nSources:\n" + _sources(runs)
+
+
+def vs_mamba_kernels(runs: list[dict]) -> str:
+    krows = [k for run in runs for k in run.get("kernels", [])]
+    if not krows:
+        return "(no kernel rows in the results files)"
+    out = ["| B×L | kernel (one 1.4B layer) | ours ms | with tl.exp2 | mamba_ssm / causal_conv1d ms | ours / theirs | "
+           "floor ms | ours / floor |", "|---|---|---|---|---|---|---|---|"]
+    for k in krows:
+        o, t, fl = k.get("ours_ms"), k.get("mamba_ms"), k["floor_ms"]
+        out.append(f"| {k['B']}×{k['L']} | {k['kernel']} | {_f(o, '{:.3f}')} | {_f(k.get('ours_plain_exp2_ms'), '{:.3f}')} "
+                   f"| {_f(t, '{:.3f}')} | {_f(o / t if o and t else None, '{:.2f}×')} | {fl:.3f} | "
+                   f"{_f(o / fl if o else None, '{:.1f}×')} |")
+    return "\n".join(out)
+
+
+def vs_mamba_generation(runs: list[dict]) -> str:
+    grows = [g for run in runs for g in run.get("generation", [])]
+    if not grows:
+        return "(no generation rows in the results files)"
+    out = ["| B×L | impl | backend | time to first token ms | decode tokens/s |", "|---|---|---|---|---|"]
+    for g in grows:
+        out.append(f"| {g['B']}×{g['L']} | {g['impl']} | {g['backend']} | {_f(g.get('ttft_ms'))} | "
+                   f"{_f(g.get('decode_tok_s'), '{:.0f}')} |")
+    return "\n".join(out)
+
+
+def stage_profile(names=("kernel_profile_h200.json",)) -> str:
+    runs = _load(names)
+    if not runs:
+        return "(no kernel profile results)"
+    from kernel_profile import table
+
+    return table(runs[0]["rows"]) + "\n\nSource:\n" + "\n".join(
+        f"- `benchmarks/kernel_profile.py` — {r['meta']['date']}, {r['meta']['device']}, torch {r['meta']['torch']}, "
+        f"commit {r['meta'].get('commit')}" for r in runs)
+
+
+def regions() -> dict[str, str]:
+    runs = _load(VS_MAMBA_FILES)
+    return {
+        "vs_mamba_prefill": vs_mamba_prefill(runs),
+        "vs_mamba_kernels": vs_mamba_kernels(runs),
+        "vs_mamba_generation": vs_mamba_generation(runs),
+        "stage_profile": stage_profile(),
+    }
+
+
+def render(doc: str, tables: dict[str, str]) -> str:
+    for name, body in tables.items():
+        pat = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+        doc = pat.sub(lambda m: m.group(1) + body + m.group(2), doc)
+    return doc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE))
+    doc = DOC.read_text()
+    new = render(doc, regions())
+    if args.check:
+        if new != doc:
+            print("BENCHMARKS.md's generated tables are out of date: run python3 benchmarks/tables.py")
+            return 1
+        return 0
+    DOC.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
