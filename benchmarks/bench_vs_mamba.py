@@ -296,12 +296,6 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
             # Graph replay is what the model runs under; a plain do_bench at B=1 times the host's launch path.
             row["ours_ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
             row["ours_eager_ms"] = do_bench(fn, return_mode="median")
-            if name in ("scan", "score"):  # the same kernel with tl.exp2 instead of the flush-to-zero MUFU exp2
-                os.environ["SIMBA_FAST_EXP2"] = "0"
-                try:
-                    row["ours_plain_exp2_ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
-                finally:
-                    del os.environ["SIMBA_FAST_EXP2"]
             if name in theirs:
                 row["mamba_ms"] = do_bench_cudagraph(theirs[name], rep=50, return_mode="median")
                 row["mamba_eager_ms"] = do_bench(theirs[name], return_mode="median")
@@ -332,13 +326,12 @@ def markdown(meta, rows, krows, grows) -> str:
                    f"{f(r.get('vs_ours_dense'), '{:.2f}x')} / {f(r.get('graph_vs_ours_dense'), '{:.2f}x')} | "
                    f"{f(r.get('rel_rms_vs_mamba_ssm'), '{:.1e}')} |")
     if krows:
-        out += ["", "| B×L | kernel (one 1.4B layer) | ours ms (graph) | with tl.exp2 | mamba_ssm / causal_conv1d ms "
-                "(graph) | ours / theirs | floor ms | ours / floor |", "|---|---|---|---|---|---|---|---|"]
+        out += ["", "| B×L | kernel (one 1.4B layer) | ours ms (graph) | mamba_ssm / causal_conv1d ms (graph) "
+                "| ours / theirs | floor ms | ours / floor |", "|---|---|---|---|---|---|---|"]
         for r in krows:
             o, t, fl = r.get("ours_ms"), r.get("mamba_ms"), r["floor_ms"]
-            out.append(f"| {r['B']}×{r['L']} | {r['kernel']} | {f(o, '{:.3f}')} | {f(r.get('ours_plain_exp2_ms'), '{:.3f}')} "
-                       f"| {f(t, '{:.3f}')} | {f(o / t if o and t else None, '{:.2f}x')} | {fl:.3f} | "
-                       f"{f(o / fl if o else None, '{:.1f}x')} |")
+            out.append(f"| {r['B']}×{r['L']} | {r['kernel']} | {f(o, '{:.3f}')} | {f(t, '{:.3f}')} | "
+                       f"{f(o / t if o and t else None, '{:.2f}x')} | {fl:.3f} | {f(o / fl if o else None, '{:.1f}x')} |")
     if grows:
         out += ["", f"| B×L | impl | backend | time to first token ms | decode tokens/s ({grows[0]['new_tokens']} new) |",
                 "|---|---|---|---|---|"]

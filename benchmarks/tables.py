@@ -78,13 +78,12 @@ def vs_mamba_kernels(runs: list[dict]) -> str:
     krows = [k for run in runs for k in run.get("kernels", [])]
     if not krows:
         return "(no kernel rows in the results files)"
-    out = ["| B×L | kernel (one 1.4B layer) | ours ms | with tl.exp2 | mamba_ssm / causal_conv1d ms | ours / theirs | "
-           "floor ms | ours / floor |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| B×L | kernel (one 1.4B layer) | ours ms | mamba_ssm / causal_conv1d ms | ours / theirs | floor ms | "
+           "ours / floor |", "|---|---|---|---|---|---|---|"]
     for k in krows:
         o, t, fl = k.get("ours_ms"), k.get("mamba_ms"), k["floor_ms"]
-        out.append(f"| {k['B']}×{k['L']} | {k['kernel']} | {_f(o, '{:.3f}')} | {_f(k.get('ours_plain_exp2_ms'), '{:.3f}')} "
-                   f"| {_f(t, '{:.3f}')} | {_f(o / t if o and t else None, '{:.2f}×')} | {fl:.3f} | "
-                   f"{_f(o / fl if o else None, '{:.1f}×')} |")
+        out.append(f"| {k['B']}×{k['L']} | {k['kernel']} | {_f(o, '{:.3f}')} | {_f(t, '{:.3f}')} | "
+                   f"{_f(o / t if o and t else None, '{:.2f}×')} | {fl:.3f} | {_f(o / fl if o else None, '{:.1f}×')} |")
     return "\n".join(out)
 
 

@@ -26,12 +26,10 @@ import triton
 import triton.language as tl
 
 from . import _alloc
-from ._triton_math import exp2, fast_exp2
 from .impact_score import last_real_index
-from .selective_scan_triton import _channel_vector, _delta_act
+from .selective_scan_triton import _channel_vector, _delta_act, log2e_transposed
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e)
-_LOG2E = tl.constexpr(LOG2E)  # the same, readable inside kernels
 
 
 @triton.jit
@@ -74,20 +72,19 @@ def _delta_chunk_sums_kernel(
 
 @triton.jit
 def _last_kernel(
-    u_ptr, delta_ptr, bias_ptr, a_ptr, b_ptr, c_ptr, tlast_ptr, mask_ptr, sums_ptr, part_ptr, L, D,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_sb, s_sc,
+    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, c_ptr, tlast_ptr, mask_ptr, sums_ptr, part_ptr, L, D,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_sb, s_sc,
     s_pb, s_pd, CHUNK_TILES,
     N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_CARRY: tl.constexpr, SIGNED: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |Δy_T(t)[d]| for the tokens of one chunk.
 
     Tiles are aligned to the end of the sequence and rows run backwards in time (row i of tile j is token
     L-1-(j·BLOCK_T+i)), so a forward tl.cumsum over rows is the reverse cumsum over time. The sum over the
     N states is unrolled: every term is a [BLOCK_T, BLOCK_D] tile, so no cross-lane reduction is needed.
-    C_T is read here from C (T = L-1, or tlast[b] with a mask) and A·log2 e formed here from A, so the launch
-    needs no helper tensors; with HAS_CARRY the chunk's starting R is the sum of the per-chunk delta sums of
+    C_T is read here from C (T = L-1, or tlast[b] with a mask); A comes as A·log2 e transposed, [N, D] (rows
+    load coalesced; a model's cached A carries it, see `log2e_transposed`); with HAS_CARRY the chunk's starting R is the sum of the per-chunk delta sums of
     the chunks after it (sums[b, c', :] for c' < pid_c, chunks counted from the end).
     """
     pid_b, pid_d, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -123,10 +120,10 @@ def _last_kernel(
         carry += tl.sum(dt, axis=0)
         reach = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         for n in tl.static_range(N):
-            a_n = tl.load(a_ptr + offs_d * s_ad + n * s_an, mask=d_ok, other=0.0).to(tl.float32) * _LOG2E
+            a_n = tl.load(a2t_ptr + n * D + offs_d, mask=d_ok, other=0.0)  # A[:, n]·log2(e), a contiguous row
             w_n = tl.load(b_ptr + base_b * s_bb + offs_t * s_bl + n * s_bn, mask=t_ok, other=0.0).to(tl.float32)
             w_n = w_n * tl.load(c_row + n * s_cn).to(tl.float32)  # B_t[n]·C_T[n]
-            reach += w_n[:, None] * exp2(a_n[None, :] * R, FAST_EXP)  # exponents ≤ 0
+            reach += w_n[:, None] * tl.exp2(a_n[None, :] * R)  # exponents ≤ 0
         ut = tl.load(u_ptr + base_b * s_ub + offs_t[:, None] * s_ul + offs_d[None, :] * s_ud,
                      mask=dmask, other=0.0).to(tl.float32)
         dy = ut * dt * reach
@@ -140,10 +137,10 @@ def _last_kernel(
 
 @triton.jit
 def _global_kernel(
-    u_ptr, delta_ptr, bias_ptr, a_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
-    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_ad, s_an, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
+    u_ptr, delta_ptr, bias_ptr, a2t_ptr, b_ptr, c_ptr, mask_ptr, part_ptr, L, D, N,
+    s_ub, s_ul, s_ud, s_db, s_dl, s_dd, s_bb, s_bl, s_bn, s_cb, s_cl, s_cn, s_mb, s_ml, s_pb, s_pd,
     HAS_MASK: tl.constexpr, SIGNED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    FAST_EXP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """part[b, dblk, t] = max over the block's channels of |u_t δ_t Σ_n B_t[n] G_t[d,n]|, by the reverse scan
     G_t = C_t + exp(δ_{t+1} A) ⊙ G_{t+1} with G^T [BLOCK_N, BLOCK_D] in registers (channels along lanes,
@@ -153,8 +150,7 @@ def _global_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     d_ok, n_ok = offs_d < D, offs_n < N
     base_b = pid_b.to(tl.int64)
-    a2t = tl.load(a_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=n_ok[:, None] & d_ok[None, :],
-                  other=0.0).to(tl.float32) * _LOG2E  # A^T·log2 e [BLOCK_N, BLOCK_D]
+    a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
@@ -171,7 +167,7 @@ def _global_kernel(
             ct = tl.where(m, ct, 0.0)
             ok = ok & m
         dt = _step(dt, bias, ok, HAS_BIAS, SOFTPLUS)
-        G = ct[:, None] + exp2(a2t * d_next[None, :], FAST_EXP) * G
+        G = ct[:, None] + tl.exp2(a2t * d_next[None, :]) * G
         dy = ut * dt * tl.sum(G * bt[:, None], axis=0)
         if not SIGNED:
             dy = tl.abs(dy)
@@ -226,19 +222,19 @@ def impact_score_triton(
     cfg = {**default_config(criterion, bsz * triton.cdiv(D, 32), bool(delta_softplus), L), **(config or {})}
     block_d = cfg["block_d"]
     n_dblk = triton.cdiv(D, block_d)
+    a2t = log2e_transposed(A)  # [N, D]: exp(x) = exp2(x·log2 e)
     part = _alloc.empty(bsz, n_dblk, L, dtype=torch.float32, device=dev)
     # Absent optional tensors are passed as any tensor: the kernels do not read them (HAS_MASK, HAS_BIAS false).
     m = mask.to(torch.uint8) if mask is not None else part
     bias = delta_bias if delta_bias is not None else part
     common = dict(HAS_MASK=mask is not None, SIGNED=signed, HAS_BIAS=delta_bias is not None,
-                  SOFTPLUS=bool(delta_softplus), FAST_EXP=fast_exp2(), BLOCK_D=block_d, num_warps=cfg["num_warps"])
+                  SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, num_warps=cfg["num_warps"])
     if criterion == "last":
-        _launch_last(u, delta, bias, A, B, C, m, part, mask, cfg, common)
+        _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common)
     elif criterion == "global":
         _global_kernel[(bsz, n_dblk)](
-            u, delta, bias, A, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
-            *C.stride(), *_mask_strides(m, mask), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N),
-            **common,
+            u, delta, bias, a2t, B, C, m, part, L, D, N, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+            *_mask_strides(m, mask), part.stride(0), part.stride(1), BLOCK_N=triton.next_power_of_2(N), **common,
         )
     else:
         raise ValueError(f"no Triton kernel for criterion {criterion!r}")
@@ -250,9 +246,9 @@ def _mask_strides(m, mask) -> tuple[int, int]:
     return (m.stride(0), m.stride(1)) if mask is not None else (0, 0)
 
 
-def _launch_last(u, delta, bias, A, B, C, m, part, mask, cfg, common):
+def _launch_last(u, delta, bias, a2t, B, C, m, part, mask, cfg, common):
     bsz, L, D = u.shape
-    N = A.shape[1]
+    N = a2t.shape[0]
     block_t = cfg["block_t"]
     n_tiles = triton.cdiv(L, block_t)
     chunks = max(1, min(cfg.get("chunks", 1), n_tiles))
@@ -270,7 +266,7 @@ def _launch_last(u, delta, bias, A, B, C, m, part, mask, cfg, common):
             SOFTPLUS=common["SOFTPLUS"], BLOCK_T=block_t, BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
         )
     _last_kernel[(bsz, n_dblk, chunks)](
-        u, delta, bias, A, B, C, tlast, m, sums, part, L, D, *u.stride(), *delta.stride(), *A.stride(), *B.stride(),
+        u, delta, bias, a2t, B, C, tlast, m, sums, part, L, D, *u.stride(), *delta.stride(), *B.stride(),
         *C.stride(), *_mask_strides(m, mask), sums.stride(0), sums.stride(1), part.stride(0), part.stride(1),
         chunk_tiles, N=N, HAS_CARRY=chunks > 1, BLOCK_T=block_t, **common,
     )

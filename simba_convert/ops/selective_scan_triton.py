@@ -29,7 +29,6 @@ import triton.language as tl
 
 from ..errors import ConfigError
 from . import _alloc
-from ._triton_math import fast_exp2
 from .backend import needs_grad
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
@@ -429,7 +428,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         u, delta, zz, B, C, a_arg, *inputs, hend, dsum, L, dm, N, n_chunks, seg_len, n_seg,
         *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    flags.update(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N), SPLIT=split, READOUT=True, FAST_EXP=fast_exp2())
+    flags.update(STAGES=cfg.fwd_stages, EVEN_N=N == _np(N), SPLIT=split, READOUT=True)
     if split:  # pass 1: summaries of segments 0 .. S-2 (no readout, from a zero state)
         summary_flags = dict(flags, HAS_D=False, HAS_Z=False, HAS_H0=False, STORE_LAST=False, READOUT=False)
         kernel[(n_blk, bsz, n_seg - 1)](*args, **summary_flags)

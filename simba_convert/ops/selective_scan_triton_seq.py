@@ -19,7 +19,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_math import exp2
 from .selective_scan_triton import _channel_vector, _delta_act
 
 
@@ -66,7 +65,6 @@ def _scan_fwd_seq_kernel(
     HAS_H0: tl.constexpr, STORE_LAST: tl.constexpr, SAVE_CHK: tl.constexpr,
     SPLIT: tl.constexpr, READOUT: tl.constexpr,
     T: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, STAGES: tl.constexpr, EVEN_N: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     """The forward one step per iteration; outputs as `_scan_fwd_kernel`, but A comes as A·log2 e [N, D].
 
@@ -117,7 +115,7 @@ def _scan_fwd_seq_kernel(
             for s in range(0, pid_s):
                 sdelta = tl.load(dsum_ptr + (summary + s) * Dm + dd, mask=d_ok, other=0.0)
                 h_end = tl.load(hend_ptr + (summary + s) * Dm * N + nd_off, mask=nd_mask, other=0.0)
-                h = exp2(sdelta[None, :] * A2, FAST_EXP) * h + h_end
+                h = tl.exp2(sdelta[None, :] * A2) * h + h_end
         else:
             dsum = tl.zeros([BD], tl.float32)
     else:
@@ -157,7 +155,7 @@ def _scan_fwd_seq_kernel(
             if t % T == 0:  # the state entering chunk t // T, where `_scan_bwd_kernel` expects it
                 tl.store(chk_ptr + (pid_b * n_chunks + t // T) * Dm * N + nd_off, h, mask=nd_mask)
         delta, _ = _delta_act(raw + bias, SOFTPLUS)
-        h = exp2(delta[None, :] * A2, FAST_EXP) * h + bt[:, None] * (delta * u)[None, :]
+        h = tl.exp2(delta[None, :] * A2) * h + bt[:, None] * (delta * u)[None, :]
         if READOUT:
             y = tl.sum(h * ct[:, None], axis=0) + dskip * u
             if HAS_Z:
