@@ -1,4 +1,4 @@
-"""simba-convert: token-pruned (Simba) Mamba-1 models from dense checkpoints.
+"""simba-convert: token-pruned (Simba) Mamba models (Mamba-1, FalconMamba, Mamba-2) from dense checkpoints.
 
 `import simba_convert` is light (no torch); the API below is imported on first use.
 """

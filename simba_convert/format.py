@@ -3,7 +3,7 @@
 This module is its only reader and writer. Format 2 (written now) stores the pruning spec once, at the top
 level, and the provenance of the conversion apart:
 
-    {"format_version": 2,
+    {"format_version": 2, "architecture": "mamba1",
      "keep_ratios": [...], "criterion": "last", "protect": 64, "signed": false, "floor": 0.05,
      "budget": 0.6, "schedule": "calibrated", "achieved_flops_ratio": ..., "backbone_flops_ratio": ...,
      "flops_reference": {"seq_len": 512},
@@ -11,6 +11,10 @@ level, and the provenance of the conversion apart:
      "provenance": {"tool_version": "0.1.0", "git_commit": null, "calibration_fingerprint": "…",
                     "seed": 0, "torch_version": "2.x"},
      "finetune": {...}}                      (only when a fine-tune ran)
+
+`architecture` ("mamba1" | "mamba2" | "falcon_mamba", `simba_convert.arch`) names the model the spec was calibrated
+for; the loader refuses a section whose architecture differs from the one config.json describes. Sections written
+before it was recorded (and format 0 and 1, all Mamba-1) read as None: not recorded, config.json alone decides.
 
 Older layouts are read and converted (`from_dict`): format 1 (the spec twice, under "spec" and at the top
 level; the "spec" copy is the one the loader always used) and the unversioned bare spec ({"keep_ratios": …}
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
+from .arch import ARCHITECTURES
 from .errors import CheckpointError, SimbaError
 from .pruning.spec import PruningSpec
 
@@ -126,6 +131,7 @@ class SimbaSection:
     flops_seq_len: int | None = None  # the L the FLOPs ratios are measured at (with the spec's protect)
     calibration: Calibration = Calibration()
     finetune: Finetune | None = None
+    architecture: str | None = None  # of the model it was made for; None: not recorded
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -137,10 +143,13 @@ class SimbaSection:
             _typed(getattr(self, name), _NUM, name)
         _typed(self.schedule, (str,), "schedule")
         _typed(self.flops_seq_len, (int,), "flops_reference.seq_len")
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            _fail(f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
 
     def to_dict(self) -> dict:
         spec = self.spec.to_dict()
-        d = {"format_version": self.format_version, **{k: spec[k] for k in _SPEC_KEYS},
+        arch = {} if self.architecture is None else {"architecture": self.architecture}
+        d = {"format_version": self.format_version, **arch, **{k: spec[k] for k in _SPEC_KEYS},
              "budget": self.budget, "schedule": self.schedule,
              "achieved_flops_ratio": self.achieved_flops_ratio, "backbone_flops_ratio": self.backbone_flops_ratio,
              "flops_reference": {"seq_len": self.flops_seq_len},
@@ -181,7 +190,7 @@ def _spec(d: dict, seed) -> PruningSpec:
 
 
 def _from_v2(d: dict) -> SimbaSection:
-    _check_keys(d, {"format_version", *_SPEC_KEYS, "budget", "schedule", "achieved_flops_ratio",
+    _check_keys(d, {"format_version", "architecture", *_SPEC_KEYS, "budget", "schedule", "achieved_flops_ratio",
                     "backbone_flops_ratio", "flops_reference", "calibration", "provenance", "finetune"}, "the section")
     prov = Provenance(**_check_keys(d.get("provenance", {}), {f.name for f in fields(Provenance)}, "provenance"))
     cal = Calibration(**_check_keys(d.get("calibration", {}), {f.name for f in fields(Calibration)}, "calibration"))
@@ -194,7 +203,8 @@ def _from_v2(d: dict) -> SimbaSection:
             _fail(f"finetune lacks {', '.join(missing)}")
         ft = Finetune(**ft)
     return SimbaSection(_spec(d, prov.seed), prov, d.get("budget"), d.get("schedule"), d.get("achieved_flops_ratio"),
-                        d.get("backbone_flops_ratio"), ref.get("seq_len"), cal, ft)
+                        d.get("backbone_flops_ratio"), ref.get("seq_len"), cal, ft,
+                        _typed(d.get("architecture"), (str,), "architecture"))
 
 
 def _from_v1(d: dict) -> SimbaSection:

@@ -153,12 +153,12 @@ def _bad_pickle(d):
 
 def _bad_llama(d):
     save_bin(random_model(), d / "m", config={"model_type": "llama", "hidden_size": 24, "num_hidden_layers": 2})
-    return d / "m", "found model_type='llama'.*only Mamba-1.*supported"
+    return d / "m", "found model_type 'llama', not a Mamba model; supported: Mamba-1"
 
 
 def _bad_not_a_config(d):
     save_bin(random_model(), d / "m", config={"name": "something", "layers": 2})
-    return d / "m", "is not a Mamba config.*supported"
+    return d / "m", "not a Mamba config.*supported"
 
 
 def _bad_json_list(d):
@@ -166,16 +166,21 @@ def _bad_json_list(d):
     return d / "m", "holds a JSON list, not a model config"
 
 
+# Mamba-2 configs over Mamba-1 tensors: read as Mamba-2 (6 heads of 8), whose A is one number per head
+_MAMBA1_A_LOG = r"'backbone.layers.0.mixer.A_log' has shape \(48, 5\) but the config implies \(6,\)"
+
+
 def _bad_mamba2_ssm(d):
     cfg = CFG.to_mamba_ssm()
-    cfg["ssm_cfg"]["layer"] = "Mamba2"
+    cfg["ssm_cfg"] = {"layer": "Mamba2", "d_state": 5, "d_conv": 3, "headdim": 8}
     save_bin(random_model(), d / "m", config=cfg)
-    return d / "m", "Mamba2 checkpoint.*only Mamba-1"
+    return d / "m", _MAMBA1_A_LOG
 
 
 def _bad_mamba2_hf(d):
-    save_bin(random_model(), d / "m", config={"model_type": "mamba2", "hidden_size": 24, "num_hidden_layers": 2})
-    return d / "m", "model_type='mamba2'.*only Mamba-1"
+    save_bin(random_model(), d / "m", config={"model_type": "mamba2", "hidden_size": 24, "num_hidden_layers": 2,
+                                              "vocab_size": 64, "head_dim": 8, "n_groups": 1, "state_size": 5})
+    return d / "m", _MAMBA1_A_LOG
 
 
 def _bad_corrupt_json(d):

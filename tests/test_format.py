@@ -248,4 +248,22 @@ def test_a_conversion_writes_format_2_with_its_provenance(tmp_path):
     assert s.provenance.git_commit == fmt.git_commit() and s.provenance.torch_version == torch.__version__
     assert len(s.provenance.calibration_fingerprint) == 16 and s.calibration.source == str(tmp_path / "calib.txt")
     assert s.spec.protect == 8 and s.flops_seq_len == 64 and s.budget == 0.7 and s.finetune is None
+    assert s.architecture == stored["architecture"] == "mamba1"
     assert simba_convert.load(tmp_path / "out").spec == s.spec
+
+
+def test_the_architecture_is_recorded_and_checked(tmp_path):
+    s = section(architecture="mamba2")
+    d = s.to_dict()
+    assert d["architecture"] == "mamba2" and SimbaSection.from_dict(d) == s
+    assert "architecture" not in section().to_dict()  # not recorded (sections of older tools): None
+    with pytest.raises(CheckpointError, match="architecture 'mamba3' is not one of mamba1, mamba2, falcon_mamba"):
+        SimbaSection.from_dict({**d, "architecture": "mamba3"})
+    # config.json describes a Mamba-1 model: a section made for another architecture is refused before the weights
+    ok = _save(tmp_path / "ok", section(architecture="mamba1").to_dict())
+    assert simba_convert.load(ok).spec == section().spec
+    bad = _save(tmp_path / "bad", s.to_dict())
+    with pytest.raises(CheckpointError, match="'simba' section was written for a mamba2 model, but the config "
+                                              "describes a mamba1 model") as e:
+        simba_convert.load(bad)
+    one_line(e)

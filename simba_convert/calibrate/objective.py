@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.impact_score import impact_score
 from ..pruning.model import PrunedMambaLM
 from ..pruning.spec import PruningSpec
 
@@ -86,8 +85,7 @@ def score_profile(dense, windows: torch.Tensor, criterion: str, *, batch_size: i
             h, residual = layer.add_norm(hidden, residual)
             hidden, it = layer.mixer(h, return_internals=True)
             gen = torch.Generator(device=ids.device).manual_seed(i)
-            args, fused = it.score_inputs()
-            s = impact_score(*args, criterion=criterion, y=hidden, generator=gen, **fused)
+            s = it.score(criterion=criterion, y=hidden, generator=gen)
             s = s.clamp_min(0).double()
             k = max(1, math.ceil(quantile * s.shape[1]))
             top = torch.topk(s, k, dim=1).values.sum(1)

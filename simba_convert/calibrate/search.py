@@ -4,7 +4,8 @@
 2. Evaluate a small grid of the `shaped` family (dense prefix × curvature), each solved to the budget.
 3. Refine per layer from the best: move δ of keep ratio between two layers, re-solve the budget by
    scaling every layer's pruned fraction, keep the move if the KL falls; δ shrinks over rounds.
-The move order comes from `seed`, so the same seed gives the same ratios.
+The move order comes from `seed`, so the same seed gives the same ratios. `cfg` is any architecture's config:
+budgets are met against its FLOPs model (pruning/flops.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ConfigError
-from ..model.config import MambaConfig
 from ..pruning import schedules
 from ..pruning.flops import flops_report
 from ..pruning.spec import DEFAULT_FLOOR
@@ -69,7 +69,7 @@ def shift(ratios, i: int, j: int, delta: float, floor: float) -> tuple[float, ..
     return tuple(r)
 
 
-def rebalance(ratios, cfg: MambaConfig, budget: float, L: int, protect: int, criterion: str, floor: float):
+def rebalance(ratios, cfg, budget: float, L: int, protect: int, criterion: str, floor: float):
     """Scale every layer's pruned fraction (1 - r) by one factor so the budget is met; None if it cannot be."""
     base = tuple(ratios)
     top = max(base[1:], default=1.0)
@@ -85,7 +85,7 @@ def rebalance(ratios, cfg: MambaConfig, budget: float, L: int, protect: int, cri
 
 def calibrate(
     evaluate: Callable,
-    cfg: MambaConfig,
+    cfg,
     budget: float,
     L: int,
     protect: int,

@@ -24,6 +24,12 @@ def info_command(src, as_json, offline):
 
 def checkpoint_summary(src, offline: bool = False) -> dict:
     """The facts `info` prints, as a JSON-ready dict."""
+    return _summary(src, offline)[0]
+
+
+def _summary(src, offline: bool) -> tuple[dict, str]:
+    """(checkpoint_summary's dict, the one-line description of the architecture)."""
+    from ..arch import family
     from ..io.layout import TOKENIZER_FILES, inspect_checkpoint, parameter_count
     from ..io.resolve import resolve
 
@@ -35,6 +41,7 @@ def checkpoint_summary(src, offline: bool = False) -> dict:
 
         dtypes = stored_dtypes(info)
     cfg = info.config
+    fam = family(cfg)
     return {
         "source": str(src),
         "path": str(r.path),
@@ -42,26 +49,21 @@ def checkpoint_summary(src, offline: bool = False) -> dict:
         "repo_id": r.repo_id,
         "layout": info.layout,
         "weights": {"format": info.weight_format, "files": [f.name for f in info.weight_files]},
-        "architecture": "mamba1",
-        "config": cfg.to_dict() | {"d_inner": cfg.d_inner, "padded_vocab_size": cfg.padded_vocab_size},
+        "architecture": info.architecture,
+        "config": fam.summary(cfg),
         "parameters": parameter_count(cfg),
         "dtypes": dtypes,
         "tokenizer": [f for f in TOKENIZER_FILES if (info.path / f).is_file()],
         "sparsified": info.sparsified,
         "simba": None if info.section is None else info.section.to_dict(),  # older layouts shown converted
-    }
+    }, fam.describe(cfg)
 
 
-def _text(s: dict) -> str:
+def _text(s: dict, arch: str) -> str:
     c = s["config"]
     where = f"{s['path']}" + (f" (Hub {s['repo_id']})" if s["repo_id"] else f" ({s['kind']})")
     files = s["weights"]["files"]
     weights = files[0] if len(files) == 1 else f"{len(files)} {s['weights']['format']} shards"
-    arch = (
-        f"Mamba-1, {c['n_layer']} layers, d_model {c['d_model']}, d_inner {c['d_inner']}, d_state {c['d_state']}, "
-        f"d_conv {c['d_conv']}, dt_rank {c['dt_rank']}, vocab {c['vocab_size']} (padded {c['padded_vocab_size']}), "
-        f"{'RMSNorm' if c['rms_norm'] else 'LayerNorm'}, {'tied' if c['tie_embeddings'] else 'untied'} head"
-    )
     dtypes = ", ".join(f"{k} ({v} tensors)" for k, v in sorted(s["dtypes"].items(), key=lambda kv: -kv[1]))
     tok = ", ".join(s["tokenizer"]) if s["tokenizer"] else _no_tokenizer(c["padded_vocab_size"])
     lines = [
@@ -87,7 +89,7 @@ def _no_tokenizer(vocab_rows: int) -> str:
 
 
 def run_info(src, as_json: bool, offline: bool) -> None:
-    s = checkpoint_summary(src, offline=offline)
+    s, description = _summary(src, offline)
     from .eval_cmd import strict_dumps
 
-    click.echo(strict_dumps(s, indent=2) if as_json else _text(s))
+    click.echo(strict_dumps(s, indent=2) if as_json else _text(s, description))

@@ -43,7 +43,8 @@ class LoRALinear(nn.Module):
 
 
 def attach(dense, rank: int, alpha: float, seed: int) -> list[tuple[nn.Module, str, LoRALinear]]:
-    """Wrap every mixer's in_proj and out_proj of `dense` (a MambaLM) in a LoRALinear; returns the adapters."""
+    """Wrap every mixer's in_proj and out_proj of `dense` (a MambaLM or Mamba2LM: both have them) in a LoRALinear;
+    returns the adapters."""
     g = torch.Generator().manual_seed(seed)
     adapters = []
     for layer in dense.backbone.layers:

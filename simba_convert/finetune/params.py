@@ -17,14 +17,16 @@ import torch
 from ..errors import ConfigError
 from . import lora
 
-# Norm weights (and LayerNorm biases), the delta path (x_proj, dt_proj) and the SSM's A_log and D.
+# Norm weights (and LayerNorm biases; Mamba-2's gated mixer.norm too), the delta path (Mamba-1: x_proj, dt_proj;
+# Mamba-2, whose dt comes out of in_proj: dt_bias) and the SSM's A_log and D.
 _NORMS_DT_XPROJ = re.compile(
-    r"(^|\.)(norm|norm_f)\.(weight|bias)$|\.mixer\.(x_proj|dt_proj)\.(weight|bias)$|\.mixer\.(A_log|D)$"
+    r"(^|\.)(norm|norm_f)\.(weight|bias)$|\.mixer\.(x_proj|dt_proj)\.(weight|bias)$|\.mixer\.(A_log|D|dt_bias)$"
 )
 
 
 def select(dense, which: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) of `dense` (a MambaLM) that `which` trains: "all" or "norms_dt_xproj" (LoRA adds its own)."""
+    """(name, parameter) of `dense` (a dense LM of any architecture) that `which` trains: "all" or "norms_dt_xproj"
+    (LoRA adds its own)."""
     named = list(dense.named_parameters())  # a tied lm_head appears once, under the embedding's name
     if which == "all":
         return named

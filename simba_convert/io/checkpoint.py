@@ -1,4 +1,5 @@
-"""Reading a checkpoint directory into a dense `MambaLM`, and writing one back (atomically).
+"""Reading a checkpoint directory into its architecture's dense LM (`MambaLM`, `Mamba2LM`: `arch.family`), and
+writing one back (atomically).
 
 Reading is strict: every tensor the config implies must be present with its exact shape, and nothing
 else may be; the only tolerated absence is a tied `lm_head.weight`. Tensors are read one at a time
@@ -17,12 +18,11 @@ from typing import Any, Iterator
 
 import torch
 
+from ..arch import family
 from ..errors import CheckpointError, ConfigError
-from ..model.config import MambaConfig
-from ..model.mamba import MambaLM
 from .atomic import atomic_directory, check_writable
 from .layout import (
-    CONFIG, LAYOUTS, SAFETENSORS, SAFETENSORS_INDEX, TOKENIZER_FILES, CheckpointInfo,
+    BIN, CONFIG, LAYOUTS, SAFETENSORS, SAFETENSORS_INDEX, TOKENIZER_FILES, CheckpointInfo,
     canonical_name, inspect_checkpoint, layout_name, safetensors_header,
 )
 
@@ -158,13 +158,14 @@ def resolve_dtype(dtype, stored: torch.dtype | None = None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_dense(info: CheckpointInfo | str | Path, *, device="cpu", dtype=None) -> MambaLM:
-    """Build the dense MambaLM of a checkpoint directory; dtype default float32 ("auto": as stored)."""
+def load_dense(info: CheckpointInfo | str | Path, *, device="cpu", dtype=None):
+    """Build the dense LM of a checkpoint directory (its architecture's: MambaLM, Mamba2LM); dtype default float32
+    ("auto": as stored)."""
     if not isinstance(info, CheckpointInfo):
         info = inspect_checkpoint(info)
     cfg = info.config
     with torch.device("meta"):
-        model = MambaLM(cfg)
+        model = family(cfg).model_class()(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with contextlib.ExitStack() as stack:
         reader = _Reader(info, stack)
@@ -222,7 +223,7 @@ def _check_tied(reader: _Reader, where: Path) -> None:
 
 
 # --- writing -------------------------------------------------------------------------------------
-def _config_dict(cfg: MambaConfig, layout: str, dtype: torch.dtype) -> dict:
+def _config_dict(cfg, layout: str, dtype: torch.dtype) -> dict:
     if layout == "hf":
         out = cfg.to_hf()
         out["dtype"] = str(dtype).removeprefix("torch.")  # transformers >= 4.56 reads "dtype", older "torch_dtype"
@@ -252,6 +253,22 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
     save_file(tensors, str(path), metadata={"format": "pt"})
     path.chmod(file_mode())  # safetensors >= 0.6 creates its files 0600
+
+
+def _write_sharded(dest: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
+    """model.safetensors, or shards of at most `max_shard_bytes` with model.safetensors.index.json."""
+    shards = _shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        _write_safetensors(dest / SAFETENSORS, shards[0])
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        _write_safetensors(dest / fname, shard)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dest / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _copy_tokenizer(src, dest: Path) -> None:
@@ -293,31 +310,33 @@ def write_checkpoint(
     tokenizer_dir=None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     dtype=None,
+    weight_format: str = "safetensors",
+    create: bool = False,
 ) -> None:
     """Write the checkpoint files of `model` into the existing directory `dest` (no atomicity: for a
     caller that stages its own output directory; otherwise use `save_checkpoint`). `dtype`: the stored
-    dtype (default: the model's)."""
+    dtype (default: the model's). `weight_format` "bin" writes one pytorch_model.bin with a tied head saved as
+    a second name of the embedding, as mamba_ssm does (for tests and tools; never sharded). `create`: make `dest`
+    (and its parents) if missing."""
+    if weight_format not in ("safetensors", "bin"):
+        raise ConfigError(f"unknown weight format {weight_format!r}; choose safetensors or bin", option="weight_format")
     model, config = _prepare(model, layout, extra_config, dtype)
     target = None if dtype is None else resolve_dtype(dtype)
     dest = Path(dest)
+    if create:
+        dest.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue
         t = t.detach().to("cpu")
         tensors[layout_name(name, layout)] = (t if target is None else t.to(target)).contiguous()
-    shards = _shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        _write_safetensors(dest / SAFETENSORS, shards[0])
+    if weight_format == "bin":
+        if model.config.tie_embeddings:
+            tensors["lm_head.weight"] = tensors[layout_name("backbone.embedding.weight", layout)]
+        torch.save(tensors, dest / BIN)
     else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _write_safetensors(dest / fname, shard)
-            weight_map.update({k: fname for k in shard})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (dest / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        _write_sharded(dest, tensors, max_shard_bytes)
     (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if tokenizer_dir is not None:
         _copy_tokenizer(tokenizer_dir, dest)
@@ -333,7 +352,8 @@ def save_checkpoint(
     force: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write `model` (a MambaLM, or a pruned model's dense weights) as safetensors + config.json in `layout`.
+    """Write `model` (a dense LM of any architecture, or a pruned model's dense weights) as safetensors + config.json
+    in `layout`.
 
     The tied lm_head.weight is omitted (as transformers does); tensors are saved in the model's dtype
     byte for byte; above `max_shard_bytes` the weights are sharded with `model.safetensors.index.json`.

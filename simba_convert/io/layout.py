@@ -1,11 +1,14 @@
-"""What is in a checkpoint directory: its layout, its config, its weight files, the tensors it must hold.
+"""What is in a checkpoint directory: its architecture, layout, config, weight files and the tensors it must hold.
 
 Everything here is torch-free (JSON and safetensors headers only), so `simba-convert info` and the
 early checks of a run stay cheap. Reading and writing tensors is in `checkpoint.py`.
 
-Two layouts hold the same Mamba-1 tensors (CHECKPOINTS.md §1.3, §2.2):
-- `mamba_ssm`: config.json with d_model/n_layer/ssm_cfg/...; weights usually `pytorch_model.bin`.
-- `hf` (transformers): config.json with model_type "mamba" or "falcon_mamba"; `model.safetensors` (maybe
+The architecture comes from config.json (`arch.detect_architecture`); its config, tensor names and shapes from
+its family (`arch.family`: arch/mamba1/ for Mamba-1 and FalconMamba, arch/mamba2/ for Mamba-2). Every family has
+the same two layouts (CHECKPOINTS.md §1.3, §2.2):
+- `mamba_ssm`: config.json with d_model/n_layer/ssm_cfg/... (ssm_cfg.layer "Mamba2" for Mamba-2); weights usually
+  `pytorch_model.bin`.
+- `hf` (transformers): config.json with model_type "mamba", "falcon_mamba" or "mamba2"; `model.safetensors` (maybe
   sharded with `model.safetensors.index.json`) or `pytorch_model.bin`. The embedding is named
   `backbone.embeddings.weight` instead of `backbone.embedding.weight`; all other names are equal.
   FalconMamba's B/C/dt norms have no weights (transformers keeps only non-persistent buffers of ones), so
@@ -16,14 +19,13 @@ A sparsified (Simba) checkpoint is either layout with a `simba` section in confi
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, SimbaError
-from ..model.config import MambaConfig
+from ..arch import SUPPORTED, detect_architecture, family
+from ..errors import CheckpointError
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -35,10 +37,6 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
 LAYOUTS = ("mamba_ssm", "hf")
-SUPPORTED = (
-    "supported: Mamba-1 checkpoints in the mamba_ssm layout (state-spaces/mamba-*) "
-    "or the transformers layout (model_type 'mamba' or 'falcon_mamba')"
-)
 WEIGHT_FILES = f"{SAFETENSORS}, {SAFETENSORS_INDEX} + shards, {BIN} or {BIN_INDEX} + shards"
 
 # The canonical (our and mamba_ssm's) tensor names differ from transformers' in this one place.
@@ -75,23 +73,16 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def parse_config(raw: Any, where: Path) -> tuple[str, MambaConfig]:
-    """config.json contents -> (layout, MambaConfig); a one-line CheckpointError for anything else."""
+def parse_config(raw: Any, where: Path) -> tuple[str, Any]:
+    """config.json contents -> (layout, config of its architecture); a one-line CheckpointError for anything else
+    (another model type, a hybrid, a malformed config)."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where} holds a JSON {type(raw).__name__}, not a model config; {SUPPORTED}")
     try:
-        if "model_type" in raw:
-            return "hf", MambaConfig.from_hf(raw)
-        if "d_model" in raw and "n_layer" in raw:
-            return "mamba_ssm", MambaConfig.from_mamba_ssm(raw)
-    except SimbaError as e:
-        tail = "" if "supported" in str(e) else f"; {SUPPORTED}"
-        raise CheckpointError(f"{where}: {e}{tail}") from None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where} has a malformed Mamba config ({e}); {SUPPORTED}") from None
-    raise CheckpointError(
-        f"{where} is not a Mamba config (no model_type, no d_model/n_layer); {SUPPORTED}"
-    )
+        arch = detect_architecture(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    return family(arch).parse_config(raw, where)
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -125,10 +116,15 @@ class CheckpointInfo:
 
     path: Path
     layout: str  # "mamba_ssm" | "hf"
-    config: MambaConfig
+    config: Any  # of the architecture's family: MambaConfig (Mamba-1, FalconMamba) or Mamba2Config
     raw_config: dict
     weight_format: str  # "safetensors" | "bin"
     weight_files: tuple[Path, ...]
+
+    @property
+    def architecture(self) -> str:
+        """"mamba1" | "mamba2" | "falcon_mamba" (`simba_convert.arch`)."""
+        return self.config.architecture
 
     @property
     def simba(self) -> dict | None:
@@ -202,42 +198,12 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(path, layout, cfg, raw, fmt, files)
 
 
-def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
-    """The canonical tensor names and shapes a checkpoint of `cfg` holds (lm_head.weight included)."""
-    d, D, N, R, K, V = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv, cfg.padded_vocab_size
-    shapes: dict[str, tuple[int, ...]] = {"backbone.embedding.weight": (V, d)}
-
-    def norm(prefix: str):
-        shapes[f"{prefix}.weight"] = (d,)
-        if not cfg.rms_norm:
-            shapes[f"{prefix}.bias"] = (d,)
-
-    for i in range(cfg.n_layer):
-        p = f"backbone.layers.{i}"
-        norm(f"{p}.norm")
-        m = f"{p}.mixer"
-        shapes[f"{m}.A_log"] = (D, N)
-        shapes[f"{m}.D"] = (D,)
-        shapes[f"{m}.in_proj.weight"] = (2 * D, d)
-        if cfg.bias:
-            shapes[f"{m}.in_proj.bias"] = (2 * D,)
-        shapes[f"{m}.conv1d.weight"] = (D, 1, K)
-        if cfg.conv_bias:
-            shapes[f"{m}.conv1d.bias"] = (D,)
-        shapes[f"{m}.x_proj.weight"] = (R + 2 * N, D)
-        shapes[f"{m}.dt_proj.weight"] = (D, R)
-        shapes[f"{m}.dt_proj.bias"] = (D,)
-        shapes[f"{m}.out_proj.weight"] = (d, D)
-        if cfg.bias:
-            shapes[f"{m}.out_proj.bias"] = (d,)
-    norm("backbone.norm_f")
-    shapes["lm_head.weight"] = (V, d)
-    return shapes
+def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """The canonical tensor names and shapes a checkpoint of `cfg` (any architecture's config) holds, lm_head.weight
+    included."""
+    return family(cfg).expected_shapes(cfg)
 
 
-def parameter_count(cfg: MambaConfig) -> int:
-    """Number of parameters, counting a tied LM head once."""
-    shapes = expected_shapes(cfg)
-    if cfg.tie_embeddings:
-        del shapes["lm_head.weight"]
-    return sum(math.prod(s) for s in shapes.values())
+def parameter_count(cfg) -> int:
+    """Number of parameters of a model of `cfg` (any architecture's config), counting a tied LM head once."""
+    return family(cfg).parameter_count(cfg)

@@ -1,4 +1,5 @@
-"""`simba_convert.load(src)`: any accepted `--in` form -> a ready model (dense, or pruned if sparsified)."""
+"""`simba_convert.load(src)`: any accepted `--in` form -> a ready model (dense, or pruned if sparsified), of the
+architecture its config.json names (`simba_convert.arch`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class LoadInfo:
     repo_id: str | None
     sparsified: bool
     weight_format: str
+    architecture: str  # "mamba1" | "mamba2" | "falcon_mamba"
 
 
 def _device(device):
@@ -50,6 +52,9 @@ def _build(r, info, device, dtype, apply_simba):
     from .checkpoint import load_dense
 
     section = info.section if apply_simba else None  # before the weights: a bad section fails fast
+    if section is not None and section.architecture not in (None, info.architecture):
+        raise CheckpointError(f"{info.path}/config.json: its 'simba' section was written for a {section.architecture} "
+                              f"model, but the config describes a {info.architecture} model")
     model = load_dense(info, device=_device(device), dtype=dtype)
     if section is not None:
         from ..pruning.model import from_simba_config
@@ -59,15 +64,17 @@ def _build(r, info, device, dtype, apply_simba):
         # ValueError: e.g. keep ratios for another number of layers (pruning/model.py)
         except (SimbaError, ValueError) as e:
             raise CheckpointError(f"{info.path}/config.json: invalid 'simba' section ({e})") from None
-    return model, LoadInfo(r.path, r.kind, info.layout, r.repo_id, info.sparsified, info.weight_format)
+    return model, LoadInfo(r.path, r.kind, info.layout, r.repo_id, info.sparsified, info.weight_format,
+                           info.architecture)
 
 
 def load(src, *, device=None, dtype=None, offline: bool = False, cache_dir=None, apply_simba: bool = True):
-    """Load a Mamba-1 checkpoint: a directory, a short name (mamba-tiny, mamba-1.4b, ...) or a Hub id.
+    """Load a Mamba checkpoint: a directory, a short name (mamba-tiny, mamba-1.4b, ...) or a Hub id.
 
     dtype: None (float32), "auto" (as stored), "float32", "bfloat16", "float16" or a torch dtype.
     device: None (cpu), "auto", or anything torch.device accepts. A sparsified checkpoint (config.json
-    with a `simba` section) comes back as a PrunedMambaLM unless apply_simba=False; otherwise a MambaLM.
+    with a `simba` section) comes back as a PrunedMambaLM unless apply_simba=False; otherwise the dense LM of
+    its architecture: a MambaLM (Mamba-1, FalconMamba) or a Mamba2LM.
     """
     r = resolve(src, offline=offline, cache_dir=cache_dir)
     model, _ = _build(r, inspect_checkpoint(r.path), device, dtype, apply_simba)

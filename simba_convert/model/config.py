@@ -55,6 +55,11 @@ class MambaConfig:
         object.__setattr__(self, "mixer_rms_eps", float(eps))
 
     @property
+    def architecture(self) -> str:
+        """The name `simba_convert.arch` knows this model by: "falcon_mamba" with the B/C/dt norms, else "mamba1"."""
+        return "falcon_mamba" if self.bcdt_rms else "mamba1"
+
+    @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
 

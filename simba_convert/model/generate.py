@@ -38,8 +38,9 @@ def generate(
 ) -> torch.Tensor:
     """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos).
 
-    cuda_graph (default: when the model is on CUDA) replays the decoding step as a CUDA graph captured once
-    per batch size and kept on the model (`cuda_graph.GraphedStep`); the tokens are the same either way.
+    cuda_graph (default: when the model is on CUDA and its dense LM does not set `graphed_step = False`) replays
+    the decoding step as a CUDA graph captured once per batch size and kept on the model (`cuda_graph.GraphedStep`);
+    the tokens are the same either way.
     """
     if max_new_tokens < 0:
         raise ShapeError("max_new_tokens must be >= 0")
@@ -50,8 +51,9 @@ def generate(
     if max_new_tokens == 0:
         return out
     logits, states = model.prefill(input_ids)
-    stepper = _graphed_step(model, states) if (model.device.type == "cuda" if cuda_graph is None else cuda_graph) \
-        else None
+    if cuda_graph is None:
+        cuda_graph = model.device.type == "cuda" and getattr(getattr(model, "dense", model), "graphed_step", True)
+    stepper = _graphed_step(model, states) if cuda_graph else None
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
         nxt = _sample(logits, temperature, top_k, top_p, gen) if do_sample else logits.argmax(-1)

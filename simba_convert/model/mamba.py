@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import BackendError
 from ..ops.backend import resolve_model
 from ..ops.conv1d import causal_conv1d, conv_state_from
+from ..ops.impact_score import impact_score
 from ..ops.rms_norm import add_rms_norm
 from ..ops.selective_scan import selective_scan, step_size
 from ..ops.step import conv_step, ssm_step
@@ -71,6 +72,14 @@ class MixerInternals:
     def score_inputs(self) -> tuple[tuple, dict]:
         """(args, kwargs) for `impact_score`: raw dt with the bias and softplus applied inside the score."""
         return (self.u, self.dt, self.A, self.Bm, self.Cm), dict(delta_bias=self.delta_bias, delta_softplus=True)
+
+    def score(self, *, criterion: str, signed: bool = False, mask=None, y=None, generator=None,
+              backend: str = "auto") -> torch.Tensor:
+        """The layer's token scores [B, L] fp32 by `criterion` (`ops.impact_score`); mask [B, L] (True = real), y the
+        mixer output [B, L, d] (read by `output`), generator (read by `random`)."""
+        args, fused = self.score_inputs()
+        return impact_score(*args, criterion=criterion, signed=signed, mask=mask, y=y, generator=generator,
+                            backend=backend, **fused)
 
 
 class MambaMixer(nn.Module):

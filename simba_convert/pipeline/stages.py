@@ -68,6 +68,7 @@ def load_stage(cfg: ConvertConfig) -> Loaded:
             f"{cfg.src} is already a sparsified checkpoint; convert the original dense checkpoint instead "
             "(evaluate or inspect this one)", option="src"
         )
+    check_export_architecture(cfg, info.architecture)
     # the resolved directory, so a Hub id is looked up once
     model, tok, _ = load_with_tokenizer(str(r.path), device=device, dtype=_dtype(cfg, device),
                                         offline=cfg.offline, tokenizer=cfg.tokenizer)
@@ -153,7 +154,8 @@ def simba_section(cfg: ConvertConfig, model: PrunedMambaLM, scored: Scored, resu
     prov = provenance(calibration_fingerprint=scored.fingerprint, seed=model.spec.seed,
                       torch_version=versions.get("torch"))
     return SimbaSection(
-        spec=model.spec, provenance=prov, budget=cfg.budget, schedule=cfg.schedule,
+        spec=model.spec, provenance=prov, architecture=model.config.architecture, budget=cfg.budget,
+        schedule=cfg.schedule,
         achieved_flops_ratio=rep.ratio, backbone_flops_ratio=rep.backbone_ratio, flops_seq_len=cfg.seq_len,
         calibration=Calibration(source=scored.source, samples=cfg.samples, seq_len=cfg.seq_len, kl=result.best.kl),
         finetune=ft,
@@ -240,6 +242,16 @@ def check_export(cfg: ConvertConfig) -> None:
     if cfg.criterion not in EXPORT_CRITERIA:
         raise ConfigError(f"criterion {cfg.criterion!r} cannot be exported to ONNX; use one of "
                           f"{', '.join(EXPORT_CRITERIA)}", option=("criterion", "onnx"))
+
+
+def check_export_architecture(cfg: ConvertConfig, architecture: str) -> None:
+    """Before the weights are read: the export (simba_convert/export/) can build this architecture's graph."""
+    from ..arch import LABELS, family
+    from ..errors import ConfigError
+
+    if cfg.onnx and not family(architecture).ONNX_EXPORT:
+        raise ConfigError(f"ONNX export of {LABELS[architecture]} is not supported yet; convert without it",
+                          option="onnx")
 
 
 def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path, section: SimbaSection | None = None) -> dict:

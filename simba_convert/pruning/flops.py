@@ -1,63 +1,46 @@
-"""Exact FLOPs of dense and token-pruned Mamba-1 forward passes (SIMBA.md §5, notes/CHECKPOINTS.md §5).
+"""Exact FLOPs of dense and token-pruned forward passes (SIMBA.md §5), for every architecture.
 
 Convention: one multiply-add = 2 FLOPs; every elementwise operation (add, multiply, exp, softplus, SiLU,
 rsqrt, max, abs) = 1 FLOP per element; the embedding lookup, gathers, top-k and sorting = 0 FLOPs (they
 move data). The LM head and final norm are counted on the positions whose predictions are needed
-(the P protected positions when pruning, all L when not given). Counts are per token per layer unless named.
+(the P protected positions when pruning, all L when not given).
+
+A layer's cost is a function of the number n of tokens it processes, given by its architecture
+(`arch.family(config)`, dispatched on the config's type):
+- Mamba-1 / FalconMamba (arch/mamba1/flops.py): n times a per-token cost (in_proj, conv, x_proj, dt_proj, the
+  selective scan's 9·D·N, gate, out_proj, ...; notes/CHECKPOINTS.md §5);
+- Mamba-2 (arch/mamba2/flops.py): the per-token projections, conv, gate and norm plus the SSD scan's chunked
+  cost, whose in-chunk part grows with the square of each chunk's length: n·(...) + (2·G·N + 3·H + 2·H·P)·S +
+  c·(2·H·P·N + H) with S = (n // T)·T² + (n % T)² and c = ceil(n / T) chunks of T = chunk_size (its docstring
+  lists every part).
+The impact score costs a fixed number of FLOPs per scored token (`score_flops`), the head a fixed number per
+predicted position (`head_flops`, the same for every architecture).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ShapeError
-from ..model.config import MambaConfig
+from ..arch import family
 from .spec import keep_counts
 
 
-def layer_parts(cfg: MambaConfig) -> dict[str, int]:
-    """FLOPs per token of one pre-norm Mamba block, by part."""
-    d, D, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
-    bias = 1 if cfg.bias else 0
-    return {
-        "residual_add": d,
-        "norm": 4 * d if cfg.rms_norm else 6 * d,  # square, mean, rsqrt-scale, weight (+ centre, bias)
-        "in_proj": 2 * d * 2 * D + bias * 2 * D,
-        "conv1d": 2 * D * K + (D if cfg.conv_bias else 0),
-        "silu_u": 4 * D,  # x·sigmoid(x): exp, add, divide, multiply
-        "x_proj": 2 * D * (R + 2 * N),
-        "dt_proj": 2 * R * D + D,  # matmul + bias
-        "softplus": 3 * D,  # exp, add, log
-        # discretise exp(δ·A) (2), δ·u·B (2), state update (2), C readout (2) + 1: the 9·D·N of mamba#110
-        "scan": 9 * D * N,
-        "skip_gate": 2 * D + 4 * D + D,  # D·u + add, SiLU(z), gate multiply
-        "out_proj": 2 * D * d + bias * d,
-    }
+def layer_parts(cfg, n: int = 1) -> dict[str, int]:
+    """FLOPs of one pre-norm block of `cfg`'s architecture over a sequence of n tokens, by part (n = 1: per token)."""
+    return family(cfg).layer_parts(cfg, n)
 
 
-def layer_flops(cfg: MambaConfig) -> int:
-    return sum(layer_parts(cfg).values())
+def layer_flops(cfg, n: int = 1) -> int:
+    """FLOPs of one block over a sequence of n tokens (n = 1: the cost of a one-token sequence)."""
+    return sum(layer_parts(cfg, n).values())
 
 
-def score_flops(cfg: MambaConfig, criterion: str) -> int:
-    """FLOPs per scored token of the impact score (SIMBA.md §3)."""
-    D, N, d = cfg.d_inner, cfg.d_state, cfg.d_model
-    if criterion == "last":
-        # reverse cumsum of δ (1), u·δ (1), per (d,n): A·R, exp, ×(C_T·B_t), add (4); C_T·B_t (2N); |·| and max (2)
-        return 2 * D + 4 * D * N + 2 * N + 2 * D
-    if criterion == "global":
-        # per (d,n): exp(δA) (2), G update (2), B·G (2); u·δ (1), |·| and max (2)
-        return 6 * D * N + 3 * D
-    if criterion == "delta":
-        return 2 * D + 1  # squares summed, sqrt
-    if criterion == "output":
-        return 2 * d  # clamp and sum
-    if criterion == "random":
-        return 0
-    raise ShapeError(f"unknown criterion {criterion!r}")
+def score_flops(cfg, criterion: str) -> int:
+    """FLOPs per scored token of the architecture's impact score (SIMBA.md §3)."""
+    return family(cfg).score_flops(cfg, criterion)
 
 
-def head_flops(cfg: MambaConfig) -> int:
+def head_flops(cfg) -> int:
     """FLOPs per predicted position: final residual add, final norm and the LM head matmul."""
     d = cfg.d_model
     return d + (4 * d if cfg.rms_norm else 6 * d) + 2 * d * cfg.padded_vocab_size
@@ -84,11 +67,12 @@ class FlopsReport:
 
     @property
     def backbone_ratio(self) -> float:
-        """Sparse/dense FLOPs of the blocks alone (no head, no scoring): mean(k_l)/L."""
+        """Sparse/dense FLOPs of the blocks alone (no head, no scoring): mean(k_l)/L for Mamba-1, a little less for
+        Mamba-2 (its in-chunk work grows faster than the token count)."""
         return self.sparse_backbone / self.dense_backbone
 
-    def per_layer(self, cfg: MambaConfig) -> list[int]:
-        return [k * layer_flops(cfg) for k in self.tokens_per_layer]
+    def per_layer(self, cfg) -> list[int]:
+        return [layer_flops(cfg, k) for k in self.tokens_per_layer]
 
     def to_dict(self) -> dict:
         return {
@@ -101,7 +85,7 @@ class FlopsReport:
         }
 
 
-def flops_report(cfg: MambaConfig, keep_ratios, L: int, protect: int, criterion: str = "last") -> FlopsReport:
+def flops_report(cfg, keep_ratios, L: int, protect: int, criterion: str = "last") -> FlopsReport:
     """FLOPs of the pruned model with `keep_ratios` against the dense model on one sequence of L tokens.
 
     Both predict the `protect` last positions (all L when protect is 0 or >= L). Layer l is scored
@@ -109,12 +93,11 @@ def flops_report(cfg: MambaConfig, keep_ratios, L: int, protect: int, criterion:
     """
     ks = keep_counts(keep_ratios, L, protect)
     predicted = L if protect <= 0 else min(L, protect)
-    c = layer_flops(cfg)
     s = score_flops(cfg, criterion)
     scoring = sum(ks[i] * s for i in range(len(ks) - 1) if ks[i + 1] < ks[i])
     head = predicted * head_flops(cfg)
-    dense_backbone = cfg.n_layer * L * c
-    sparse_backbone = sum(ks) * c
+    dense_backbone = cfg.n_layer * layer_flops(cfg, L)
+    sparse_backbone = sum(layer_flops(cfg, k) for k in ks)
     return FlopsReport(
         L=L, predicted=predicted, tokens_per_layer=tuple(ks),
         dense_total=dense_backbone + head, sparse_total=sparse_backbone + scoring + head,
@@ -122,6 +105,6 @@ def flops_report(cfg: MambaConfig, keep_ratios, L: int, protect: int, criterion:
     )
 
 
-def dense_flops(cfg: MambaConfig, L: int, predicted: int | None = None) -> int:
+def dense_flops(cfg, L: int, predicted: int | None = None) -> int:
     """FLOPs of the dense model on L tokens with predictions at `predicted` positions (default all L)."""
-    return cfg.n_layer * L * layer_flops(cfg) + (L if predicted is None else predicted) * head_flops(cfg)
+    return cfg.n_layer * layer_flops(cfg, L) + (L if predicted is None else predicted) * head_flops(cfg)

@@ -1,4 +1,9 @@
-"""The token-pruned Mamba (SIMBA.md §4, §8): hierarchical pruning over a dense `MambaLM`'s weights.
+"""The token-pruned Mamba (SIMBA.md §4, §8): hierarchical pruning over a dense LM's weights, of any architecture.
+
+The dense model is used only through the surface every architecture's LM shares (simba_convert/arch/__init__.py):
+`backbone.embedding`, each layer's `add_norm` and `mixer(h, return_state=, return_internals=)`, the internals'
+`score(...)` (Mamba-1's impact score, Mamba-2's SSD score), `head`, `step` and `config.n_layer`. Nothing here
+depends on which architecture it is.
 
 Each sample keeps its own set of alive tokens, held compacted and right-padded: `pos [B, k]` gives the
 original position of each slot and `valid [B, k]` which slots are real. Right padding is harmless
@@ -13,8 +18,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import ShapeError
-from ..model.mamba import MambaLM
-from ..ops.impact_score import impact_score
 from .select import compact, gather_rows, gather_slots, select_kept, select_kept_dense_rows
 from .spec import PruningSpec, forced_count, keep_counts
 
@@ -40,12 +43,12 @@ class PruneInfo:
 
 
 class PrunedMambaLM(nn.Module):
-    """A dense MambaLM run with Simba token pruning; `forward` returns logits for every position."""
+    """A dense Mamba LM (MambaLM, Mamba2LM) run with Simba token pruning; `forward` gives logits for every position."""
 
     is_pruned = True
     checkpoint_layers = False  # fine-tuning sets it: mixers are recomputed in the backward pass (less memory)
 
-    def __init__(self, dense: MambaLM, spec: PruningSpec, *, score_backend: str = "auto"):
+    def __init__(self, dense, spec: PruningSpec, *, score_backend: str = "auto"):
         super().__init__()
         if spec.n_layer != dense.config.n_layer:
             raise ShapeError(f"spec has {spec.n_layer} ratios for a model with {dense.config.n_layer} layers")
@@ -128,9 +131,8 @@ class PrunedMambaLM(nn.Module):
                 continue
             it = extras[-1]
             with torch.no_grad():  # scores only pick indices (top-k is not differentiated): keep no graph
-                args, fused = it.score_inputs()
-                scores = impact_score(*args, criterion=self.spec.criterion, signed=self.spec.signed, mask=valid,
-                                      y=hidden, generator=generator, backend=self.score_backend, **fused)
+                scores = it.score(criterion=self.spec.criterion, signed=self.spec.signed, mask=valid, y=hidden,
+                                  generator=generator, backend=self.score_backend)
             k_next = [c[i + 1] for c in counts]
             if uniform:
                 slots = select_kept_dense_rows(scores, forced_count(L, P), k_next[0])
@@ -218,7 +220,7 @@ class PrunedMambaLM(nn.Module):
         return generate(self, input_ids, max_new_tokens, **kw)
 
 
-def from_simba_config(dense: MambaLM, section) -> PrunedMambaLM:
+def from_simba_config(dense, section) -> PrunedMambaLM:
     """The pruned model described by the `simba` section of a sparsified checkpoint's config.json (a
     `format.SimbaSection`, or its dict in any layout `SimbaSection.from_dict` reads)."""
     from ..format import SimbaSection

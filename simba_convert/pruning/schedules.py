@@ -2,7 +2,8 @@
 
 A schedule family maps one scalar "strength" s ∈ [0, 1] to ratios r_1..r_n (s = 0 is dense, s = 1 the
 sparsest member); FLOPs fall monotonically in s, so a budget is met by bisection on s against the
-exact FLOPs model with the integer token counts it implies.
+exact FLOPs model with the integer token counts it implies. `cfg` is any architecture's config: the FLOPs
+model (pruning/flops.py) dispatches on it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import ConfigError
-from ..model.config import MambaConfig
 from .flops import flops_report
 from .spec import DEFAULT_FLOOR, validate_ratios
 
@@ -63,7 +63,7 @@ def family(name: str, n: int, floor: float = DEFAULT_FLOOR, **shape) -> Callable
 
 def solve_budget(
     make: Callable[[float], tuple[float, ...]],
-    cfg: MambaConfig,
+    cfg,
     budget: float,
     L: int,
     protect: int,
@@ -100,7 +100,7 @@ def check_budget(budget: float) -> None:
 
 
 def schedule_for_budget(
-    schedule: str, cfg: MambaConfig, budget: float, L: int, protect: int, criterion: str = "last",
+    schedule: str, cfg, budget: float, L: int, protect: int, criterion: str = "last",
     floor: float = DEFAULT_FLOOR,
 ) -> tuple[float, ...]:
     """`linear` or `uniform` ratios meeting the budget; budget 1.0 gives the dense schedule."""
@@ -111,7 +111,7 @@ def schedule_for_budget(
     return r
 
 
-def validate_schedule(r, cfg: MambaConfig, budget: float, L: int, protect: int, criterion: str, floor: float = DEFAULT_FLOOR):
+def validate_schedule(r, cfg, budget: float, L: int, protect: int, criterion: str, floor: float = DEFAULT_FLOOR):
     """Monotone, within [floor, 1], one ratio per layer, and the budget met within BUDGET_TOLERANCE."""
     if len(r) != cfg.n_layer:
         raise ConfigError(f"{len(r)} keep ratios given for a model with {cfg.n_layer} layers")

@@ -6,8 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
-
-CRITERIA = ("last", "global", "delta", "output", "random")
+from ..names import CRITERIA  # noqa: F401
 SPEC_VERSION = 1
 DEFAULT_FLOOR = 0.05
 

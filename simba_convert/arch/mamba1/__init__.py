@@ -1,0 +1,21 @@
+"""Mamba-1 and FalconMamba (Mamba-1 with weightless B/C/dt norms): the architecture's entry points for generic code.
+
+The model and its config live where they did before the architecture seam, in simba_convert/model/ (config.py,
+mamba.py); this package holds what generic code dispatches to: reading configs and tensor shapes (layout.py)
+and the FLOPs model (flops.py). Torch-free; `model_class` imports the model.
+"""
+
+from .flops import layer_parts, score_flops
+from .layout import describe, expected_shapes, parameter_count, parse_config, summary
+
+ONNX_EXPORT = True  # simba_convert/export/ builds Mamba-1 graphs
+
+__all__ = ["ONNX_EXPORT", "describe", "expected_shapes", "layer_parts", "model_class", "parameter_count",
+           "parse_config", "score_flops", "summary"]
+
+
+def model_class():
+    """The dense LM class: `model_class()(config)` builds it."""
+    from ...model.mamba import MambaLM
+
+    return MambaLM

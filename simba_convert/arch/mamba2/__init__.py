@@ -1,0 +1,47 @@
+"""Mamba-2 (mamba_ssm's Mamba2 layer, transformers' Mamba2ForCausalLM): config, model, checkpoint layout, FLOPs.
+
+What generic code dispatches to (simba_convert/arch/__init__.py): parse_config, expected_shapes, parameter_count,
+summary, describe (layout.py), layer_parts, score_flops (flops.py), model_class, ONNX_EXPORT. The config, layout
+and FLOPs are torch-free; the model and the loader are imported on first use.
+"""
+
+from .config import Mamba2Config
+from .flops import layer_parts, score_flops
+from .layout import describe, expected_shapes, parameter_count, parse_config, summary
+
+ONNX_EXPORT = False  # simba_convert/export/ builds Mamba-1 graphs only
+
+
+def model_class():
+    """The dense LM class: `model_class()(config)` builds it."""
+    from .model import Mamba2LM
+
+    return Mamba2LM
+
+
+_LAZY = {
+    "Mamba2LM": ("simba_convert.arch.mamba2.model", "Mamba2LM"),
+    "Mamba2Mixer": ("simba_convert.arch.mamba2.model", "Mamba2Mixer"),
+    "Mamba2Block": ("simba_convert.arch.mamba2.model", "Mamba2Block"),
+    "Mamba2Internals": ("simba_convert.arch.mamba2.model", "Mamba2Internals"),
+    "load_mamba2": ("simba_convert.arch.mamba2.layout", "load_mamba2"),
+    "write_mamba2": ("simba_convert.arch.mamba2.layout", "write_mamba2"),
+}
+
+__all__ = ["Mamba2Config", "ONNX_EXPORT", "describe", "expected_shapes", "layer_parts", "model_class",
+           "parameter_count", "parse_config", "score_flops", "summary", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'simba_convert.arch.mamba2' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,280 @@
+"""A readable PyTorch Mamba-2 language model whose parameter names are those of mamba_ssm (and transformers,
+but for `backbone.embedding`).
+
+Shapes (notation in config.py): input_ids [B, L]; hidden [B, L, d]; in_proj's output [B, L, 2D + 2GN + H] split
+[z, x, B, C, dt]; the causal conv runs over x, B, C together ([B, L, D + 2GN]); the scan on x [B, L, H, P],
+dt [B, L, H], B, C [B, L, G, N]. States per layer: conv [B, D + 2GN, K-1] and ssm [B, H, P, N] (fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import BackendError
+from ...model.mamba import RMSNorm, make_norm
+from ...ops.backend import BACKENDS
+from ...ops.conv1d import causal_conv1d, conv_state_from
+from ...ops.impact_score_ssd import impact_score_ssd
+from ...ops.rms_norm import add_rms_norm
+from ...ops.ssd import ssd_scan, ssd_step_ref, step_size
+from ...ops.step import conv_step
+from .config import NO_DT_LIMIT, Mamba2Config
+
+
+class GatedRMSNorm(nn.Module):
+    """mamba_ssm's RMSNormGated: RMSNorm over groups of `group_size` channels, gated by silu(z) before the norm
+    (norm_before_gate=False: rmsnorm(y·silu(z))) or after it (rmsnorm(y)·silu(z)). fp32 inside, y's dtype out."""
+
+    def __init__(self, d: int, group_size: int, eps: float, norm_before_gate: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        yf, gate = y.float(), F.silu(z.float())
+        if not self.norm_before_gate:
+            yf = yf * gate
+        groups = yf.unflatten(-1, (-1, self.group_size))
+        out = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        out = out * self.weight.float()
+        if self.norm_before_gate:
+            out = out * gate
+        return out.to(y.dtype)
+
+
+@dataclass
+class Mamba2Internals:
+    """What the impact score needs from one mixer call: x [B, L, H, P]; dt [B, L, H] raw (before bias, softplus and
+    limit); dt_bias [H]; A [H]; B, C [B, L, G, N]; dt_limit (lo, hi), the clamp of delta after the softplus."""
+
+    x: torch.Tensor
+    dt: torch.Tensor
+    dt_bias: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    dt_limit: tuple[float, float]
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """The step size clamp(softplus(dt + dt_bias), *dt_limit) [B, L, H] fp32, materialised."""
+        return step_size(self.dt, self.dt_bias, True).clamp(*self.dt_limit)
+
+    def score_inputs(self) -> tuple[tuple, dict]:
+        """(args, kwargs) for `impact_score_ssd`: raw dt with the bias and softplus applied inside the score, or,
+        where the config limits the step size (the score has no clamp), the clamped delta itself."""
+        if self.dt_limit == NO_DT_LIMIT:
+            return (self.x, self.dt, self.A, self.B, self.C), dict(dt_bias=self.dt_bias, dt_softplus=True)
+        return (self.x, self.delta, self.A, self.B, self.C), dict(dt_bias=None, dt_softplus=False)
+
+    def score(self, *, criterion: str, signed: bool = False, mask=None, y=None, generator=None,
+              backend: str = "auto") -> torch.Tensor:
+        """The layer's token scores [B, L] fp32 by `criterion`: `impact_score_ssd`, whose `last` and `global` are
+        Mamba-2's and whose `delta`, `output` and `random` are the architecture-free baselines (delta over heads).
+        mask [B, L] (True = real), y the mixer output [B, L, d] (read by `output`), generator (read by `random`)."""
+        args, fused = self.score_inputs()
+        return impact_score_ssd(*args, criterion=criterion, signed=signed, mask=mask, y=y, generator=generator,
+                                backend=backend, **fused)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.cfg = cfg
+        d, Di, H = cfg.d_model, cfg.d_inner, cfg.nheads
+        self.in_proj = nn.Linear(d, cfg.d_in_proj, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, padding=cfg.d_conv - 1,
+                                bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(H))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, H + 1, dtype=torch.float32)))
+        self.D = nn.Parameter(torch.ones(Di if cfg.D_has_hdim else H))
+        if cfg.gated_rmsnorm:
+            self.norm = GatedRMSNorm(Di, cfg.group_size, cfg.gated_norm_eps, cfg.norm_before_gate)
+        self.out_proj = nn.Linear(Di, d, bias=cfg.bias)
+        self.backend = "auto"
+
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())
+
+    def _split(self, zxbcdt: torch.Tensor):
+        c = self.cfg
+        return torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1)  # z, xBC, dt
+
+    def _heads(self, xBC: torch.Tensor):
+        """The conv output [..., D + 2GN] -> x [..., H, P], B, C [..., G, N] (views)."""
+        c = self.cfg
+        x, B, C = torch.split(xBC, [c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+        return (x.unflatten(-1, (c.nheads, c.headdim)), B.unflatten(-1, (c.ngroups, c.d_state)),
+                C.unflatten(-1, (c.ngroups, c.d_state)))
+
+    def _scan_dt(self, dt: torch.Tensor):
+        """(dt, dt_bias, dt_softplus) for the scan. With a step-size limit delta is formed and clamped here, since
+        the scan's contract has no clamp; mamba_ssm and transformers clamp it after the softplus the same way."""
+        bias = self.dt_bias.float()
+        if not self.cfg.has_dt_limit:
+            return dt, bias, True
+        return step_size(dt, bias, True).clamp(*self.cfg.dt_limit), None, False
+
+    def _skip_and_gate(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y [..., H, P] -> [..., D] with the per-channel skip (D_has_hdim) and the gate (normed or plain)."""
+        if self.cfg.D_has_hdim:
+            y = (y.float() + x.float() * self.D.float().view(x.shape[-2:])).to(y.dtype)
+        y = y.flatten(-2)
+        if self.cfg.gated_rmsnorm:
+            return self.norm(y, z)
+        return (y.float() * F.silu(z.float())).to(y.dtype)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        *,
+        conv_state: torch.Tensor | None = None,
+        ssm_state: torch.Tensor | None = None,
+        return_state: bool = False,
+        return_internals: bool = False,
+    ):
+        """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and Mamba2Internals."""
+        backend = self.backend  # each op resolves it (ops.backend.resolve)
+        z, xBC, dt = self._split(self.in_proj(h))
+        w = self.conv1d.weight.squeeze(1)
+        xBC_c = causal_conv1d(xBC, w, self.conv1d.bias, initial_state=conv_state, activation="silu", backend=backend)
+        x, B, C = self._heads(xBC_c)
+        A = self.A()
+        sdt, sbias, softplus = self._scan_dt(dt)
+        res = ssd_scan(x, sdt, A, B, C, D=None if self.cfg.D_has_hdim else self.D.float(), dt_bias=sbias,
+                       dt_softplus=softplus, initial_state=ssm_state, return_final_state=return_state,
+                       chunk_size=self.cfg.chunk_size, backend=backend)
+        y, last = res if return_state else (res, None)
+        out = self.out_proj(self._skip_and_gate(y, x, z))
+        extras = []
+        if return_state:
+            extras.append((conv_state_from(xBC, self.cfg.d_conv, conv_state), last))
+        if return_internals:
+            extras.append(Mamba2Internals(x=x.contiguous(), dt=dt.contiguous(), dt_bias=self.dt_bias.float(), A=A,
+                                          B=B.contiguous(), C=C.contiguous(), dt_limit=self.cfg.dt_limit))
+        return (out, *extras) if extras else out
+
+    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
+        """One recurrent step: h [B, d] with conv_state [B, D + 2GN, K-1], ssm_state [B, H, P, N] -> out [B, d] and
+        the new states (the given ones are left unchanged)."""
+        backend = self.backend
+        z, xBC, dt = self._split(self.in_proj(h))
+        xBC_c, conv_state = conv_step(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                      backend=backend)
+        x, B, C = self._heads(xBC_c)
+        # The step-size limit applies here as in the forward, so that decoding continues the sequence the forward
+        # computed (mamba_ssm's and transformers' step paths skip it: see config.py).
+        sdt, sbias, softplus = self._scan_dt(dt)
+        y, ssm_state = ssd_step_ref(x, sdt, self.A(), B, C, None if self.cfg.D_has_hdim else self.D.float(), sbias,
+                                    softplus, ssm_state)
+        return self.out_proj(self._skip_and_gate(y, x, z)), conv_state, ssm_state
+
+
+class Mamba2Block(nn.Module):
+    """Pre-norm residual block: residual = hidden + residual; hidden = mixer(norm(residual))."""
+
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.mixer = Mamba2Mixer(cfg)
+
+    def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks (as MambaBlock)."""
+        if isinstance(self.norm, RMSNorm):
+            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
+                                backend=self.mixer.backend)
+        residual = hidden if residual is None else hidden.to(residual.dtype) + residual
+        h = self.norm(residual)
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return h, residual
+
+
+class Mamba2Backbone(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Mamba2Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.d_model)
+
+
+class Mamba2LM(nn.Module):
+    """Mamba-2 LM: embedding, n pre-norm Mamba-2 blocks, final norm, head (tied to the embedding if the config says)."""
+
+    # The CUDA-graph replay of the step (model/cuda_graph.py) has been measured for Mamba-1's step only: generate()
+    # steps eagerly unless asked (model/generate.py reads this).
+    graphed_step = False
+
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.config = cfg
+        self.backbone = Mamba2Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    def set_backend(self, backend: str) -> "Mamba2LM":
+        """Run every layer on `backend`: auto | triton | reference (ops.backend; there is no `cuda` model backend
+        for Mamba-2)."""
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend {backend!r} for Mamba-2; choose one of {', '.join(BACKENDS)}",
+                               option="backend")
+        for layer in self.backbone.layers:
+            layer.mixer.backend = backend
+        return self
+
+    def head(self, residual: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on a residual stream [..., d] -> logits [..., V]."""
+        return self.lm_head(self.backbone.norm_f(residual))
+
+    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False, num_last: int | None = None):
+        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state).
+
+        num_last=n computes the head on the last n positions only: logits [B, n, V].
+        """
+        hidden, residual = self.backbone.embedding(input_ids), None
+        states = []
+        for layer in self.backbone.layers:
+            h, residual = layer.add_norm(hidden, residual)
+            if return_state:
+                hidden, st = layer.mixer(h, return_state=True)
+                states.append(st)
+            else:
+                hidden = layer.mixer(h)
+        stream = hidden.to(residual.dtype) + residual
+        logits = self.head(stream if num_last is None else stream[:, stream.shape[1] - num_last:])
+        return (logits, states) if return_state else logits
+
+    def prefill(self, input_ids: torch.Tensor):
+        """Run the prompt [B, L]; return last-position logits [B, V] and the per-layer recurrent states."""
+        logits, states = self.forward(input_ids, return_state=True, num_last=1)
+        return logits[:, -1], states
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, states: list):
+        """One decoding step: token [B] -> logits [B, V], new states."""
+        hidden, residual = self.backbone.embedding(token), None
+        new_states = []
+        for layer, (conv_state, ssm_state) in zip(self.backbone.layers, states):
+            h, residual = layer.add_norm(hidden, residual)
+            hidden, cs, ss = layer.mixer.step(h, conv_state, ssm_state)
+            new_states.append((cs, ss))
+        return self.head(hidden.to(residual.dtype) + residual), new_states
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
+        from ...model.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **kw)
