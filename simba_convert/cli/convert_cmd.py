@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-CRITERIA = ("last", "global", "delta", "output", "random")
-SCHEDULES = ("calibrated", "linear", "uniform")
+from ..names import CRITERIA, SCHEDULES
 
 
 def convert_options(fn):
@@ -46,9 +45,28 @@ def verbosity_options():
 
 
 def run_convert(**opts):
-    from ..pipeline.convert import convert_from_cli
     from .main import set_verbosity  # here, not at import: main imports this module
 
     quiet, verbose = opts.pop("quiet"), opts.pop("verbose")
     set_verbosity(quiet, verbose)
     convert_from_cli(quiet=quiet, progress=not quiet, **opts)
+
+
+def convert_from_cli(*, quiet: bool = False, **opts) -> None:
+    """The CLI's options -> a ConvertConfig -> the pipeline's run; the report printed as text or JSON."""
+    import json
+
+    from ..errors import ConfigError
+    from ..pipeline import report as rep
+    from ..pipeline.config import ConvertConfig
+    from ..pipeline.convert import run
+
+    fmt = opts.pop("report")
+    opts["onnx"] = opts.pop("onnx_export")
+    if opts.get("src") is None:
+        raise ConfigError("no input model given", option="src")
+    report = run(ConvertConfig(**opts))
+    if fmt == "json":
+        click.echo(json.dumps(rep.strict_json(report), indent=2))
+    elif not quiet:
+        click.echo(rep.summary_text(report), nl=False)

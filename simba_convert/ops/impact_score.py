@@ -36,9 +36,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..names import CRITERIA  # noqa: F401  (re-exported: the criteria this op implements)
 from .selective_scan import one_cpu_thread, step_size
-
-CRITERIA = ("last", "global", "delta", "output", "random")
 
 # The reference never materialises more than this many fp32 [B, l, D, N] elements at once (512 MiB);
 # the chunk length l over the sequence is at most 256.

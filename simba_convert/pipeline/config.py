@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..names import SCHEDULES
 from ..pruning.spec import CRITERIA, DEFAULT_FLOOR
 
 CONFIG_VERSION = 1
-SCHEDULES = ("calibrated", "linear", "uniform")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # A CPU conversion of a small model should take a minute or two, not twenty: fewer windows and candidates.
 DEVICE_DEFAULTS = {"cuda": {"samples": 32, "max_evals": 40}, "cpu": {"samples": 8, "max_evals": 16}}

@@ -6,7 +6,7 @@ import json
 import time
 from contextlib import contextmanager
 
-from ..errors import ConfigError, OutputError
+from ..errors import OutputError
 from ..pruning.flops import flops_report
 from . import report as rep
 from . import stages
@@ -115,17 +115,3 @@ def check_space(cfg: ConvertConfig, loaded, out) -> None:
     if free < need:
         raise OutputError(f"the output {out} needs about {need / 2**20:.0f} MiB and only {free / 2**20:.0f} MiB "
                           f"are free in {parent}", option="out")
-
-
-def convert_from_cli(*, quiet: bool = False, **opts) -> None:
-    import click
-
-    fmt = opts.pop("report")
-    opts["onnx"] = opts.pop("onnx_export")
-    if opts.get("src") is None:
-        raise ConfigError("no input model given", option="src")
-    report = run(ConvertConfig(**opts))
-    if fmt == "json":
-        click.echo(json.dumps(rep.strict_json(report), indent=2))
-    elif not quiet:
-        click.echo(rep.summary_text(report), nl=False)
