@@ -121,8 +121,8 @@ def regions() -> dict[str, str]:
 
 def render(doc: str, tables: dict[str, str]) -> str:
     for name, body in tables.items():
-        pat = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
-        doc = pat.sub(lambda m: m.group(1) + body + m.group(2), doc)
+        pat = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
+        doc = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), doc)
     return doc
 
 
