@@ -5,6 +5,8 @@
 
 from ._version import __version__
 
+from ._lazy import lazy_attributes  # noqa: E402
+
 _LAZY = {
     "load": ("simba_convert.io.load", "load"),
     "load_with_tokenizer": ("simba_convert.io.load", "load_with_tokenizer"),
@@ -20,16 +22,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'simba_convert' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes('simba_convert', _LAZY, globals())

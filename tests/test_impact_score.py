@@ -365,3 +365,26 @@ def test_gpu_layer_shape(criterion):
     again = impact_score(*x, criterion=criterion, mask=mask)
     assert torch.equal(out, again)
     assert_scores_match(out, impact_score_ref(*x, criterion=criterion, mask=mask))
+
+
+@pytest.mark.parametrize("criterion", ["last", "global"])
+def test_reference_ignores_whatever_padding_holds(criterion):
+    """NaN or huge values in masked slots change no real token's score (the mask is a `where`, not a product)."""
+    from simba_convert.ops.impact_score import impact_score_ref
+
+    g = torch.Generator().manual_seed(7)
+    bsz, L, D, N = 2, 23, 5, 3
+    u, delta = torch.randn(bsz, L, D, generator=g), torch.rand(bsz, L, D, generator=g) + 0.1
+    A = -torch.rand(D, N, generator=g) - 0.5
+    B, C = torch.randn(bsz, L, N, generator=g), torch.randn(bsz, L, N, generator=g)
+    mask = torch.ones(bsz, L, dtype=torch.bool)
+    mask[0, :4] = False
+    mask[1, 17:] = False
+    clean = impact_score_ref(u, delta, A, B, C, criterion=criterion, mask=mask)
+    dirty = [t.clone() for t in (u, delta, B, C)]
+    for t in dirty:
+        t[~mask] = float("nan")
+    dirty[1][0, 2] = 1e30 if mask[0, 2] else float("nan")
+    got = impact_score_ref(dirty[0], dirty[1], A, dirty[2], dirty[3], criterion=criterion, mask=mask)
+    assert torch.equal(got[mask], clean[mask])
+    assert torch.isfinite(got[mask]).all()

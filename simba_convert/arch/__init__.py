@@ -78,3 +78,10 @@ def family(arch: Any) -> ModuleType:
     if name not in _FAMILIES:
         raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     return importlib.import_module(f"{__name__}.{_FAMILIES[name]}")
+
+
+def count_parameters(shapes: dict[str, tuple[int, ...]], tie_embeddings: bool) -> int:
+    """Parameters of a checkpoint with these tensor shapes, counting a tied LM head once."""
+    import math
+
+    return sum(math.prod(s) for name, s in shapes.items() if not (tie_embeddings and name == "lm_head.weight"))

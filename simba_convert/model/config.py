@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..arch.common import mamba_ssm_config
 from ..errors import CheckpointError, ConfigError
 
 HF_MODEL_TYPES = ("mamba", "falcon_mamba")
@@ -116,23 +117,7 @@ class MambaConfig:
             ssm["conv_bias"] = False
         if self.bias:
             ssm["bias"] = True
-        out = {
-            "d_model": self.d_model,
-            "d_intermediate": 0,
-            "n_layer": self.n_layer,
-            "vocab_size": self.vocab_size,
-            "ssm_cfg": ssm,
-            "attn_layer_idx": [],
-            "attn_cfg": {},
-            "rms_norm": self.rms_norm,
-            "residual_in_fp32": self.residual_in_fp32,
-            "fused_add_norm": True,
-            "pad_vocab_size_multiple": self.pad_vocab_size_multiple,
-            "tie_embeddings": self.tie_embeddings,
-        }
-        if self.norm_eps != 1e-5:
-            out["norm_epsilon"] = self.norm_eps
-        return out
+        return mamba_ssm_config(self, ssm)
 
     # --- the transformers layout (model_type "mamba" / "falcon_mamba") ---------------------------
     @classmethod

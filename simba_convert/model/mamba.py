@@ -12,36 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import BackendError
-from ..ops.backend import resolve_model
+from ..ops.backend import MODEL_BACKENDS, resolve_model
 from ..ops.conv1d import causal_conv1d, conv_state_from
 from ..ops.impact_score import impact_score
-from ..ops.rms_norm import add_rms_norm
 from ..ops.selective_scan import selective_scan, step_size
 from ..ops.step import conv_step, ssm_step
 from .config import MambaConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(self.weight.dtype)
-
-
-class LayerNorm(nn.LayerNorm):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
-        return y.to(self.weight.dtype)
-
-
-def make_norm(cfg: MambaConfig, d: int) -> nn.Module:
-    return RMSNorm(d, cfg.norm_eps) if cfg.rms_norm else LayerNorm(d, eps=cfg.norm_eps)
+from .lm import LayerNorm, PreNormBlock, RMSNorm, StackedLM, make_norm  # noqa: F401  (re-exported)
 
 
 def weightless_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -199,105 +176,13 @@ class MambaMixer(nn.Module):
         return self.out_proj(y), conv_state, ssm_state
 
 
-class MambaBlock(nn.Module):
-    """Pre-norm residual block: residual = hidden + residual; hidden = mixer(norm(residual))."""
-
+class MambaBlock(PreNormBlock):
     def __init__(self, cfg: MambaConfig):
-        super().__init__()
-        self.residual_in_fp32 = cfg.residual_in_fp32
-        self.norm = make_norm(cfg, cfg.d_model)
-        self.mixer = MambaMixer(cfg)
-
-    def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
-        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks; one fused Triton
-        pass with RMSNorm on CUDA (also on the `cuda` backend: ours measured faster than mamba_ssm's)."""
-        if isinstance(self.norm, RMSNorm):
-            kind = resolve_model(self.mixer.backend, hidden.device)
-            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
-                                backend="auto" if kind == "cuda" else kind)
-        residual = hidden if residual is None else hidden.to(residual.dtype) + residual
-        h = self.norm(residual)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        return h, residual
+        super().__init__(cfg, MambaMixer(cfg))
 
 
-class Backbone(nn.Module):
-    def __init__(self, cfg: MambaConfig):
-        super().__init__()
-        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg, cfg.d_model)
-
-
-class MambaLM(nn.Module):
+class MambaLM(StackedLM):
     """Mamba-1 LM: embedding, n pre-norm Mamba blocks, final norm, head (tied to the embedding by default)."""
 
-    def __init__(self, cfg: MambaConfig):
-        super().__init__()
-        self.config = cfg
-        self.backbone = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.backbone.embedding.weight
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.embedding.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.backbone.embedding.weight.dtype
-
-    def set_backend(self, backend: str) -> "MambaLM":
-        """Run every layer on `backend`: auto | cuda (mamba_ssm's kernels) | triton | reference (ops.backend)."""
-        from ..ops.backend import MODEL_BACKENDS
-
-        if backend not in MODEL_BACKENDS:
-            raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(MODEL_BACKENDS)}")
-        for layer in self.backbone.layers:
-            layer.mixer.backend = backend
-        return self
-
-    def head(self, residual: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head on a residual stream [..., d] -> logits [..., V]."""
-        return self.lm_head(self.backbone.norm_f(residual))
-
-    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False, num_last: int | None = None):
-        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state).
-
-        num_last=n computes the head on the last n positions only: logits [B, n, V].
-        """
-        hidden, residual = self.backbone.embedding(input_ids), None
-        states = []
-        for layer in self.backbone.layers:
-            h, residual = layer.add_norm(hidden, residual)
-            if return_state:
-                hidden, st = layer.mixer(h, return_state=True)
-                states.append(st)
-            else:
-                hidden = layer.mixer(h)
-        stream = hidden.to(residual.dtype) + residual
-        logits = self.head(stream if num_last is None else stream[:, stream.shape[1] - num_last:])
-        return (logits, states) if return_state else logits
-
-    def prefill(self, input_ids: torch.Tensor):
-        """Run the prompt [B, L]; return last-position logits [B, V] and the per-layer recurrent states."""
-        logits, states = self.forward(input_ids, return_state=True)
-        return logits[:, -1], states
-
-    @torch.no_grad()
-    def step(self, token: torch.Tensor, states: list):
-        """One decoding step: token [B] -> logits [B, V], new states."""
-        hidden, residual = self.backbone.embedding(token), None
-        new_states = []
-        for layer, (conv_state, ssm_state) in zip(self.backbone.layers, states):
-            h, residual = layer.add_norm(hidden, residual)
-            hidden, cs, ss = layer.mixer.step(h, conv_state, ssm_state)
-            new_states.append((cs, ss))
-        return self.head(hidden.to(residual.dtype) + residual), new_states
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
-        from .generate import generate
-
-        return generate(self, input_ids, max_new_tokens, **kw)
+    block = MambaBlock
+    backends = MODEL_BACKENDS  # auto | cuda (mamba_ssm's kernels) | triton | reference

@@ -108,11 +108,13 @@ def _reduce_channels(dy: torch.Tensor, signed: bool) -> torch.Tensor:
 
 
 def _masked_fp32(u, delta, A, B, C, mask):
-    """fp32 copies with a masked token's delta and C set to 0 (no decay, no readout: it is absent)."""
+    """fp32 copies with a masked token's delta and C set to 0 (no decay, no readout: it is absent). `where`, not a
+    product with the mask: whatever a padded slot holds (NaN included) must not reach a real token's score."""
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
     if mask is not None:
-        m = mask[:, :, None].to(torch.float32)
-        delta, C = delta * m, C * m
+        m = mask[:, :, None]
+        delta, C = torch.where(m, delta, 0.0), torch.where(m, C, 0.0)
+        u, B = torch.where(m, u, 0.0), torch.where(m, B, 0.0)
     return u, delta, A, B, C
 
 

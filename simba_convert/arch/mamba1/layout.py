@@ -6,7 +6,6 @@ Two layouts hold the same tensors (io/layout.py describes them): `mamba_ssm` (d_
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +62,9 @@ def expected_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
 
 def parameter_count(cfg: MambaConfig) -> int:
     """Number of parameters, counting a tied LM head once."""
-    shapes = expected_shapes(cfg)
-    if cfg.tie_embeddings:
-        del shapes["lm_head.weight"]
-    return sum(math.prod(s) for s in shapes.values())
+    from .. import count_parameters
+
+    return count_parameters(expected_shapes(cfg), cfg.tie_embeddings)
 
 
 def summary(cfg: MambaConfig) -> dict[str, Any]:

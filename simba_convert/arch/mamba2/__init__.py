@@ -19,6 +19,8 @@ def model_class():
     return Mamba2LM
 
 
+from ..._lazy import lazy_attributes  # noqa: E402
+
 _LAZY = {
     "Mamba2LM": ("simba_convert.arch.mamba2.model", "Mamba2LM"),
     "Mamba2Mixer": ("simba_convert.arch.mamba2.model", "Mamba2Mixer"),
@@ -32,16 +34,4 @@ __all__ = ["Mamba2Config", "ONNX_EXPORT", "describe", "expected_shapes", "layer_
            "parameter_count", "parse_config", "score_flops", "summary", *_LAZY]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'simba_convert.arch.mamba2' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes('simba_convert.arch.mamba2', _LAZY, globals())

@@ -12,7 +12,6 @@ torch.load(weights_only=True) only). Module import is torch-free; the loader imp
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +71,9 @@ def expected_shapes(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
 
 def parameter_count(cfg: Mamba2Config) -> int:
     """Number of parameters, counting a tied LM head once."""
-    shapes = expected_shapes(cfg)
-    if cfg.tie_embeddings:
-        del shapes["lm_head.weight"]
-    return sum(math.prod(s) for s in shapes.values())
+    from .. import count_parameters
+
+    return count_parameters(expected_shapes(cfg), cfg.tie_embeddings)
 
 
 def summary(cfg: Mamba2Config) -> dict[str, Any]:

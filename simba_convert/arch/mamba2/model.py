@@ -14,12 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import BackendError
-from ...model.mamba import RMSNorm, make_norm
+from ...model.lm import PreNormBlock, StackedLM
 from ...ops.backend import BACKENDS
 from ...ops.conv1d import causal_conv1d, conv_state_from
 from ...ops.impact_score_ssd import impact_score_ssd
-from ...ops.rms_norm import add_rms_norm
 from ...ops.ssd import ssd_scan, ssd_step_ref, step_size
 from ...ops.step import conv_step
 from .config import NO_DT_LIMIT, Mamba2Config
@@ -174,107 +172,16 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self._skip_and_gate(y, x, z)), conv_state, ssm_state
 
 
-class Mamba2Block(nn.Module):
-    """Pre-norm residual block: residual = hidden + residual; hidden = mixer(norm(residual))."""
-
+class Mamba2Block(PreNormBlock):
     def __init__(self, cfg: Mamba2Config):
-        super().__init__()
-        self.residual_in_fp32 = cfg.residual_in_fp32
-        self.norm = make_norm(cfg, cfg.d_model)
-        self.mixer = Mamba2Mixer(cfg)
-
-    def add_norm(self, hidden: torch.Tensor, residual: torch.Tensor | None):
-        """(norm(hidden + residual), hidden + residual), the residual in fp32 if the config asks (as MambaBlock)."""
-        if isinstance(self.norm, RMSNorm):
-            return add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32,
-                                backend=self.mixer.backend)
-        residual = hidden if residual is None else hidden.to(residual.dtype) + residual
-        h = self.norm(residual)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        return h, residual
+        super().__init__(cfg, Mamba2Mixer(cfg))
 
 
-class Mamba2Backbone(nn.Module):
-    def __init__(self, cfg: Mamba2Config):
-        super().__init__()
-        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Mamba2Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg, cfg.d_model)
-
-
-class Mamba2LM(nn.Module):
+class Mamba2LM(StackedLM):
     """Mamba-2 LM: embedding, n pre-norm Mamba-2 blocks, final norm, head (tied to the embedding if the config says)."""
 
+    block = Mamba2Block
+    backends = BACKENDS  # auto | triton | reference: there is no `cuda` model backend for Mamba-2
     # The CUDA-graph replay of the step (model/cuda_graph.py) has been measured for Mamba-1's step only: generate()
     # steps eagerly unless asked (model/generate.py reads this).
     graphed_step = False
-
-    def __init__(self, cfg: Mamba2Config):
-        super().__init__()
-        self.config = cfg
-        self.backbone = Mamba2Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.backbone.embedding.weight
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.embedding.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.backbone.embedding.weight.dtype
-
-    def set_backend(self, backend: str) -> "Mamba2LM":
-        """Run every layer on `backend`: auto | triton | reference (ops.backend; there is no `cuda` model backend
-        for Mamba-2)."""
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown backend {backend!r} for Mamba-2; choose one of {', '.join(BACKENDS)}",
-                               option="backend")
-        for layer in self.backbone.layers:
-            layer.mixer.backend = backend
-        return self
-
-    def head(self, residual: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head on a residual stream [..., d] -> logits [..., V]."""
-        return self.lm_head(self.backbone.norm_f(residual))
-
-    def forward(self, input_ids: torch.Tensor, *, return_state: bool = False, num_last: int | None = None):
-        """input_ids [B, L] -> logits [B, L, V] (and per-layer (conv, ssm) states when return_state).
-
-        num_last=n computes the head on the last n positions only: logits [B, n, V].
-        """
-        hidden, residual = self.backbone.embedding(input_ids), None
-        states = []
-        for layer in self.backbone.layers:
-            h, residual = layer.add_norm(hidden, residual)
-            if return_state:
-                hidden, st = layer.mixer(h, return_state=True)
-                states.append(st)
-            else:
-                hidden = layer.mixer(h)
-        stream = hidden.to(residual.dtype) + residual
-        logits = self.head(stream if num_last is None else stream[:, stream.shape[1] - num_last:])
-        return (logits, states) if return_state else logits
-
-    def prefill(self, input_ids: torch.Tensor):
-        """Run the prompt [B, L]; return last-position logits [B, V] and the per-layer recurrent states."""
-        logits, states = self.forward(input_ids, return_state=True, num_last=1)
-        return logits[:, -1], states
-
-    @torch.no_grad()
-    def step(self, token: torch.Tensor, states: list):
-        """One decoding step: token [B] -> logits [B, V], new states."""
-        hidden, residual = self.backbone.embedding(token), None
-        new_states = []
-        for layer, (conv_state, ssm_state) in zip(self.backbone.layers, states):
-            h, residual = layer.add_norm(hidden, residual)
-            hidden, cs, ss = layer.mixer.step(h, conv_state, ssm_state)
-            new_states.append((cs, ss))
-        return self.head(hidden.to(residual.dtype) + residual), new_states
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
-        from ...model.generate import generate
-
-        return generate(self, input_ids, max_new_tokens, **kw)
