@@ -482,3 +482,12 @@ def test_eval_cli_default_protect_is_the_pruned_models():
 def test_eval_cli_does_not_import_torch():
     code = "import sys, simba_convert.cli.eval_cmd; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_evaluation_device_option_is_validated_like_loading():
+    """An unknown device is a one-line ConfigError naming the choices, not a torch RuntimeError traceback."""
+    from simba_convert.errors import ConfigError
+    from simba_convert.evaluate._common import resolve_device
+
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        resolve_device(None, "tpu")

@@ -58,10 +58,13 @@ def model_device(model) -> torch.device:
 
 
 def resolve_device(model, device) -> torch.device:
-    """`device` may be None/"auto" (the model's own device), "cpu", "cuda", "cuda:N" or a torch.device."""
+    """`device` may be None/"auto" (the model's own device), "cpu", "cuda", "cuda:N" or a torch.device; anything
+    else is a one-line ConfigError (io.load.parse_device, the one parser of device options)."""
     if device is None or device == "auto":
         return model_device(model)
-    return torch.device(device)
+    from ..io.load import parse_device
+
+    return parse_device(device)
 
 
 def is_pruned(model) -> bool:

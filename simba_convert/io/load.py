@@ -24,7 +24,7 @@ class LoadInfo:
     architecture: str  # "mamba1" | "mamba2" | "falcon_mamba"
 
 
-def _device(device):
+def parse_device(device):
     """None -> cpu; "auto" -> cuda when available, else cpu; "cpu", "cuda", "cuda:N" or a torch.device otherwise."""
     import torch
 
@@ -55,7 +55,7 @@ def _build(r, info, device, dtype, apply_simba):
     if section is not None and section.architecture not in (None, info.architecture):
         raise CheckpointError(f"{info.path}/config.json: its 'simba' section was written for a {section.architecture} "
                               f"model, but the config describes a {info.architecture} model")
-    model = load_dense(info, device=_device(device), dtype=dtype)
+    model = load_dense(info, device=parse_device(device), dtype=dtype)
     if section is not None:
         from ..pruning.model import from_simba_config
 

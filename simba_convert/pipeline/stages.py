@@ -56,10 +56,10 @@ def load_stage(cfg: ConvertConfig) -> Loaded:
     from ..io.atomic import check_distinct
     from ..io.checkpoint import resolve_dtype, stored_dtype
     from ..io.layout import inspect_checkpoint
-    from ..io.load import _device, load_with_tokenizer
+    from ..io.load import load_with_tokenizer, parse_device
     from ..io.resolve import resolve
 
-    device = _device(cfg.device)
+    device = parse_device(cfg.device)
     r = resolve(cfg.src, offline=cfg.offline)
     check_distinct(cfg.out_dir(), r.path)
     info = inspect_checkpoint(r.path)
