@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import simba_convert
 from simba_convert.calibrate import data as cdata
 from simba_convert.calibrate.objective import KLObjective
-from simba_convert.calibrate.search import calibrate
+from simba_convert.calibrate.search import calibrate, holdout_count
 from simba_convert.evaluate.bigbench import Task, find_tasks
 from simba_convert.evaluate.multiple_choice import multiple_choice_accuracy
 from simba_convert.evaluate.perplexity import perplexity_from_ids
@@ -56,7 +55,10 @@ class Bench:
         self.valid = enc(self.tok, Path(args.valid).read_text(encoding="utf-8"))
         self.ood = enc(self.tok, Path(args.ood).read_text(encoding="utf-8")) if args.ood else None
         text, _ = cdata.read_calibration_text(args.calib)
-        self.calib_windows = cdata.make_windows(enc(self.tok, text), args.samples, L, seed=0)
+        windows = cdata.make_windows(enc(self.tok, text), args.samples, L, seed=0)
+        # As the CLI: a quarter of the windows held out of the search to check its result (calibrate(holdout=)).
+        n_hold = holdout_count(args.samples)
+        self.calib_windows, self.holdout_windows = windows[n_hold:], windows[:n_hold]
         self.tasks = None
         if args.tasks:
             self.tasks = [Task(t.name, t.path, t.examples[: args.max_examples]) for t in find_tasks(args.tasks)]
@@ -83,11 +85,11 @@ class Bench:
             out["acc"] = self.acc(model)
         return out
 
-    def objective(self, dense, criterion):
-        key = (id(dense), criterion)
+    def objective(self, dense, criterion, held_out=False):
+        key = (id(dense), criterion, held_out)
         if key not in self.objectives:
-            self.objectives[key] = KLObjective(dense, self.calib_windows, P, batch_size=self.args.batch,
-                                               spec_kw={"criterion": criterion})
+            w = self.holdout_windows if held_out else self.calib_windows
+            self.objectives[key] = KLObjective(dense, w, P, batch_size=self.args.batch, spec_kw={"criterion": criterion})
         return self.objectives[key]
 
     def ratios(self, dense, schedule, budget, criterion="last"):
@@ -95,7 +97,7 @@ class Bench:
         if schedule != "calibrated":
             return schedules.schedule_for_budget(schedule, cfg, budget, L, P, criterion)
         res = calibrate(self.objective(dense, criterion), cfg, budget, L, P, criterion=criterion, seed=0,
-                        max_evals=self.args.max_evals)
+                        max_evals=self.args.max_evals, holdout=self.objective(dense, criterion, held_out=True))
         return res.best.ratios
 
     def pruned(self, dense, ratios, criterion="last"):

@@ -50,3 +50,27 @@ def test_curve_is_best_so_far():
     curve = res.curve()
     assert len(curve) == 12 and all(a >= b for a, b in zip(curve, curve[1:]))
     assert curve[-1] == res.best.kl
+
+
+class _HeldOut:
+    """A held-out objective: `inputs` (its windows) and a KL per schedule."""
+
+    def __init__(self, kl):
+        self.inputs, self.kl = __import__("torch").zeros(3, 8), kl
+
+    def __call__(self, r):
+        return Evaluation(kl=self.kl(r), nll=1.0)
+
+
+@pytest.mark.parametrize("linear_wins_held_out", [True, False])
+def test_calibrate_owns_the_held_out_fallback(linear_wins_held_out):
+    """calibrate(holdout=) is the shipped algorithm: it falls back to linear exactly when linear is better held out."""
+    plain = calibrate(late_pruning_is_cheap, CFG48, 0.6, 1024, 32, max_evals=20)
+    assert plain.best.ratios != plain.linear.ratios
+    lin = plain.linear.ratios
+    held = _HeldOut(lambda r: (0.0 if tuple(r) == tuple(lin) else 1.0) if linear_wins_held_out else
+                    (1.0 if tuple(r) == tuple(lin) else 0.0))
+    res = calibrate(late_pruning_is_cheap, CFG48, 0.6, 1024, 32, max_evals=20, holdout=held)
+    assert res.holdout == {"windows": 3, "best_kl": 1.0 if linear_wins_held_out else 0.0,
+                           "linear_kl": 0.0 if linear_wins_held_out else 1.0, "fell_back": linear_wins_held_out}
+    assert res.best.ratios == (lin if linear_wins_held_out else plain.best.ratios)

@@ -95,8 +95,13 @@ def calibrate(
     seed: int = 0,
     max_evals: int = 40,
     on_eval: Callable[[Candidate], None] | None = None,
+    holdout: Callable | None = None,
 ) -> CalibrationResult:
-    """Minimise evaluate(ratios).kl over schedules meeting `budget` (exact FLOPs at length L, protect P)."""
+    """Minimise evaluate(ratios).kl over schedules meeting `budget` (exact FLOPs at length L, protect P).
+
+    `holdout` (an objective on windows the search never saw; `holdout_count` of them) makes the result fall back to
+    `linear` when the searched schedule is worse than it there (SIMBA.md §6): the shipped algorithm, whoever calls it.
+    """
     n = cfg.n_layer
     history: list[Candidate] = []
     seen: dict[tuple, Candidate] = {}
@@ -145,4 +150,21 @@ def calibrate(
             c = run(f"refine(δ={delta},{i}↔{j})", r)
             if c.kl < best.kl:
                 best = c
-    return CalibrationResult(best, lin, uni, history)
+    return check_holdout(CalibrationResult(best, lin, uni, history), holdout)
+
+
+def holdout_count(samples: int) -> int:
+    """How many of `samples` calibration windows are held out of the search to check its result (a quarter)."""
+    return samples // 4
+
+
+def check_holdout(result: CalibrationResult, holdout: Callable | None) -> CalibrationResult:
+    """Fall back to `linear` when the searched schedule is worse than it on the held-out windows (SIMBA.md §6)."""
+    if holdout is None or result.best.ratios == result.linear.ratios:
+        return result
+    best_kl, lin_kl = holdout(result.best.ratios).kl, holdout(result.linear.ratios).kl
+    result.holdout = {"windows": int(holdout.inputs.shape[0]), "best_kl": best_kl, "linear_kl": lin_kl,
+                      "fell_back": best_kl > lin_kl}
+    if best_kl > lin_kl:
+        result.best = result.linear
+    return result
