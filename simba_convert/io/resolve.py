@@ -2,8 +2,9 @@
 
 Accepted forms, tried in this order:
 1. an existing local directory;
-2. a short name: `mamba-tiny` (bundled with the package) or `mamba-130m|370m|790m|1.4b|2.8b[-hf]`
-   (-> `state-spaces/...` on the Hub);
+2. a short name: `mamba-tiny` or `mamba2-tiny` (bundled with the package: trained Mamba-1 and Mamba-2 models),
+   `mamba-130m|370m|790m|1.4b|2.8b[-hf]` and `mamba2-130m|370m|780m|1.3b|2.7b` (-> `state-spaces/...` on the Hub),
+   `falcon-mamba-7b` (tiiuae) or `mamba-codestral-7b` (mistralai/Mamba-Codestral-7B-v0.1);
 3. a Hub id `org/name`, resolved through the Hugging Face cache (downloaded unless offline).
 huggingface_hub is imported only for case 3 and for short names of Hub models.
 """
@@ -18,13 +19,18 @@ from ..errors import CheckpointError
 from .layout import CONFIG, find_weights
 
 HUB_SIZES = ("130m", "370m", "790m", "1.4b", "2.8b")
+MAMBA2_SIZES = ("130m", "370m", "780m", "1.3b", "2.7b")
 SHORT_NAMES = {
-    f"mamba-{size}{suffix}": f"state-spaces/mamba-{size}{suffix}" for size in HUB_SIZES for suffix in ("", "-hf")
+    **{f"mamba-{size}{suffix}": f"state-spaces/mamba-{size}{suffix}" for size in HUB_SIZES for suffix in ("", "-hf")},
+    **{f"mamba2-{size}": f"state-spaces/mamba2-{size}" for size in MAMBA2_SIZES},
+    "falcon-mamba-7b": "tiiuae/falcon-mamba-7b",
+    "mamba-codestral-7b": "mistralai/Mamba-Codestral-7B-v0.1",
 }
-BUNDLED = ("mamba-tiny",)
+BUNDLED = ("mamba-tiny", "mamba2-tiny")
 ACCEPTED = (
-    "a local checkpoint directory, a short name (" + ", ".join(BUNDLED) + ", mamba-{" + ",".join(HUB_SIZES)
-    + "}[-hf]) or a Hugging Face Hub id such as state-spaces/mamba-1.4b"
+    "a local checkpoint directory, a short name (mamba-tiny, mamba-{" + ",".join(HUB_SIZES) + "}[-hf], mamba2-tiny, "
+    "mamba2-{" + ",".join(MAMBA2_SIZES) + "}, falcon-mamba-7b, mamba-codestral-7b) or a Hugging Face Hub id such as "
+    "state-spaces/mamba-1.4b"
 )
 # Files a Hub snapshot is filtered to: config, safetensors weights, tokenizer. .bin only as a fallback,
 # so that a repo with both formats is not downloaded twice.
