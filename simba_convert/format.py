@@ -19,6 +19,15 @@ before it was recorded (and format 0 and 1, all Mamba-1) read as None: not recor
 Older layouts are read and converted (`from_dict`): format 1 (the spec twice, under "spec" and at the top
 level; the "spec" copy is the one the loader always used) and the unversioned bare spec ({"keep_ratios": …}
 or {"spec": {…}}). A newer format_version or an unknown key is a one-line CheckpointError.
+
+The rest of config.json is marked so that transformers cannot take a sparsified checkpoint for the dense model
+(which it would run dense, ignoring the section): `mark` sets `model_type` "simba", `architectures`
+["SimbaForCausalLM"] and an `auto_map` naming the two files written beside the weights (io/hf_remote/:
+transformers loads them only with trust_remote_code=True, and they run the model pruned through simba-convert),
+and keeps the entries it replaced under "simba_base_config" ({"model_type": "mamba", "architectures": [...]}
+for the transformers layout; {} for mamba_ssm's, which has neither). `base_config` undoes it exactly: what the
+architecture and layout are read from. Checkpoints written before the marking (model_type "mamba" etc. or the
+mamba_ssm fields, plus a section) are read as they are.
 """
 
 from __future__ import annotations
@@ -248,8 +257,48 @@ def read(raw_config: dict, where) -> SimbaSection | None:
 
 
 def with_section(raw_config: dict, section: SimbaSection) -> dict:
-    """`raw_config` (a config.json) with `section` as its `simba` entry."""
-    return {**raw_config, SECTION: section.to_dict()}
+    """`raw_config` (a dense config.json, or a fragment merged into one later) with `section` as its `simba` entry,
+    marked for transformers (`mark`); a section it already had is replaced."""
+    return mark({**base_config(raw_config), SECTION: section.to_dict()})
+
+
+MODEL_TYPE = "simba"  # config.json["model_type"] of a sparsified checkpoint
+BASE = "simba_base_config"  # the dense config.json's entries that `mark` replaced
+REMOTE_CLASSES = {"AutoConfig": "configuration_simba.SimbaConfig",
+                  "AutoModelForCausalLM": "modeling_simba.SimbaForCausalLM"}
+_MARK_KEYS = ("model_type", "architectures", "auto_map")
+
+
+def is_marked(raw_config: dict) -> bool:
+    return isinstance(raw_config, dict) and raw_config.get("model_type") == MODEL_TYPE
+
+
+def mark(raw_config: dict) -> dict:
+    """A config.json holding a `simba` section, marked as sparsified (model_type "simba" + auto_map to the remote
+    code files, the replaced entries kept under "simba_base_config"); a dense one (no section) is returned as is."""
+    if SECTION not in raw_config or is_marked(raw_config):
+        return raw_config
+    out = {k: v for k, v in raw_config.items() if k not in _MARK_KEYS}
+    return {"model_type": MODEL_TYPE, "architectures": ["SimbaForCausalLM"], "auto_map": dict(REMOTE_CLASSES),
+            **out, BASE: {k: raw_config[k] for k in _MARK_KEYS if k in raw_config}}
+
+
+def base_config(raw_config, where="config.json"):
+    """The config.json of the dense model behind a marked sparsified one (`mark` undone; the section kept), which
+    the architecture and layout are read from; anything else is returned as is. A marked config without its
+    section or its "simba_base_config" is a one-line CheckpointError naming `where`."""
+    if not is_marked(raw_config):
+        return raw_config
+    base = raw_config.get(BASE)
+    if SECTION not in raw_config or not isinstance(base, dict):
+        missing = "its 'simba' section" if SECTION not in raw_config else f"a valid {BASE!r} entry"
+        raise CheckpointError(f"{where}: model_type {MODEL_TYPE!r} (a sparsified checkpoint) without {missing}")
+    unknown = sorted(set(base) - set(_MARK_KEYS))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown key {unknown[0]!r} in {BASE!r} (written by another version of "
+                              "simba-convert?)")
+    out = {k: v for k, v in raw_config.items() if k not in (*_MARK_KEYS, BASE)}
+    return {**base, **out}
 
 
 def to_json(section: SimbaSection) -> str:

@@ -292,6 +292,19 @@ def test_short_name_resolves_to_state_spaces_in_cache(tmp_path):
     assert resolve_mod.SHORT_NAMES["mamba-2.8b-hf"] == "state-spaces/mamba-2.8b-hf"
 
 
+def test_mamba2_and_falcon_short_names_resolve_to_their_hub_ids(tmp_path):
+    """The Mamba-2 sizes are state-spaces' own names (780m, 1.3b, 2.7b: not the Mamba-1 sizes)."""
+    assert resolve_mod.SHORT_NAMES["mamba2-2.7b"] == "state-spaces/mamba2-2.7b"
+    assert resolve_mod.SHORT_NAMES["mamba2-780m"] == "state-spaces/mamba2-780m"
+    assert "mamba2-790m" not in resolve_mod.SHORT_NAMES
+    assert resolve_mod.SHORT_NAMES["falcon-mamba-7b"] == "tiiuae/falcon-mamba-7b"
+    assert resolve_mod.SHORT_NAMES["mamba-codestral-7b"] == "mistralai/Mamba-Codestral-7B-v0.1"
+    save_bin(random_model(), tmp_path / "src")
+    fake_hub_cache(tmp_path / "cache", "state-spaces/mamba2-130m", tmp_path / "src")
+    r = resolve_mod.resolve("mamba2-130m", offline=True, cache_dir=tmp_path / "cache")
+    assert r.repo_id == "state-spaces/mamba2-130m" and r.kind == "hub"
+
+
 def test_hub_id_not_cached_offline_names_id_cache_and_env(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -402,7 +415,9 @@ def test_extra_config_tokenizer_and_sparsified_section(tmp_path):
     simba_convert.save_checkpoint(random_model(), tmp_path / "s", layout="hf", extra_config={"simba": simba},
                                   tokenizer_dir=tok_file)
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
-    assert cfg["simba"] == simba and cfg["model_type"] == "mamba" and cfg["dtype"] == "float32"
+    assert cfg["simba"] == simba and cfg["dtype"] == "float32"
+    # marked for transformers (issue 16: it used to keep "mamba" and run dense there); tests/test_hf_remote.py
+    assert cfg["model_type"] == "simba" and cfg["simba_base_config"]["model_type"] == "mamba"
     info = inspect_checkpoint(tmp_path / "s")
     assert info.sparsified and info.simba == simba and info.has_tokenizer
     dense = simba_convert.load(tmp_path / "s", apply_simba=False)

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
 import simba_convert
+from simba_convert import format as fmt
 from simba_convert.arch.mamba2 import Mamba2Config, Mamba2LM, write_mamba2
 from simba_convert.calibrate.objective import KLObjective
 from simba_convert.calibrate.search import calibrate
@@ -379,7 +380,9 @@ def test_cli_converts_reloads_and_inspects(work, tmp_path, layout, extra):
     info = inspect_checkpoint(out)
     assert (info.architecture, info.layout, info.sparsified) == ("mamba2", layout, True)
     src = inspect_checkpoint(work.src[layout])
-    assert {k: v for k, v in info.raw_config.items() if k != "simba"} == src.raw_config  # the input's layout kept
+    # the input's layout kept, under the marking for transformers (model_type "simba", format.mark)
+    assert info.raw_config["model_type"] == "simba" and info.raw_config == fmt.mark(fmt.base_config(info.raw_config))
+    assert {k: v for k, v in fmt.base_config(info.raw_config).items() if k != "simba"} == src.raw_config
     pruned = simba_convert.load(out)
     assert isinstance(pruned, PrunedMambaLM) and isinstance(pruned.dense, Mamba2LM)
     assert list(pruned.spec.keep_ratios) == section["keep_ratios"] and pruned.spec.protect == 4

@@ -44,10 +44,14 @@ def detect_architecture(config: Any) -> str:
     """config.json contents -> "mamba1" | "mamba2" | "falcon_mamba"; a one-line CheckpointError otherwise.
 
     The transformers layout is told by `model_type`; the mamba_ssm layout (d_model, n_layer, ssm_cfg) by
-    `ssm_cfg.layer` (absent: Mamba-1). Hybrids with attention layers are refused by name.
+    `ssm_cfg.layer` (absent: Mamba-1). Hybrids with attention layers are refused by name. A sparsified checkpoint's
+    config (model_type "simba", `format.mark`) is read as the dense config it was made from.
     """
     if not isinstance(config, dict):
         raise CheckpointError(f"config.json holds a JSON {type(config).__name__}, not a model config; {SUPPORTED}")
+    from ..format import base_config  # here: format imports this package
+
+    config = base_config(config)
     model_type = config.get("model_type")
     if model_type in HYBRID_MODEL_TYPES:
         raise CheckpointError(

@@ -20,6 +20,7 @@ import torch
 
 from ..arch import family
 from ..errors import CheckpointError, ConfigError
+from ..format import base_config, is_marked, mark
 from .atomic import atomic_directory, check_writable
 from .layout import (
     BIN, CONFIG, LAYOUTS, SAFETENSORS, SAFETENSORS_INDEX, TOKENIZER_FILES, CheckpointInfo,
@@ -294,11 +295,23 @@ def _prepare(model, layout: str, extra_config: dict | None, dtype=None):
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown checkpoint layout {layout!r}; choose one of {', '.join(LAYOUTS)}", option="layout")
     config = _config_dict(model.config, layout, model.dtype if dtype is None else resolve_dtype(dtype))
-    clash = sorted(set(extra_config or {}) & set(config))
+    extra = base_config(extra_config or {}, "extra_config")  # e.g. format.with_section({}, section), marked
+    clash = sorted(set(extra) & set(config))
     if clash:
         raise ConfigError(f"extra_config may not override the architecture field {clash[0]!r}")
-    config.update(extra_config or {})
-    return model, config
+    config.update(extra)
+    return model, mark(config)  # with a `simba` section: marked for transformers (format.mark)
+
+
+def write_config(dest: str | Path, config: dict) -> None:
+    """Write config.json into the checkpoint directory `dest`; a sparsified one (with a `simba` section) is marked
+    for transformers (`format.mark`) and gets the remote code files its auto_map names (io/hf_remote/)."""
+    config = mark(config)
+    (Path(dest) / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if is_marked(config):
+        from .hf_remote import write_remote_code
+
+        write_remote_code(dest)
 
 
 def write_checkpoint(
@@ -337,7 +350,7 @@ def write_checkpoint(
         torch.save(tensors, dest / BIN)
     else:
         _write_sharded(dest, tensors, max_shard_bytes)
-    (dest / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    write_config(dest, config)
     if tokenizer_dir is not None:
         _copy_tokenizer(tokenizer_dir, dest)
 
@@ -357,7 +370,9 @@ def save_checkpoint(
 
     The tied lm_head.weight is omitted (as transformers does); tensors are saved in the model's dtype
     byte for byte; above `max_shard_bytes` the weights are sharded with `model.safetensors.index.json`.
-    `extra_config` (e.g. {"simba": {...}}) is merged into config.json. `tokenizer_dir` is a directory
+    `extra_config` (e.g. {"simba": {...}}) is merged into config.json; with a `simba` section the checkpoint is
+    sparsified: config.json is marked for transformers (model_type "simba", `format.mark`) and the remote code
+    files that run it pruned in transformers are written beside it (io/hf_remote/). `tokenizer_dir` is a directory
     of tokenizer files, a tokenizer.json path, or an object with `save(path)`. The directory appears
     complete or not at all; an existing one is replaced only with `force` (else OutputExistsError).
     """

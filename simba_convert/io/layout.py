@@ -13,7 +13,11 @@ the same two layouts (CHECKPOINTS.md §1.3, §2.2):
   `backbone.embeddings.weight` instead of `backbone.embedding.weight`; all other names are equal.
   FalconMamba's B/C/dt norms have no weights (transformers keeps only non-persistent buffers of ones), so
   its tensors are Mamba-1's; its LM head is usually untied (tie_word_embeddings false).
-A sparsified (Simba) checkpoint is either layout with a `simba` section in config.json.
+A sparsified (Simba) checkpoint is either layout with a `simba` section in config.json, marked for transformers
+(model_type "simba", the dense entries kept under "simba_base_config": `format.mark`) and carrying the two remote
+code files that run it pruned (io/hf_remote/); `CheckpointInfo.raw_config` is config.json as stored, and the
+architecture and layout are read from `format.base_config` of it. Sparsified checkpoints written before the
+marking (a plain dense config plus the section) are read the same way.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def parse_config(raw: Any, where: Path) -> tuple[str, Any]:
     (another model type, a hybrid, a malformed config)."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where} holds a JSON {type(raw).__name__}, not a model config; {SUPPORTED}")
+    from ..format import base_config
+
+    raw = base_config(raw, where)  # a sparsified checkpoint's marked config: the dense config it was made from
     try:
         arch = detect_architecture(raw)
     except CheckpointError as e:

@@ -5,7 +5,6 @@ Each stage takes the frozen ConvertConfig and what earlier stages produced, and 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 
 from ..calibrate import data as calib_data
 from ..calibrate.objective import KLObjective, score_profile
-from ..calibrate.search import CalibrationResult, Candidate, calibrate
+from ..calibrate.search import CalibrationResult, Candidate, calibrate, holdout_count
 from ..errors import CheckpointError
 from ..format import Calibration, Finetune, SimbaSection, provenance, with_section
 from ..pruning import schedules
@@ -81,7 +80,7 @@ def score_stage(cfg: ConvertConfig, loaded: Loaded) -> Scored:
     text, source = calib_data.read_calibration_text(cfg.calib)
     ids = calib_data.encode(loaded.tokenizer, text)
     windows = calib_data.make_windows(ids, cfg.samples, cfg.seq_len, cfg.seed)
-    n_hold = cfg.samples // 4 if cfg.schedule == "calibrated" else 0
+    n_hold = holdout_count(cfg.samples) if cfg.schedule == "calibrated" else 0
 
     def objective(w, what=""):
         return KLObjective(loaded.model, w, cfg.protect, batch_size=cfg.batch_size,
@@ -119,21 +118,8 @@ def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> Calib
             pb.set_postfix_str(f"KL {c.kl:.4f}")
             pb.update(1)
 
-        result = calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
-                           seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval)
-    return check_holdout(result, scored.holdout)
-
-
-def check_holdout(result: CalibrationResult, holdout: KLObjective | None) -> CalibrationResult:
-    """Fall back to `linear` when the searched schedule is worse than it on the held-out windows (SIMBA.md §6)."""
-    if holdout is None or result.best.ratios == result.linear.ratios:
-        return result
-    best_kl, lin_kl = holdout(result.best.ratios).kl, holdout(result.linear.ratios).kl
-    result.holdout = {"windows": int(holdout.inputs.shape[0]), "best_kl": best_kl, "linear_kl": lin_kl,
-                      "fell_back": best_kl > lin_kl}
-    if best_kl > lin_kl:
-        result.best = result.linear
-    return result
+        return calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
+                         seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval, holdout=scored.holdout)
 
 
 def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) -> PrunedMambaLM:
@@ -178,8 +164,9 @@ def save_stage(cfg: ConvertConfig, loaded: Loaded, model: PrunedMambaLM, section
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (src.path / index).is_file():
                 shutil.copyfile(src.path / index, dest / index)
-        raw = with_section(src.raw_config, section)
-        (dest / "config.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+        from ..io.checkpoint import write_config
+
+        write_config(dest, with_section(src.raw_config, section))  # marked, with the remote code files
     tok_json = src.path / "tokenizer.json"
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src.path / name).is_file():
@@ -259,4 +246,6 @@ def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path, section: 
 
     rep = export_onnx(model, dest / "model.onnx", protect=cfg.protect, section=section)
     rep["path"] = "model.onnx"
+    if rep.get("step"):
+        rep["step"]["path"] = Path(rep["step"]["path"]).name  # model_step.onnx, beside it
     return rep
