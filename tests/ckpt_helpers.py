@@ -29,19 +29,7 @@ def hf_model(hidden=24, state=5, layers=2, conv=3, vocab=101, tied=True, seed=0)
         vocab_size=vocab, hidden_size=hidden, state_size=state, num_hidden_layers=layers,
         conv_kernel=conv, tie_word_embeddings=tied,
     )
-    model = MambaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("A_log"):
-                p.add_(0.1 * noise)
-            elif name.endswith(("embeddings.weight", "lm_head.weight")):
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
+    model = randomize_weights(MambaForCausalLM(cfg).eval(), seed + 1)
     return model
 
 
@@ -74,3 +62,28 @@ def write_mamba_ssm(hf, out: Path, *, fmt: str = "bin", vocab_size: int | None =
 def listing(root: Path) -> set[str]:
     """Every path under root, for checking that a failed call wrote nothing."""
     return {os.path.relpath(os.path.join(d, f), root) for d, ds, fs in os.walk(root) for f in ds + fs}
+
+
+def randomize_weights(model, seed: int, *, spread_a: bool = False, dt_bias: tuple[float, float] | None = None):
+    """Every parameter of `model` random, so that a tensor loaded into the wrong place changes the logits: norm
+    weights and D near 1, embeddings and head N(0, 1), other matrices N(0, 1/fan-in); A_log perturbed by N(0, 0.1)
+    or, with spread_a, set so that A spreads over -(0.5 .. 4.5); dt_bias = (scale, shift) sets the step-size biases
+    (`dt_bias`, `dt_proj.bias`) to scale·N(0, 1) + shift, so that the step sizes and the token scores differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
+                p.copy_(1 + 0.2 * noise)
+            elif name.endswith("A_log"):
+                if spread_a:
+                    p.copy_(torch.log(0.5 + 4 * torch.rand(p.shape, generator=g)))
+                else:
+                    p.add_(0.1 * noise)
+            elif dt_bias is not None and name.endswith(("dt_bias", "dt_proj.bias")):
+                p.copy_(dt_bias[0] * noise + dt_bias[1])
+            elif name.endswith(("embeddings.weight", "embedding.weight", "lm_head.weight")):
+                p.copy_(noise)
+            else:
+                p.copy_(noise / p.shape[-1] ** 0.5)
+    return model

@@ -23,6 +23,7 @@ from simba_convert.ops.selective_scan import selective_scan_ref, step_size
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
 from tolerance import assert_matches
+from ckpt_helpers import randomize_weights
 
 pytest.importorskip("transformers")
 
@@ -40,22 +41,8 @@ def _hf_falcon(seed: int = 0):
         vocab_size=VOCAB, hidden_size=HIDDEN, state_size=STATE, num_hidden_layers=LAYERS, conv_kernel=4,
         time_step_rank=RANK, mixer_rms_eps=EPS, tie_word_embeddings=False,
     )
-    model = FalconMambaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("A_log"):
-                p.add_(0.1 * noise)
-            elif name.endswith(("embeddings.weight", "lm_head.weight")):
-                p.copy_(noise)
-            elif name.endswith("dt_proj.bias"):
-                p.copy_(noise - 2)  # steps from ~0.02 to ~1: tokens get different scores
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-    return model
+    # dt biases N(-2, 1): steps from ~0.02 to ~1, so tokens get different scores
+    return randomize_weights(FalconMambaForCausalLM(cfg).eval(), seed + 1, dt_bias=(1.0, -2.0))
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from simba_convert.pruning.spec import PruningSpec
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from ckpt_helpers import randomize_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = PruningSpec((1.0, 0.5, 0.25), protect=4)
@@ -53,21 +54,7 @@ def dense_model(arch: str, seed: int = 0):
     else:
         model = MambaLM(MambaConfig(d_model=24, n_layer=3, vocab_size=61, d_state=5, bcdt_rms=arch == "falcon_mamba",
                                     tie_embeddings=arch != "falcon_mamba"))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("A_log"):
-                p.copy_(torch.log(0.5 + 4 * torch.rand(p.shape, generator=g)))
-            elif name.endswith(("dt_bias", "dt_proj.bias")):
-                p.copy_(0.5 * noise - 1.0)
-            elif name.endswith(("embedding.weight", "lm_head.weight")):
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-    return model.eval()
+    return randomize_weights(model, seed + 1, spread_a=True, dt_bias=(0.5, -1.0)).eval()
 
 
 def section(arch: str) -> SimbaSection:

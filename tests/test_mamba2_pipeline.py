@@ -36,6 +36,7 @@ from simba_convert.pruning import flops, schedules
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
 from tolerance import assert_matches
+from ckpt_helpers import randomize_weights
 
 pytest.importorskip("transformers")
 
@@ -67,21 +68,7 @@ def _tokenizer(path: Path, vocab: int = 280) -> int:
 
 def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Every parameter random; A < 0 and the step sizes spread over (0, 1), so that token scores differ."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("A_log"):
-                p.copy_(torch.log(0.5 + 4 * torch.rand(p.shape, generator=g)))
-            elif name.endswith("dt_bias"):
-                p.copy_(0.5 * noise - 1.0)
-            elif name.endswith(("embeddings.weight", "embedding.weight", "lm_head.weight")):
-                p.copy_(noise)
-            else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
-    return model.eval()
+    return randomize_weights(model, seed, spread_a=True, dt_bias=(0.5, -1.0)).eval()
 
 
 def hf_checkpoint(path: Path, vocab: int, tokenizer: Path | None = None, seed: int = 0) -> Path:
