@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+
+class LMConfigMixin:
+    """What every architecture's frozen config dataclass derives the same way."""
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return self.vocab_size + (-self.vocab_size) % m
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def mamba_ssm_config(cfg, ssm: dict[str, Any]) -> dict[str, Any]:

@@ -7,19 +7,18 @@ config has no such field, so a FalconMamba config has the transformers layout on
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..arch.common import mamba_ssm_config
+from ..arch.common import LMConfigMixin, mamba_ssm_config
 from ..errors import CheckpointError, ConfigError
 
 HF_MODEL_TYPES = ("mamba", "falcon_mamba")
 
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(LMConfigMixin):
     """Shape of a Mamba-1 language model (SIMBA.md §2 notation: d, D = expand·d, N, R, K)."""
 
     d_model: int
@@ -63,14 +62,6 @@ class MambaConfig:
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
-
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.pad_vocab_size_multiple
-        return self.vocab_size + (-self.vocab_size) % m
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     # --- the mamba_ssm layout (state-spaces/mamba-*) ---------------------------------------------
     @classmethod

@@ -17,12 +17,11 @@ The two layouts do not compute quite the same model; the fields below hold what 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..common import mamba_ssm_config
+from ..common import LMConfigMixin, mamba_ssm_config
 from ...errors import CheckpointError, ConfigError
 
 NO_DT_LIMIT = (0.0, math.inf)
@@ -52,7 +51,7 @@ def _dt_limit(value) -> tuple:
 
 
 @dataclass(frozen=True)
-class Mamba2Config:
+class Mamba2Config(LMConfigMixin):
     """Shape of a Mamba-2 language model (notation in the module docstring)."""
 
     d_model: int
@@ -129,14 +128,6 @@ class Mamba2Config:
     @property
     def has_dt_limit(self) -> bool:
         return self.dt_limit != NO_DT_LIMIT
-
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.pad_vocab_size_multiple
-        return self.vocab_size + (-self.vocab_size) % m
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     # --- the mamba_ssm layout (state-spaces/mamba2-*) --------------------------------------------
     @classmethod
