@@ -1,14 +1,18 @@
 """ONNX Runtime latency of the exported prefill: sparse vs dense, portable vs custom-op library, vs PyTorch.
 
-    PYTHONPATH=. python3 benchmarks/bench_onnx.py --out benchmarks/results/bench_onnx_cpu.json      # CPU, L=512,2048
-    PYTHONPATH=. python3 benchmarks/bench_onnx.py --smoke --out /tmp/bench_onnx.json              # seconds, CPU
-    PYTHONPATH=. python3 benchmarks/bench_onnx.py --cuda --out $OUT/bench_onnx_cuda.json          # H200
+    PYTHONPATH=. python3 benchmarks/bench_onnx.py --batch 1 4 --threads 0 1 --profile 5 \
+        --out benchmarks/results/bench_onnx_cpu.json                                          # CPU, L=512,2048
+    PYTHONPATH=. python3 benchmarks/bench_onnx.py --smoke --out /tmp/bench_onnx.json          # seconds, CPU
+    PYTHONPATH=. python3 benchmarks/bench_onnx.py --cuda --out $OUT/bench_onnx_cuda.json      # H200
 
-One process exports the sparse model (the paper's linear schedule, 10% kept at the last layer) and the
-dense one (all ratios 1) of the same weights, then times, per sequence length and in interleaved rounds:
-onnxruntime without the library (the Scan reference functions), onnxruntime with libsimba_ort_ops, and
-PyTorch eager (PrunedMambaLM / MambaLM). Each onnxruntime row also records its agreement with PyTorch
-(relative RMS of the protected logits, and whether the kept tokens match).
+One process exports the dense model (all ratios 1) and, for each length L, the sparse one (the linear schedule
+solved for --budget at L, 0.6 by default: what `simba-convert --schedule linear --seq-len L` picks) of the same
+weights, then times, per (L, batch, onnxruntime threads) and in interleaved rounds: onnxruntime without the
+library (the Scan reference functions), onnxruntime with libsimba_ort_ops, and PyTorch eager (PrunedMambaLM /
+MambaLM, logits of the protected positions only, as the files give). Each onnxruntime row also records its
+agreement with PyTorch (relative RMS of the protected logits, and whether the kept tokens match).
+--baseline DIR adds the exports and library of another checkout (e.g. the code before a change) to the same
+rounds; --profile RUNS records ORT's profiler per op type, per category and per node for every file at B=1.
 
 --cuda: the same with onnxruntime-gpu's CUDAExecutionProvider (needs the library built with
 `kernels/build.sh --cuda`, carried as kernels/build) next to PyTorch on the GPU; plus the raw CUDA
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -28,14 +33,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# numpy's OpenBLAS pool (loaded with scipy by the exporter) spins between calls: on a 2-core machine that is CPU
+# taken from the onnxruntime runs being timed. PyTorch's own threads are unaffected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from simba_convert.model.config import MambaConfig
-from simba_convert.model.mamba import MambaLM
-from simba_convert.pruning.model import PrunedMambaLM
-from simba_convert.pruning.schedules import paper_linear
-from simba_convert.pruning.spec import PruningSpec
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from simba_convert.model.config import MambaConfig  # noqa: E402
+from simba_convert.model.mamba import MambaLM  # noqa: E402
+from simba_convert.pruning.model import PrunedMambaLM  # noqa: E402
+from simba_convert.pruning.spec import PruningSpec  # noqa: E402
 
 SHAPES = {  # d_model, n_layer, vocab
     "mamba-tiny": (256, 8, 8192),
@@ -80,6 +88,9 @@ def make_session(path, library, providers, threads):
     from simba_convert.export.runtime import session_options
 
     so = session_options(library, threads=threads)
+    # Many sessions share this process and take turns: a session's idle pool threads must not spin through the
+    # next session's run (ORT's default for one session per process is to spin).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
@@ -110,19 +121,85 @@ def rel_rms(out, ref) -> float:
     return float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30))
 
 
-def bench_length(models, sessions, L, args, device) -> list[dict]:
+CATEGORIES = {  # ORT op type -> where its time goes (the profile's groups)
+    "simba kernels": ("SelectiveScan", "SelectiveScanScore", "ImpactScore"),
+    "Scan (portable reference bodies)": ("Scan", "Softplus", "Exp", "CumSum", "ReduceSum", "ReduceMax", "Abs", "Pad"),
+    "MatMul": ("MatMul", "Gemm", "FusedMatMul"),
+    "conv + layout": ("Conv", "Transpose", "QuickGelu", "Sigmoid"),
+    "gathers, top-k, scatters": ("Gather", "GatherND", "GatherElements", "TopK", "ScatterElements"),
+    "casts": ("Cast", "CastLike"),
+    "norms": ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "SimplifiedLayerNormalization",
+              "SkipSimplifiedLayerNormalization"),
+}
+
+
+def category(op: str) -> str:
+    return next((c for c, ops in CATEGORIES.items() if op in ops), "other (elementwise, shapes)")
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "simba_convert/export", "kernels",
+                                "benchmarks/bench_onnx.py"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + (" + uncommitted changes to export/, kernels/, bench_onnx.py" if dirty.stdout.strip()
+                                  else "")
+
+
+def budget_ratios(cfg, budget: float, L: int, protect: int) -> tuple[tuple[float, ...], float]:
+    """The paper's linear schedule solved for `budget` at length L (what `simba-convert --schedule linear` picks),
+    and its exact FLOPs ratio there."""
+    from simba_convert.pruning.flops import flops_report
+    from simba_convert.pruning.schedules import family, solve_budget
+
+    ratios = solve_budget(family("linear", cfg.n_layer), cfg, budget, L, protect)
+    return tuple(round(r, 6) for r in ratios), flops_report(cfg, ratios, L, protect).ratio
+
+
+def export_baseline(src: Path, jobs: list[tuple[str, tuple, Path]], args) -> None:
+    """Export with the `simba_convert` found under `src` (a checkout of the code before this change), in a
+    subprocess: the same weights (build_model), ratios and protect. jobs: (variant, ratios, path)."""
+    import subprocess
+
+    code = (
+        "import json, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "import torch\n"
+        "from bench_onnx import build_model\n"
+        "from simba_convert.pruning.model import PrunedMambaLM\n"
+        "from simba_convert.pruning.spec import PruningSpec\n"
+        "from simba_convert.export import export_onnx\n"
+        "dense, _ = build_model(%r, 'cpu', torch.%s)\n"
+        "for variant, ratios, path in json.loads(sys.argv[1]):\n"
+        "    m = dense if variant == 'dense' else PrunedMambaLM(dense, PruningSpec(tuple(ratios), protect=%d))\n"
+        "    export_onnx(m, path, protect=%d, dtype=%r, check=False)\n"
+        % (str(Path(__file__).resolve().parent), args.model, args.dtype, args.protect, args.protect, args.dtype))
+    arg = json.dumps([[v, list(r), str(p)] for v, r, p in jobs])
+    env = dict(os.environ, PYTHONPATH=str(src))
+    subprocess.run([sys.executable, "-c", code, arg], check=True, env=env, capture_output=True, cwd=src)
+
+
+def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
+    """Every variant x path at one (L, batch, threads), timed in interleaved rounds; ratios from this run."""
     from simba_convert.export.verify import reference_outputs
 
-    ids = torch.randint(0, models["dense"].config.vocab_size, (args.batch, L), generator=torch.Generator().manual_seed(L))
+    dense = models["dense"]
+    ids = torch.randint(0, dense.config.vocab_size, (bsz, L), generator=torch.Generator().manual_seed(L + bsz))
     feed = {"input_ids": ids.numpy()}
     cases = []
     for variant in ("sparse", "dense"):
-        model = models[variant]
+        model = models[variant][L] if variant == "sparse" else dense
         ref_logits, ref_mask = reference_outputs(model, ids.to(device), dtype=args.torch_dtype, protect=args.protect)
-        with torch.inference_mode():
+        if args.torch:
+            P = min(args.protect, L)
             cases.append(dict(variant=variant, runtime="pytorch", path=args.torch_backend,
-                              fn=lambda m=model, x=ids.to(device): m(x)))
-        for path_name, sess in sessions[variant].items():
+                              fn=lambda m=model, x=ids.to(device): m(x, num_last=P)))
+        for path_name, sess in sessions[(variant, L if variant == "sparse" else None, threads)].items():
             out = sess.run(None, feed)
             row = dict(variant=variant, runtime="onnxruntime", path=path_name, fn=lambda s=sess: s.run(None, feed))
             row["rel_rms_vs_pytorch"] = rel_rms(out[0], ref_logits)
@@ -140,16 +217,53 @@ def bench_length(models, sessions, L, args, device) -> list[dict]:
     rows = []
     for c in cases:
         c.pop("fn")
-        c.update(seq_len=L, batch=args.batch, median_ms=statistics.median(c["runs_ms"]), min_ms=min(c["runs_ms"]))
+        c.update(seq_len=L, batch=bsz, threads=threads or "default", median_ms=statistics.median(c["runs_ms"]),
+                 min_ms=min(c["runs_ms"]))
         rows.append(c)
-        print(f"  L={L} {c['variant']:6s} {c['runtime']:11s} {c['path']:9s} {c['median_ms']:9.1f} ms", file=sys.stderr, flush=True)
+        print(f"  L={L} B={bsz} threads={threads or 'default'} {c['variant']:6s} {c['runtime']:11s} {c['path']:17s} "
+              f"{c['median_ms']:9.1f} ms", file=sys.stderr, flush=True)
     for c in rows:  # ratios measured in this run
         dense_same = next(r for r in rows if r["variant"] == "dense" and r["runtime"] == c["runtime"] and r["path"] == c["path"])
         c["speedup_vs_dense"] = dense_same["median_ms"] / c["median_ms"]
-        torch_same = next(r for r in rows if r["variant"] == c["variant"] and r["runtime"] == "pytorch")
-        c["speedup_vs_pytorch"] = torch_same["median_ms"] / c["median_ms"]
+        torch_same = next((r for r in rows if r["variant"] == c["variant"] and r["runtime"] == "pytorch"), None)
+        c["speedup_vs_pytorch"] = torch_same["median_ms"] / c["median_ms"] if torch_same else None
     return rows
 
+
+def profile(path, library, feed, runs: int, threads) -> dict:
+    """ORT's profiler over `runs` runs of one session: ms per run by op type, by category and by node."""
+    import collections
+
+    import onnxruntime as ort
+
+    from simba_convert.export.runtime import session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = session_options(library, threads=threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess.run(None, feed)  # warm-up, not counted below
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            sess.run(None, feed)
+        wall = (time.perf_counter() - t0) * 1e3 / runs
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    model_runs = [e for e in events if e.get("name") == "model_run"][1:]
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    nodes = nodes[len(nodes) // (runs + 1):]  # drop the warm-up run's nodes
+    by_op, by_node, by_cat = collections.Counter(), collections.Counter(), collections.Counter()
+    for e in nodes:
+        op, ms = e["args"]["op_name"], e["dur"] / 1e3 / runs
+        by_op[op] += ms
+        by_cat[category(op)] += ms
+        by_node[f"{e['name'][:-len('_kernel_time')]} ({op})"] += ms
+    r2 = lambda c: {k: round(v, 3) for k, v in c.most_common()}  # noqa: E731
+    return {"runs": runs, "wall_ms": round(wall, 2),
+            "model_run_ms": round(statistics.mean(e["dur"] for e in model_runs) / 1e3, 2) if model_runs else None,
+            "nodes_ms": round(sum(by_op.values()), 2), "node_count": len(nodes) // runs,
+            "by_category": r2(by_cat), "by_op": r2(by_op), "top_nodes": dict(list(r2(by_node).items())[:20])}
 
 def cuda_kernel_parity(lib_path, args) -> list[dict]:
     """The library's raw CUDA launchers (ctypes, torch tensors and stream) against the PyTorch ops."""
@@ -213,19 +327,28 @@ def cuda_kernel_parity(lib_path, args) -> list[dict]:
 
 
 def markdown(res: dict) -> str:
-    head = (f"ONNX prefill, {res['device']}, onnxruntime {res['onnxruntime']}, torch {res['torch']}, {res['date']}\n\n"
-            f"`{res['command']}`\n\nmodel: {res['model']} ({res['weights']}), batch {res['batch']}, protect {res['protect']}, "
-            f"dtype {res['dtype']}, sparse keep ratios {res['keep_ratios']}\n\n")
-    lines = ["| L | variant | runtime | path | median ms | min ms | × dense (same path) | × PyTorch (same variant) | rel RMS vs PyTorch | kept match |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    head = (f"ONNX prefill, {res['device']}, onnxruntime {res['onnxruntime']}, torch {res['torch']}, {res['date']}, "
+            f"commit {res['commit']}\n\n`{res['command']}`\n\nmodel: {res['model']} ({res['weights']}), protect "
+            f"{res['protect']}, dtype {res['dtype']}, budget {res['budget']}: linear schedule solved at each L "
+            + "; ".join(f"L={L}: ratios {v['keep_ratios']}, FLOPs ratio {v['flops_ratio']:.3f}"
+                        for L, v in res["sparse_specs"].items()) + "\n\n")
+    lines = ["| L | B | threads | variant | runtime | path | median ms | min ms | dense / this (same path) | "
+             "PyTorch / this | rel RMS vs PyTorch | kept match |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['seq_len']} | {r['variant']} | {r['runtime']} | {r['path']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
-                     f"{r['speedup_vs_dense']:.2f} | {r['speedup_vs_pytorch']:.2f} | {r.get('rel_rms_vs_pytorch', 0):.1e} | "
+        vs_torch = f"{r['speedup_vs_pytorch']:.2f}" if r.get("speedup_vs_pytorch") else ""
+        rr = f"{r['rel_rms_vs_pytorch']:.1e}" if "rel_rms_vs_pytorch" in r else ""
+        lines.append(f"| {r['seq_len']} | {r['batch']} | {r['threads']} | {r['variant']} | {r['runtime']} | {r['path']} | "
+                     f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['speedup_vs_dense']:.2f} | {vs_torch} | {rr} | "
                      f"{r.get('kept_match', '')} |")
     out = head + "\n".join(lines) + "\n"
+    for key, prof in res.get("profile", {}).items():
+        out += f"\nProfile {key}: {prof['wall_ms']:.1f} ms/run, nodes {prof['nodes_ms']:.1f} ms ({prof['node_count']} nodes): "
+        out += ", ".join(f"{k} {v:.1f}" for k, v in prof["by_category"].items()) + "\n"
     if res.get("node_providers"):
         out += "\nNodes per execution provider (one profiled run): " + "; ".join(
-            f"{k}: " + ", ".join(f"{op} {provs}" for op, provs in v.items() if op in ("SelectiveScan", "ImpactScore", "Scan"))
+            f"{k}: " + ", ".join(f"{op} {provs}" for op, provs in v.items()
+                                 if op in ("SelectiveScan", "SelectiveScanScore", "ImpactScore", "Scan"))
             for k, v in res["node_providers"].items()) + "\n"
     if res.get("cuda_kernels"):
         out += "\n| dtype | B×L×D×N | scan rel RMS | scan ms (torch ms) | last rel RMS | last ms (torch ms) | global rel RMS | global ms (torch ms) |\n"
@@ -243,20 +366,28 @@ def main(argv=None):
     ap.add_argument("--model", default=None, choices=sorted(SHAPES),
                     help="default: mamba-tiny (mamba-130m takes ~2 min per export: 24 layers)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="default: 512 2048")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--threads", type=int, nargs="+", default=[0],
+                    help="onnxruntime intra-op threads, each a separate set of rows (0: its default)")
     ap.add_argument("--protect", type=int, default=64)
+    ap.add_argument("--budget", type=float, default=0.6, help="FLOPs budget of the sparse model (linear schedule)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    ap.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                    help="also profile each file at B=1 with ORT's profiler over RUNS runs (per op type and node)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a checkout of the code before a change (its simba_convert/ and kernels/build/): its exports "
+                         "and library run as extra rows in the same rounds")
+    ap.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch rows")
     ap.add_argument("--cuda", action="store_true", help="onnxruntime-gpu CUDA EP and PyTorch on the GPU")
     ap.add_argument("--smoke", action="store_true", help="a seconds-long CPU run on a micro model")
     args = ap.parse_args(argv)
     device = "cuda" if args.cuda else "cpu"
     args.model = args.model or ("micro" if args.smoke else "mamba-tiny")
     args.lengths = args.lengths or ([48] if args.smoke else [512, 2048])
-    if args.smoke:
-        args.protect, args.repeats = min(args.protect, 8), 2
+    if args.smoke:  # two layers: the linear schedule reaches no lower budget at L=48
+        args.protect, args.repeats, args.budget = min(args.protect, 8), 2, max(args.budget, 0.9)
     args.torch_dtype = getattr(torch, args.dtype)
     args.torch_backend = "auto" if args.cuda else "reference"
 
@@ -273,34 +404,65 @@ def main(argv=None):
             print("onnxruntime has no CUDAExecutionProvider: only the raw CUDA kernels are measured", file=sys.stderr)
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else ["CPUExecutionProvider"])
     dense, weights = build_model(args.model, device, args.torch_dtype)
-    ratios = paper_linear(dense.config.n_layer)
-    models = {"sparse": PrunedMambaLM(dense, PruningSpec(ratios, criterion="last", protect=args.protect)), "dense": dense}
-    res = dict(date=datetime.date.today().isoformat(), command=" ".join(sys.argv), platform=platform.platform(),
-               device=torch.cuda.get_device_name() if args.cuda else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} torch threads)",
-               torch=torch.__version__, onnxruntime=ort.__version__, model=args.model, weights=weights, batch=args.batch,
-               protect=args.protect, dtype=args.dtype, keep_ratios=[round(r, 4) for r in ratios],
-               library=str(lib) if lib else None, rows=[], exports={})
+    specs = {L: budget_ratios(dense.config, args.budget, L, args.protect) for L in args.lengths}
+    models = {"dense": dense, "sparse": {L: PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
+                                         for L, (r, _) in specs.items()}}
+    res = dict(date=datetime.date.today().isoformat(), command=" ".join(sys.argv), commit=git_commit(),
+               platform=platform.platform(),
+               device=torch.cuda.get_device_name() if args.cuda else
+               f"CPU ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)",
+               torch=torch.__version__, onnxruntime=ort.__version__, numpy=np.__version__, python=platform.python_version(),
+               model=args.model, weights=weights, batches=args.batch, protect=args.protect, dtype=args.dtype,
+               budget=args.budget, sparse_specs={L: {"keep_ratios": list(r), "flops_ratio": f} for L, (r, f) in specs.items()},
+               library=str(lib) if lib else None, baseline=str(args.baseline) if args.baseline else None,
+               rows=[], exports={}, profile={})
     run_ort = not args.cuda or "CUDAExecutionProvider" in ort.get_available_providers()
     with tempfile.TemporaryDirectory() as tmp:
         if not run_ort:  # no onnxruntime-gpu: only the raw kernels below
             args.lengths = []
-        sessions = {}
-        for variant, model in models.items() if args.lengths else ():
-            path = Path(tmp) / variant / "model.onnx"
-            rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False)
-            res["exports"][variant] = {k: rep[k] for k in ("size_bytes", "export_seconds", "custom_nodes")}
-            paths = {"portable": False}
+        files = {}  # (variant, L or None) -> {path name: (file, library)}
+        jobs = [("dense", None, dense)] + [("sparse", L, m) for L, m in models["sparse"].items()] if args.lengths else []
+        for variant, L, model in jobs:
+            path = Path(tmp) / f"{variant}{L or ''}" / "model.onnx"
+            t0 = time.perf_counter()
+            rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False, step=False)
+            res["exports"][f"{variant}{L or ''}"] = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
+                                                         export_seconds=round(time.perf_counter() - t0, 1))
+            files[(variant, L)] = {"portable": (path, False)}
             if lib:
-                paths["library"] = lib
-            sessions[variant] = {n: make_session(path, l, providers, args.threads) for n, l in paths.items()}
-        for L in args.lengths:
-            res["rows"] += bench_length(models, sessions, L, args, device)
+                files[(variant, L)]["library"] = (path, lib)
+        if args.baseline and args.lengths:
+            base_jobs = [(v, (1.0,) * dense.config.n_layer if v == "dense" else specs[L][0],
+                          Path(tmp) / "baseline" / f"{v}{L or ''}" / "model.onnx") for v, L, _ in jobs]
+            export_baseline(args.baseline, base_jobs, args)
+            base_lib = args.baseline / "kernels" / "build" / "libsimba_ort_ops.so"
+            for (v, L, _), (_, _, p) in zip(jobs, base_jobs):
+                files[(v, L)]["baseline portable"] = (p, False)
+                if base_lib.is_file():
+                    files[(v, L)]["baseline library"] = (p, base_lib)
+        for threads in args.threads:
+            sessions = {(v, L, threads): {n: make_session(p, lb, providers, threads or None) for n, (p, lb) in fs.items()}
+                        for (v, L), fs in files.items()}
+            for L in args.lengths:
+                for bsz in args.batch:
+                    res["rows"] += bench_case(models, sessions, L, bsz, threads, args, device)
+            del sessions
+        if args.profile and args.lengths and not args.cuda:
+            for L in args.lengths:
+                feed = {"input_ids": np.random.default_rng(L).integers(0, dense.config.vocab_size, (1, L))}
+                for variant in ("sparse", "dense"):
+                    for name, (p, lb) in files[(variant, L if variant == "sparse" else None)].items():
+                        key = f"L={L} {variant} {name}"
+                        # portable: one run (its Scan bodies' nodes overflow the profiler's event buffer), and its
+                        # node sum counts each Scan body's nodes inside the Scan node as well
+                        runs = 1 if "portable" in name else args.profile
+                        res["profile"][key] = profile(p, lb, feed, runs, args.threads[0] or None)
+                        print(f"  profile {key}: {res['profile'][key]['by_category']}", file=sys.stderr, flush=True)
         if args.cuda and args.lengths:
-            feed = {"input_ids": np.zeros((args.batch, args.lengths[0]), dtype=np.int64)}
+            feed = {"input_ids": np.zeros((args.batch[0], args.lengths[0]), dtype=np.int64)}
             res["node_providers"] = {
-                f"{variant}/{name}": node_providers(Path(tmp) / variant / "model.onnx", lib if name == "library" else False,
-                                                    providers, feed, args.threads)
-                for variant in sessions for name in sessions[variant]}
+                f"{v}{L or ''}/{name}": node_providers(p, lb, providers, feed, None)
+                for (v, L), fs in files.items() for name, (p, lb) in fs.items()}
             print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
     if args.cuda:
         import ctypes

@@ -8,7 +8,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #ifndef SIMBA_CPU_ISA
 #define SIMBA_CPU_ISA base  // build.sh compiles this file again with -DSIMBA_CPU_ISA=avx2 -mavx2 -mfma
@@ -59,22 +64,43 @@ uint16_t float_to_half(float f) {
 
 namespace {
 
-inline float load(float v) { return v; }
-inline float load(half_t v) { return half_to_float(v.bits); }
-inline void store(float* p, float v) { *p = v; }
-inline void store(half_t* p, float v) { p->bits = float_to_half(v); }
+// The per-channel maths runs on GCC/Clang vector types of the target's native width (V lanes: 8 with AVX2,
+// 4 with SSE2), NV of them per channel block. Plain loops over the lanes were left scalar by GCC 12 once
+// their body held softplus or silu, and vectors wider than the target's registers were scalarised in part.
+#if defined(__AVX512F__)
+constexpr int64_t V = 16;
+#elif defined(__AVX2__)
+constexpr int64_t V = 8;
+#else
+constexpr int64_t V = 4;
+#endif
+constexpr int64_t W = kBlockD, NV = W / V;
+static_assert(W % V == 0, "a channel block is a whole number of vectors");
+typedef float vf __attribute__((vector_size(V * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(V * sizeof(int32_t))));
+
+#define SIMBA_INLINE __attribute__((always_inline)) inline
+
+SIMBA_INLINE vf splat(float x) { return vf{} + x; }
 
 // exp(x) for x <= 88: 2^k·e^r with k = round(x/ln2) and a degree-7 polynomial on |r| <= ln2/2
-// (relative error ~1e-7, like libm's expf); branch-free so that the channel loops vectorise. Arguments
-// below -87 return exp(-87) ~ 1.6e-38 instead of a subnormal: an absolute error below 2e-38.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  float k = x * 1.44269504088896341f + 12582912.0f;  // adding 1.5·2^23 rounds to an integer
+// (relative error ~1e-7, like libm's expf). Arguments below -87 return exp(-87) ~ 1.6e-38 instead of a
+// subnormal: an absolute error below 2e-38.
+// With AVX-512, k is rounded by vrndscaleps and 2^k applied by vscalefps (the same k, r and p, so the same
+// results on [-87, 88], and true subnormals below): 12 instructions instead of 17, the scan's and the score's
+// inner loops being nearly all exp.
+SIMBA_INLINE vf vexp(vf x) {
+#if defined(__AVX512F__)
+  const vf k = (vf)_mm512_maskz_roundscale_ps(0xffff, (__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  x = x < -87.0f ? splat(-87.0f) : x;
+  x = x > 88.0f ? splat(88.0f) : x;
+  vf k = x * 1.44269504088896341f + 12582912.0f;  // adding 1.5·2^23 rounds to an integer
   k -= 12582912.0f;
-  float r = x - k * 0.693145751953125f;              // ln2 split in a short high part ...
-  r -= k * 1.42860682030941723e-06f;                 // ... and the rest, so r is exact
-  float p = 1.98412698e-4f;
+#endif
+  vf r = x - k * 0.693145751953125f;  // ln2 split in a short high part ...
+  r -= k * 1.42860682030941723e-06f;  // ... and the rest, so r is exact
+  vf p = splat(1.98412698e-4f);
   p = p * r + 1.38888889e-3f;
   p = p * r + 8.33333333e-3f;
   p = p * r + 4.16666667e-2f;
@@ -82,141 +108,421 @@ inline float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
+#if defined(__AVX512F__)
+  return (vf)_mm512_maskz_scalef_ps(0xffff, (__m512)p, (__m512)k);  // maskz: GCC 12 warns on the undefined passthrough of the unmasked forms
+#else
+  const vi bits = (__builtin_convertvector(k, vi) + 127) << 23;
+  return p * (vf)bits;
+#endif
 }
 
 // log(u) for u >= 1 (normal, finite): u = 2^k·m with m in [sqrt(1/2), sqrt(2)), log m = 2·atanh(s),
-// s = (m-1)/(m+1), |s| <= 0.172, odd series to s^9 (truncation < 1e-9); branch-free like fast_exp.
-inline float fast_log(float u) {
-  int32_t bits;
-  std::memcpy(&bits, &u, 4);
-  int32_t k = ((bits >> 23) & 0xff) - 127;
-  const int32_t mbits = (bits & 0x7fffff) | 0x3f800000;
-  float m;
-  std::memcpy(&m, &mbits, 4);
-  const bool big = m > 1.41421356f;
+// s = (m-1)/(m+1), |s| <= 0.172, odd series to s^9 (truncation < 1e-9).
+SIMBA_INLINE vf vlog(vf u) {
+  const vi bits = (vi)u;
+  vi k = ((bits >> 23) & 0xff) - 127;
+  const vi mbits = (bits & 0x7fffff) | 0x3f800000;
+  vf m = (vf)mbits;
+  const vi big = m > 1.41421356f;
   m = big ? m * 0.5f : m;
   k = big ? k + 1 : k;
-  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-  float p = 0.111111111f;
+  const vf s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  vf p = splat(0.111111111f);
   p = p * s2 + 0.142857143f;
   p = p * s2 + 0.2f;
   p = p * s2 + 0.333333333f;
   p = p * s2 + 1.0f;
-  return static_cast<float>(k) * 0.693147181f + 2.0f * s * p;
+  return __builtin_convertvector(k, vf) * 0.693147181f + 2.0f * s * p;
 }
 
 // torch.nn.functional.softplus (threshold 20). log1p(e) = log(1+e)·e/((1+e)-1) corrects the rounding
 // of 1+e (Goldberg), so tiny e keep their relative accuracy.
-inline float softplus(float x) {
-  const float e = fast_exp(x), w = 1.0f + e, d = w - 1.0f;
-  const float l = d == 0.0f ? e : fast_log(w) * (e / d);
+SIMBA_INLINE vf vsoftplus(vf x) {
+  const vf e = vexp(x), w = 1.0f + e, d = w - 1.0f;
+  const vi tiny = d == 0.0f;
+  const vf l = tiny ? e : vlog(w) * (e / (tiny ? splat(1.0f) : d));
   return x > 20.0f ? x : l;
 }
-inline float silu(float x) { return x / (1.0f + fast_exp(-x)); }
+SIMBA_INLINE vf vsilu(vf x) { return x / (1.0f + vexp(-x)); }
+
+inline float load(float v) { return v; }
+inline float load(half_t v) { return half_to_float(v.bits); }
+inline void store(float* p, float v) { *p = v; }
+inline void store(half_t* p, float v) { p->bits = float_to_half(v); }
+
+// One channel block: NV native vectors; lanes past the block's last channel hold 0 and are never stored.
+struct Blk {
+  vf v[NV];
+};
+
+// Unaligned vector load/store of V floats: a constant-size memcpy, so the value stays in a register.
+SIMBA_INLINE vf loadu(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+SIMBA_INLINE void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The partial-block paths, out of line: a variable-size copy takes its buffer's address, and inlined it kept the
+// hot loops' vectors on the stack.
+template <typename T>
+__attribute__((noinline)) Blk load_partial(const T* p, int64_t n) {
+  float tmp[W] = {};
+  for (int64_t j = 0; j < n; ++j) tmp[j] = load(p[j]);
+  Blk b;
+  std::memcpy(&b, tmp, sizeof(b));
+  return b;
+}
+template <typename T>
+__attribute__((noinline)) void store_partial(T* p, const Blk& b, int64_t n) {
+  float tmp[W];
+  std::memcpy(tmp, &b, sizeof(tmp));
+  for (int64_t j = 0; j < n; ++j) store(&p[j], tmp[j]);
+}
+
+// The first n (<= W) channels from p.
+template <typename T>
+SIMBA_INLINE Blk load_blk(const T* p, int64_t n) {
+  return load_partial(p, n);
+}
+template <>
+SIMBA_INLINE Blk load_blk<float>(const float* p, int64_t n) {
+  if (n != W) return load_partial(p, n);
+  Blk b;
+  for (int64_t k = 0; k < NV; ++k) b.v[k] = loadu(p + k * V);
+  return b;
+}
+template <typename T>
+SIMBA_INLINE void store_blk(T* p, const Blk& b, int64_t n) {
+  store_partial(p, b, n);
+}
+template <>
+SIMBA_INLINE void store_blk<float>(float* p, const Blk& b, int64_t n) {
+  if (n != W) return store_partial(p, b, n);
+  for (int64_t k = 0; k < NV; ++k) storeu(p + k * V, b.v[k]);
+}
+SIMBA_INLINE float lane(const Blk& b, int64_t j) { return b.v[j / V][j % V]; }
+
+// Horizontal max of one vector: log2(V) shuffle-and-max steps.
+SIMBA_INLINE float hmax(vf m) {
+#if defined(__SSE2__)
+#if defined(__AVX512F__)
+  __m256 lo, hi;  // halves by memcpy: GCC 12 warns on the undefined passthrough inside the cast/extract intrinsics
+  std::memcpy(&lo, &m, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&m) + sizeof(lo), sizeof(hi));
+  const __m256 a = _mm256_max_ps(lo, hi);
+#elif defined(__AVX__)
+  const __m256 a = (__m256)m;
+#endif
+#if defined(__AVX__)
+  __m128 b = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+#else
+  __m128 b = (__m128)m;
+#endif
+  b = _mm_max_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_max_ss(b, _mm_shuffle_ps(b, b, 1));
+  return _mm_cvtss_f32(b);
+#else
+  float x[V];
+  std::memcpy(x, &m, sizeof(x));
+  float best = x[0];
+  for (int64_t j = 1; j < V; ++j) best = std::max(best, x[j]);
+  return best;
+#endif
+}
+
+// max over the first nd lanes of v (of |v| unless signed_score), in vector registers: the score of one position.
+// (Through a float array on the stack it cost as much as the rest of the fused score.)
+SIMBA_INLINE float lane_max(const Blk& v, int64_t nd, bool signed_score) {
+  const vf ninf = splat(-std::numeric_limits<float>::infinity());
+  vf m = ninf;
+  for (int64_t k = 0; k < NV; ++k) {
+    vf a = signed_score ? v.v[k] : (vf)((vi)v.v[k] & 0x7fffffff);
+    if (nd < W) {
+      vi lane = {};
+      for (int64_t j = 0; j < V; ++j) lane[j] = static_cast<int32_t>(k * V + j);
+      a = lane < static_cast<int32_t>(nd) ? a : ninf;
+    }
+    m = m > a ? m : a;
+  }
+  return hmax(m);
+}
+
+// A's rows of the block, transposed: At[n] holds A[d0 .. d0+W, n] (zero lanes past the last channel).
+std::vector<Blk> transposed_A(const float* A, int64_t d0, int64_t nd, int64_t N) {
+  std::vector<float> tmp(static_cast<size_t>(N * W), 0.0f);
+  for (int64_t j = 0; j < nd; ++j)
+    for (int64_t n = 0; n < N; ++n) tmp[n * W + j] = A[(d0 + j) * N + n];
+  std::vector<Blk> At(static_cast<size_t>(N));
+  std::memcpy(At.data(), tmp.data(), tmp.size() * sizeof(float));
+  return At;
+}
+
+}  // namespace
+
+namespace {
+
+// `last`: exp(A·R_t) is taken exactly at the last position of every kChain-position segment and carried down the
+// segment as the product with the scan's own decays exp(delta_t·A) (within 1.4e-6 relative of the exact exps on
+// the bundled model, and no kept token changed: kernels/README.md).
+constexpr int64_t kChain = 16;
+// `global` keeps the decays of at most this many positions (the last ones; kStoredDecays·N·64 bytes, 4 MiB at
+// N = 16); earlier positions get theirs from exact exps again.
+constexpr int64_t kStoredDecays = 4096;
+// Rows ahead that the scan prefetches: a job walks a 64-byte column of rows D floats apart, which the hardware
+// prefetchers do not follow.
+constexpr int64_t kAhead = 16;
+
+struct Scratch {
+  std::vector<Blk> dl, R, decay;
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+template <typename X>
+void grow(std::vector<X>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
+// One channel block of one batch row: the state, A, and where the rows are.
+template <typename T>
+struct Job {
+  const ScanArgs<T>& a;
+  int64_t L, D, N, b, blk, d0, nd;
+  std::vector<Blk> At, h;
+  Blk bias, dskip;
+
+  Job(const ScanArgs<T>& args, int64_t job)
+      : a(args), L(args.s.len), D(args.s.dim), N(args.s.nstate), b(job / args.s.blocks()),
+        blk(job % args.s.blocks()), d0(blk * W), nd(std::min(W, D - d0)),
+        At(transposed_A(args.A, d0, nd, N)), h(static_cast<size_t>(N), Blk{}),
+        bias(load_blk(args.delta_bias + d0, nd)), dskip(load_blk(args.Dskip + d0, nd)) {}
+
+  int64_t row(int64_t t) const { return b * L + t; }
+  Blk delta(int64_t t) const {  // softplus(delta_t + delta_bias)
+    const Blk raw = load_blk(a.delta + row(t) * D + d0, nd);
+    Blk dl;
+    for (int64_t k = 0; k < NV; ++k) dl.v[k] = vsoftplus(raw.v[k] + bias.v[k]);
+    return dl;
+  }
+
+  // One scan step at t with delta dl; the decays exp(dl·A) go to dec[n] when dec is given.
+  void step(int64_t t, const Blk& dl, Blk* dec) {
+    const int64_t r = row(t);
+    if (t + kAhead < L) {
+      const int64_t ahead = (r + kAhead) * D + d0;
+      __builtin_prefetch(a.u + ahead);
+      __builtin_prefetch(a.delta + ahead);
+      __builtin_prefetch(a.z + ahead);
+    }
+    const Blk uu = load_blk(a.u + r * D + d0, nd), zz = load_blk(a.z + r * D + d0, nd);
+    Blk du, acc, out;
+    for (int64_t k = 0; k < NV; ++k) {
+      du.v[k] = dl.v[k] * uu.v[k];
+      acc.v[k] = vf{};
+    }
+    const T* Bt = a.Bm + r * N;
+    const T* Ct = a.Cm + r * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const float bn = load(Bt[n]), cn = load(Ct[n]);
+      for (int64_t k = 0; k < NV; ++k) {
+        const vf dA = vexp(dl.v[k] * At[n].v[k]);
+        if (dec) dec[n].v[k] = dA;
+        h[n].v[k] = dA * h[n].v[k] + du.v[k] * bn;
+        acc.v[k] += h[n].v[k] * cn;
+      }
+    }
+    for (int64_t k = 0; k < NV; ++k) out.v[k] = (acc.v[k] + dskip.v[k] * uu.v[k]) * vsilu(zz.v[k]);
+    store_blk(a.y + r * D + d0, out, nd);
+  }
+
+  void finish() const {
+    for (int64_t j = 0; j < nd; ++j)
+      for (int64_t n = 0; n < N; ++n) a.last_state[(b * D + d0 + j) * N + n] = lane(h[n], j);
+  }
+
+  // The score of position t from its reach acc (Σ_n decay·B·C of the criterion).
+  float score(int64_t t, const Blk& dl, const Blk& acc, bool signed_score) const {
+    const Blk uu = load_blk(a.u + row(t) * D + d0, nd);
+    Blk v;
+    for (int64_t k = 0; k < NV; ++k) v.v[k] = uu.v[k] * dl.v[k] * acc.v[k];
+    return lane_max(v, nd, signed_score);
+  }
+};
+
+// `last`: the sequence in segments of kChain positions, each scanned forward and then scored backward while its
+// rows and decays are still in L1. R (Σ_{k>t} delta_k, summed from the end as the reference's reverse cumsum
+// does) is needed before the scan reaches t, so a first pass forms delta and R from the end.
+template <typename T>
+void scan_score_last(Job<T>& j, const ScanScoreArgs<T>& sc, float* out) {
+  const int64_t L = j.L, N = j.N, first_protected = std::max<int64_t>(0, L - sc.protect);
+  Scratch& scr = scratch();
+  grow(scr.dl, L);
+  grow(scr.R, L);
+  grow(scr.decay, kChain * N);
+  for (int64_t t = 0; t < L; ++t) {  // forward, so that the prefetches run ahead of the strided rows
+    if (t + kAhead < L) __builtin_prefetch(j.a.delta + j.row(t + kAhead) * j.D + j.d0);
+    scr.dl[t] = j.delta(t);
+  }
+  Blk R = {};
+  for (int64_t t = L - 1; t >= 0; --t) {
+    scr.R[t] = R;
+    for (int64_t k = 0; k < NV; ++k) R.v[k] += scr.dl[t].v[k];
+  }
+  std::vector<float> CT(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) CT[n] = load(j.a.Cm[(j.b * L + L - 1) * N + n]);
+  std::vector<Blk> E(static_cast<size_t>(N));
+  for (int64_t t0 = 0; t0 < L; t0 += kChain) {
+    const int64_t t1 = std::min(L, t0 + kChain);
+    for (int64_t t = t0; t < t1; ++t) j.step(t, scr.dl[t], &scr.decay[(t - t0) * N]);
+    for (int64_t t = std::max(first_protected, t0); t < t1; ++t) out[t] = std::numeric_limits<float>::infinity();
+    if (t0 >= first_protected) continue;  // the whole segment is kept whatever its scores
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < NV; ++k) E[n].v[k] = vexp(j.At[n].v[k] * scr.R[t1 - 1].v[k]);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      if (t < first_protected) {
+        const T* Bt = j.a.Bm + j.row(t) * N;
+        Blk acc;
+        for (int64_t k = 0; k < NV; ++k) {
+          vf p0 = {}, p1 = {};  // two partial sums: one would be a chain of N dependent FMAs
+          int64_t n = 0;
+          for (; n + 1 < N; n += 2) {
+            p0 += E[n].v[k] * (load(Bt[n]) * CT[n]);
+            p1 += E[n + 1].v[k] * (load(Bt[n + 1]) * CT[n + 1]);
+          }
+          if (n < N) p0 += E[n].v[k] * (load(Bt[n]) * CT[n]);
+          acc.v[k] = p0 + p1;
+        }
+        out[t] = j.score(t, scr.dl[t], acc, sc.signed_score);
+      }
+      const Blk* dec = &scr.decay[(t - t0) * N];  // exp(A·R_{t-1}) = exp(A·R_t)·exp(delta_t·A)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < NV; ++k) E[n].v[k] *= dec[n].v[k];
+    }
+  }
+}
+
+// `global`: G_t = C_t + exp(delta_{t+1}·A)·G_{t+1} from the end, with the decays the scan stored (exact exps
+// again before the last kStoredDecays positions): the same numbers as impact_score_job.
+template <typename T>
+void scan_score_global(Job<T>& j, const ScanScoreArgs<T>& sc, float* out) {
+  const int64_t L = j.L, N = j.N, first_protected = std::max<int64_t>(0, L - sc.protect);
+  const int64_t first_stored = std::max<int64_t>(0, L - kStoredDecays);
+  Scratch& scr = scratch();
+  grow(scr.dl, L);
+  grow(scr.decay, (L - first_stored) * N);
+  for (int64_t t = 0; t < L; ++t) {
+    scr.dl[t] = j.delta(t);
+    j.step(t, scr.dl[t], t >= first_stored ? &scr.decay[(t - first_stored) * N] : nullptr);
+  }
+  std::vector<Blk> G(static_cast<size_t>(N), Blk{});
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const T* Bt = j.a.Bm + j.row(t) * N;
+    const T* Ct = j.a.Cm + j.row(t) * N;
+    const bool end = t + 1 >= L, stored = t + 1 >= first_stored;
+    Blk acc = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const float bn = load(Bt[n]), cn = load(Ct[n]);
+      for (int64_t k = 0; k < NV; ++k) {
+        const vf dA = end ? vf{} : stored ? scr.decay[(t + 1 - first_stored) * N + n].v[k]
+                                          : vexp(scr.dl[t + 1].v[k] * j.At[n].v[k]);
+        G[n].v[k] = cn + dA * G[n].v[k];
+        acc.v[k] += G[n].v[k] * bn;
+      }
+    }
+    out[t] = t >= first_protected ? std::numeric_limits<float>::infinity()
+                                  : j.score(t, scr.dl[t], acc, sc.signed_score);
+  }
+}
 
 }  // namespace
 
 template <typename T>
 void selective_scan_job(const ScanArgs<T>& a, int64_t job) {
-  constexpr int64_t W = kBlockD;
-  const Dims& s = a.s;
-  const int64_t L = s.len, D = s.dim, N = s.nstate;
-  const int64_t b = job / s.blocks(), d0 = (job % s.blocks()) * W, nd = std::min(W, D - d0);
-  // State and A transposed to [N][W]; channels past D are zero lanes that are never stored.
-  std::vector<float> h(N * W, 0.0f), At(N * W, 0.0f);
-  for (int64_t j = 0; j < nd; ++j)
-    for (int64_t n = 0; n < N; ++n) At[n * W + j] = a.A[(d0 + j) * N + n];
-  float bias[W] = {}, dskip[W] = {}, dl[W] = {}, du[W] = {}, uu[W] = {}, acc[W];
-  for (int64_t j = 0; j < nd; ++j) {
-    bias[j] = a.delta_bias[d0 + j];
-    dskip[j] = a.Dskip[d0 + j];
-  }
-  for (int64_t t = 0; t < L; ++t) {
-    const int64_t row = b * L + t;
-    const T* ut = a.u + row * D + d0;
-    const T* dt = a.delta + row * D + d0;
-    float raw[W] = {}, zz[W] = {}, gate[W];
-    const T* zt = a.z + row * D + d0;
-    for (int64_t j = 0; j < nd; ++j) {
-      raw[j] = load(dt[j]) + bias[j];
-      uu[j] = load(ut[j]);
-      zz[j] = load(zt[j]);
-    }
-    for (int64_t j = 0; j < W; ++j) {  // full width, so that it vectorises; lanes past nd are unused
-      dl[j] = softplus(raw[j]);
-      du[j] = dl[j] * uu[j];
-      gate[j] = silu(zz[j]);
-      acc[j] = 0.0f;
-    }
-    const T* Bt = a.Bm + row * N;
-    const T* Ct = a.Cm + row * N;
-    for (int64_t n = 0; n < N; ++n) {
-      const float bn = load(Bt[n]), cn = load(Ct[n]);
-      float* hn = &h[n * W];
-      const float* an = &At[n * W];
-      for (int64_t j = 0; j < W; ++j) {
-        hn[j] = fast_exp(dl[j] * an[j]) * hn[j] + du[j] * bn;
-        acc[j] += hn[j] * cn;
-      }
-    }
-    T* yt = a.y + row * D + d0;
-    for (int64_t j = 0; j < nd; ++j) store(&yt[j], (acc[j] + dskip[j] * uu[j]) * gate[j]);
-  }
-  for (int64_t j = 0; j < nd; ++j)
-    for (int64_t n = 0; n < N; ++n) a.last_state[(b * D + d0 + j) * N + n] = h[n * W + j];
+  Job<T> j(a, job);
+  for (int64_t t = 0; t < j.L; ++t) j.step(t, j.delta(t), nullptr);
+  j.finish();
+}
+
+template <typename T>
+void scan_score_job(const ScanScoreArgs<T>& a, int64_t job) {
+  Job<T> j(a.scan, job);
+  float* out = a.partial + (j.b * a.scan.s.blocks() + j.blk) * j.L;
+  if (a.criterion == Criterion::kLast)
+    scan_score_last(j, a, out);
+  else
+    scan_score_global(j, a, out);
+  j.finish();
 }
 
 template <typename T>
 void impact_score_job(const ScoreArgs<T>& a, int64_t job) {
-  constexpr int64_t W = kBlockD;
   const Dims& s = a.s;
   const int64_t L = s.len, D = s.dim, N = s.nstate;
   const int64_t b = job / s.blocks(), blk = job % s.blocks(), d0 = blk * W, nd = std::min(W, D - d0);
   float* out = a.partial + (b * s.blocks() + blk) * L;
   if (L == 0) return;
-  std::vector<float> At(N * W, 0.0f), G(N * W, 0.0f), CT(N);
-  for (int64_t j = 0; j < nd; ++j)
-    for (int64_t n = 0; n < N; ++n) At[n * W + j] = a.A[(d0 + j) * N + n];
+  const std::vector<Blk> At = transposed_A(a.A, d0, nd, N);
+  std::vector<Blk> G(static_cast<size_t>(N), Blk{});
+  std::vector<float> CT(static_cast<size_t>(N));
   for (int64_t n = 0; n < N; ++n) CT[n] = load(a.Cm[(b * L + L - 1) * N + n]);
+  const bool raw = a.delta_bias != nullptr;
+  const Blk bias = raw ? load_blk(a.delta_bias + d0, nd) : Blk{};
+  const bool last = a.criterion == Criterion::kLast;
   // last: R = Σ_{k>t} delta_k, accumulated from the end as the reference's reverse cumsum does.
   // global: delta_{t+1} (0 past the end) for the decay of the reverse scan G.
-  float R[W] = {}, dnext[W] = {}, dl[W] = {}, acc[W];
+  Blk R = {}, dnext = {};
   for (int64_t t = L - 1; t >= 0; --t) {
     const int64_t row = b * L + t;
-    for (int64_t j = 0; j < nd; ++j) dl[j] = a.delta[row * D + d0 + j];
-    for (int64_t j = 0; j < W; ++j) acc[j] = 0.0f;
+    Blk dl = load_blk(a.delta + row * D + d0, nd), acc = {}, v;
+    if (raw)
+      for (int64_t k = 0; k < NV; ++k) dl.v[k] = vsoftplus(dl.v[k] + bias.v[k]);
     const T* Bt = a.Bm + row * N;
-    if (a.criterion == Criterion::kLast) {
+    if (last) {
       for (int64_t n = 0; n < N; ++n) {
         const float w = load(Bt[n]) * CT[n];
-        const float* an = &At[n * W];
-        for (int64_t j = 0; j < W; ++j) acc[j] += fast_exp(an[j] * R[j]) * w;
+        for (int64_t k = 0; k < NV; ++k) acc.v[k] += vexp(At[n].v[k] * R.v[k]) * w;
       }
-      for (int64_t j = 0; j < W; ++j) R[j] += dl[j];
+      for (int64_t k = 0; k < NV; ++k) R.v[k] += dl.v[k];
     } else {
       const T* Ct = a.Cm + row * N;
       for (int64_t n = 0; n < N; ++n) {
         const float bn = load(Bt[n]), cn = load(Ct[n]);
-        float* gn = &G[n * W];
-        const float* an = &At[n * W];
-        for (int64_t j = 0; j < W; ++j) {
-          gn[j] = cn + fast_exp(dnext[j] * an[j]) * gn[j];
-          acc[j] += gn[j] * bn;
+        for (int64_t k = 0; k < NV; ++k) {
+          G[n].v[k] = cn + vexp(dnext.v[k] * At[n].v[k]) * G[n].v[k];
+          acc.v[k] += G[n].v[k] * bn;
         }
       }
-      for (int64_t j = 0; j < W; ++j) dnext[j] = dl[j];
+      dnext = dl;
     }
-    float best = -std::numeric_limits<float>::infinity();
-    const T* ut = a.u + row * D + d0;
-    for (int64_t j = 0; j < nd; ++j) {
-      float v = load(ut[j]) * dl[j] * acc[j];
-      best = std::max(best, a.signed_score ? v : std::fabs(v));
+    const Blk uu = load_blk(a.u + row * D + d0, nd);
+    for (int64_t k = 0; k < NV; ++k) v.v[k] = uu.v[k] * dl.v[k] * acc.v[k];
+    out[t] = lane_max(v, nd, a.signed_score);
+  }
+}
+
+template <typename T>
+void causal_conv1d_job(const ConvArgs<T>& a, int64_t job) {
+  const int64_t L = a.len, D = a.dim, K = a.K, b = job / a.chunks(), c = job % a.chunks();
+  const int64_t t0 = c * ConvArgs<T>::kRows, t1 = std::min(L, t0 + ConvArgs<T>::kRows);
+  const int64_t Dv = std::is_same<T, float>::value ? D - D % V : 0;  // channels done as whole float vectors
+  for (int64_t t = t0; t < t1; ++t) {
+    T* out = a.u + (b * L + t) * D;
+    const int64_t k0 = std::max<int64_t>(0, K - 1 - t);  // taps before the start read zeros
+    for (int64_t d0 = 0; d0 < Dv; d0 += V) {
+      vf acc = loadu(a.bias + d0);
+      for (int64_t k = k0; k < K; ++k)
+        acc += loadu(a.wt + k * D + d0) * loadu(reinterpret_cast<const float*>(a.x + (b * L + t - (K - 1) + k) * D + d0));
+      storeu(reinterpret_cast<float*>(out + d0), a.silu ? vsilu(acc) : acc);
     }
-    out[t] = best;
+    for (int64_t d = Dv; d < D; ++d) {  // the rest (and every channel of fp16) one at a time
+      float acc = a.bias[d];
+      for (int64_t k = k0; k < K; ++k) acc += a.wt[k * D + d] * load(a.x[(b * L + t - (K - 1) + k) * D + d]);
+      store(&out[d], a.silu ? acc / (1.0f + std::exp(-acc)) : acc);
+    }
   }
 }
 
@@ -233,6 +539,10 @@ void impact_score_reduce(const Dims& s, const float* partial, float* score) {
 
 template void selective_scan_job<float>(const ScanArgs<float>&, int64_t);
 template void selective_scan_job<half_t>(const ScanArgs<half_t>&, int64_t);
+template void scan_score_job<float>(const ScanScoreArgs<float>&, int64_t);
+template void scan_score_job<half_t>(const ScanScoreArgs<half_t>&, int64_t);
+template void causal_conv1d_job<float>(const ConvArgs<float>&, int64_t);
+template void causal_conv1d_job<half_t>(const ConvArgs<half_t>&, int64_t);
 template void impact_score_job<float>(const ScoreArgs<float>&, int64_t);
 template void impact_score_job<half_t>(const ScoreArgs<half_t>&, int64_t);
 

@@ -86,9 +86,12 @@ __global__ void fill_keys(int* key, int64_t n) {
   if (i < n) key[i] = f2key(-__int_as_float(0x7f800000));
 }
 
-__global__ void keys_to_float(int* key, int64_t n) {
+// Keys back to floats; the last `protect` positions of each row (length L) become +inf (always kept).
+__global__ void keys_to_float(int* key, int64_t n, int64_t L, int64_t protect) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) reinterpret_cast<float*>(key)[i] = key2f(key[i]);
+  if (i >= n) return;
+  const float inf = __int_as_float(0x7f800000);
+  reinterpret_cast<float*>(key)[i] = (L > 0 && i % L >= L - protect) ? inf : key2f(key[i]);
 }
 
 // Max over the block's channels of v for one time step -> one atomicMax per warp.
@@ -98,11 +101,13 @@ __device__ __forceinline__ void block_max(float v, int* key) {
 }
 
 // criterion 0 = last: contribution of token t to y_T; 1 = global: to all y_t..y_T (reverse scan G).
+// delta: post-softplus fp32 when dbias is null; else RAW (softplus(delta + dbias) formed here, as the scan does),
+// of u's type T when raw_is_t (SelectiveScanScore's input), else fp32 (ImpactScore's).
 template <typename T, int NMAX>
 __global__ void __launch_bounds__(kThreads) impact_score_kernel(
-    const T* __restrict__ u, const float* __restrict__ delta, const float* __restrict__ A,
-    const T* __restrict__ Bm, const T* __restrict__ Cm, int* __restrict__ key, int64_t L, int64_t D, int N,
-    int criterion, int signed_score) {
+    const T* __restrict__ u, const void* __restrict__ delta, int raw_is_t, const float* __restrict__ dbias,
+    const float* __restrict__ A, const T* __restrict__ Bm, const T* __restrict__ Cm, int* __restrict__ key,
+    int64_t L, int64_t D, int N, int criterion, int signed_score) {
   extern __shared__ float smem[];
   float* sB = smem;
   float* sC = smem + kTile * N;
@@ -116,6 +121,7 @@ __global__ void __launch_bounds__(kThreads) impact_score_kernel(
     g[n] = 0.f;
     cT[n] = n < N ? ld(Cm[(b * L + L - 1) * N + n]) : 0.f;
   }
+  const float bias = (live && dbias) ? dbias[d] : 0.f;
   float R = 0.f, dnext = 0.f;  // last: Σ_{k>t} delta_k ; global: delta_{t+1}
   for (int64_t t1 = L; t1 > 0; t1 -= kTile) {
     const int64_t t0 = t1 - kTile > 0 ? t1 - kTile : 0;
@@ -126,7 +132,8 @@ __global__ void __launch_bounds__(kThreads) impact_score_kernel(
     __syncthreads();
     for (int i = nt - 1; i >= 0; --i) {
       const int64_t idx = (b * L + t0 + i) * D + d;
-      const float dl = live ? delta[idx] : 0.f;
+      const float dv = !live ? 0.f : raw_is_t ? ld(static_cast<const T*>(delta)[idx]) : static_cast<const float*>(delta)[idx];
+      const float dl = dbias ? softplus(dv + bias) : dv;
       float acc = 0.f;
 #pragma unroll
       for (int n = 0; n < NMAX; ++n) {
@@ -161,9 +168,9 @@ cudaError_t launch_scan(const void* u, const void* delta, const float* A, const 
 }
 
 template <typename T, int NMAX>
-cudaError_t launch_score(const void* u, const float* delta, const float* A, const void* Bm, const void* Cm,
-                         float* score, int64_t B, int64_t L, int64_t D, int N, int criterion, int signed_score,
-                         cudaStream_t stream) {
+cudaError_t launch_score(const void* u, const void* delta, int raw_is_t, const float* dbias, const float* A, const void* Bm,
+                         const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N, int criterion,
+                         int signed_score, int64_t protect, cudaStream_t stream) {
   int* key = reinterpret_cast<int*>(score);
   const int64_t n = B * L;
   const unsigned fill_blocks = static_cast<unsigned>((n + 255) / 256);
@@ -171,10 +178,27 @@ cudaError_t launch_score(const void* u, const float* delta, const float* A, cons
   const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(B));
   const size_t shm = 2 * kTile * N * sizeof(float);
   impact_score_kernel<T, NMAX><<<grid, kThreads, shm, stream>>>(
-      static_cast<const T*>(u), delta, A, static_cast<const T*>(Bm), static_cast<const T*>(Cm), key, L, D, N,
+      static_cast<const T*>(u), delta, raw_is_t, dbias, A, static_cast<const T*>(Bm), static_cast<const T*>(Cm), key, L, D, N,
       criterion, signed_score);
-  keys_to_float<<<fill_blocks, 256, 0, stream>>>(key, n);
+  keys_to_float<<<fill_blocks, 256, 0, stream>>>(key, n, L, protect);
   return cudaGetLastError();
+}
+
+// One thread per (b, t, d): u = act(bias + Σ_k w[d, k]·x[b, t-K+1+k, d]), layout [B, L, D] (coalesced over d).
+template <typename T>
+__global__ void causal_conv1d_kernel(const T* __restrict__ x, const float* __restrict__ w,
+                                     const float* __restrict__ bias, T* __restrict__ u, int64_t L, int64_t D,
+                                     int K, int silu, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t d = i % D, t = (i / D) % L, row0 = i / D - t;  // row0 = b·L
+  float acc = bias[d];
+  for (int k = 0; k < K; ++k) {
+    const int64_t src = t - (K - 1) + k;
+    if (src >= 0) acc += w[d * K + k] * ld(x[(row0 + src) * D + d]);
+  }
+  if (silu) acc = acc / (1.f + __expf(-acc));
+  st(&u[i], acc);
 }
 
 // Picks the register-array size for N (16, 32 or 64) and the element type.
@@ -214,11 +238,34 @@ extern "C" int simba_cuda_selective_scan(int half, const void* u, const void* de
 extern "C" int simba_cuda_impact_score(int half, const void* u, const float* delta, const float* A, const void* Bm,
                                        const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N,
                                        int criterion, int signed_score, void* stream) {
+  return simba_cuda_impact_score_raw(half, u, delta, 0, nullptr, A, Bm, Cm, score, B, L, D, N, criterion,
+                                     signed_score, 0, stream);
+}
+
+extern "C" int simba_cuda_impact_score_raw(int half, const void* u, const void* delta, int raw_is_t,
+                                           const float* dbias, const float* A, const void* Bm, const void* Cm,
+                                           float* score, int64_t B, int64_t L, int64_t D, int N, int criterion,
+                                           int signed_score, int64_t protect, void* stream) {
   if (B == 0 || L == 0 || D == 0) return 0;
-  return dispatch<ScoreFn>(half, N, u, delta, A, Bm, Cm, score, B, L, D, N, criterion, signed_score,
-                           static_cast<cudaStream_t>(stream));
+  return dispatch<ScoreFn>(half, N, u, delta, raw_is_t, dbias, A, Bm, Cm, score, B, L, D, N, criterion, signed_score,
+                           protect, static_cast<cudaStream_t>(stream));
 }
 
 extern "C" const char* simba_cuda_error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));
+}
+
+extern "C" int simba_cuda_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u,
+                                        int64_t B, int64_t L, int64_t D, int K, int silu, void* stream) {
+  const int64_t n = B * L * D;
+  if (n == 0) return 0;
+  const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (half)
+    causal_conv1d_kernel<__half><<<blocks, 256, 0, st>>>(static_cast<const __half*>(x), weight, bias,
+                                                         static_cast<__half*>(u), L, D, K, silu, n);
+  else
+    causal_conv1d_kernel<float><<<blocks, 256, 0, st>>>(static_cast<const float*>(x), weight, bias,
+                                                        static_cast<float*>(u), L, D, K, silu, n);
+  return static_cast<int>(cudaGetLastError());
 }

@@ -18,5 +18,14 @@ SIMBA_CUDA_API int simba_cuda_selective_scan(int half, const void* u, const void
 SIMBA_CUDA_API int simba_cuda_impact_score(int half, const void* u, const float* delta, const float* A, const void* Bm,
                             const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N, int criterion,
                             int signed_score, void* stream);
+// The same with the optional fused softplus (dbias given: delta is RAW, softplus(delta + dbias) is formed in the
+// kernel; delta has u's type when raw_is_t, else fp32) and `protect`: the last protect positions of each row
+// score +inf (SelectiveScanScore).
+SIMBA_CUDA_API int simba_cuda_impact_score_raw(int half, const void* u, const void* delta, int raw_is_t, const float* dbias,
+                                const float* A, const void* Bm, const void* Cm, float* score, int64_t B, int64_t L,
+                                int64_t D, int N, int criterion, int signed_score, int64_t protect, void* stream);
+// u [B, L, D] = act(bias + causal depthwise conv of x [B, L, D] with weight [D, K]); act = SiLU when silu.
+SIMBA_CUDA_API int simba_cuda_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u,
+                                            int64_t B, int64_t L, int64_t D, int K, int silu, void* stream);
 SIMBA_CUDA_API const char* simba_cuda_error_string(int code);
 }

@@ -51,22 +51,81 @@ struct ImpactScoreCuda : ImpactScoreAttrs {
   using ImpactScoreAttrs::ImpactScoreAttrs;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<float>& delta,
-                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C, Tensor<float>& score) {
-    if (!error.empty()) return bad(error);
+                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C,
+                      std::optional<const Tensor<float>*> delta_bias, Tensor<float>& score) {
+    if (!error.empty()) return bad("ImpactScore: " + error);
+    const Tensor<float>* bias = given(delta_bias);
+    const std::vector<int64_t> bias_shape = bias ? bias->Shape() : std::vector<int64_t>{};
     simba::Dims s{};
-    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), &s);
+    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(),
+                                  bias ? &bias_shape : nullptr, &s);
     if (err.empty()) err = check_state(s.nstate);
     if (!err.empty()) return bad(err);
-    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cuda %s B=%lld L=%lld D=%lld N=%lld\n", name(),
-                              (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cuda %s%s B=%lld L=%lld D=%lld N=%lld\n", name(),
+                              bias ? " raw-delta" : "", (long long)s.batch, (long long)s.len, (long long)s.dim,
+                              (long long)s.nstate);
     float* out = score.Allocate({s.batch, s.len});
     void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
     const int crit = criterion == simba::Criterion::kLast ? 0 : 1;
     return cuda_status(
-        simba_cuda_impact_score(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), out,
-                                s.batch, s.len, s.dim, static_cast<int>(s.nstate), crit, signed_score ? 1 : 0,
-                                stream),
+        simba_cuda_impact_score_raw(is_half<T>(), u.Data(), delta.Data(), 0, bias ? bias->Data() : nullptr,
+                                    A.Data(), B.Data(), C.Data(), out, s.batch, s.len, s.dim,
+                                    static_cast<int>(s.nstate), crit, signed_score ? 1 : 0, 0, stream),
         "ImpactScore");
+  }
+};
+
+// The scan, then the score of its raw delta (two launches on the EP's stream; the CPU kernel fuses them).
+template <typename T>
+struct SelectiveScanScoreCuda : ImpactScoreAttrs {
+  using ImpactScoreAttrs::ImpactScoreAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<T>& delta, const Tensor<float>& A,
+                      const Tensor<T>& B, const Tensor<T>& C, const Tensor<float>& D, const Tensor<T>& z,
+                      const Tensor<float>& delta_bias, Tensor<T>& y, Tensor<float>& last_state,
+                      Tensor<float>& score) {
+    if (!error.empty()) return bad("SelectiveScanScore: " + error);
+    simba::Dims s{};
+    std::string err = check_scan(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), D.Shape(),
+                                 z.Shape(), delta_bias.Shape(), &s);
+    if (err.empty()) err = check_state(s.nstate);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] SelectiveScanScore cuda %s protect=%lld B=%lld L=%lld D=%lld N=%lld\n",
+                              name(), (long long)protect, (long long)s.batch, (long long)s.len, (long long)s.dim,
+                              (long long)s.nstate);
+    T* out = y.Allocate(u.Shape());
+    float* last = last_state.Allocate({s.batch, s.dim, s.nstate});
+    float* sc = score.Allocate({s.batch, s.len});
+    void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+    const int N = static_cast<int>(s.nstate);
+    Ort::Status st = cuda_status(
+        simba_cuda_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), D.Data(),
+                                  z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim, N, stream),
+        "SelectiveScanScore");
+    if (!st.IsOK()) return st;
+    const int crit = criterion == simba::Criterion::kLast ? 0 : 1;
+    return cuda_status(
+        simba_cuda_impact_score_raw(is_half<T>(), u.Data(), delta.Data(), 1, delta_bias.Data(), A.Data(), B.Data(),
+                                    C.Data(), sc, s.batch, s.len, s.dim, N, crit, signed_score ? 1 : 0, protect,
+                                    stream),
+        "SelectiveScanScore");
+  }
+};
+
+template <typename T>
+struct CausalConv1dCuda : ConvAttrs {
+  using ConvAttrs::ConvAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<float>& weight,
+                      const Tensor<float>& bias, Tensor<T>& u) {
+    std::string err = check_conv(x.Shape(), weight.Shape(), bias.Shape(), kernel_size);
+    if (!err.empty()) return bad(err);
+    const std::vector<int64_t>& xs = x.Shape();
+    T* out = u.Allocate(xs);
+    void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+    return cuda_status(simba_cuda_causal_conv1d(is_half<T>(), x.Data(), weight.Data(), bias.Data(), out, xs[0], xs[1],
+                                                xs[2], static_cast<int>(weight.Shape()[1]), silu ? 1 : 0, stream),
+                       "CausalConv1d");
   }
 };
 
@@ -79,6 +138,10 @@ void add_cuda_ops(OpList& ops) {
   ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCuda, SelectiveScanCuda<Ort::Float16_t>));
   ops.emplace_back(CreateLiteCustomOp<ImpactScoreCuda<float>>("ImpactScore", kCuda));
   ops.emplace_back(CreateLiteCustomOp<ImpactScoreCuda<Ort::Float16_t>>("ImpactScore", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCuda<float>>("SelectiveScanScore", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCuda<Ort::Float16_t>>("SelectiveScanScore", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<CausalConv1dCuda<float>>("CausalConv1d", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<CausalConv1dCuda<Ort::Float16_t>>("CausalConv1d", kCuda));
 }
 
 }  // namespace simba_ort

@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,18 +53,27 @@ inline std::string check_scan(const std::vector<int64_t>& u, const std::vector<i
   return err;
 }
 
+// bias: the optional delta_bias's shape (null when the input is absent: delta is post-softplus).
 inline std::string check_score(const std::vector<int64_t>& u, const std::vector<int64_t>& delta,
                                const std::vector<int64_t>& A, const std::vector<int64_t>& Bm,
-                               const std::vector<int64_t>& Cm, simba::Dims* s) {
+                               const std::vector<int64_t>& Cm, const std::vector<int64_t>* bias, simba::Dims* s) {
   std::string err = check_dims("ImpactScore", u, A, Bm, Cm, s);
   if (err.empty() && delta != u) err = "ImpactScore: delta must have u's shape [B, L, D]";
+  if (err.empty() && bias && !same(*bias, {s->dim})) err = "ImpactScore: delta_bias must be [D]";
   return err;
 }
 
-// The node attributes criterion ("last" | "global") and signed (0 | 1), read when a kernel is created.
+// The optional delta_bias input of ImpactScore, or null when the node does not give it.
+inline const Ort::Custom::Tensor<float>* given(std::optional<const Ort::Custom::Tensor<float>*> t) {
+  return t.has_value() && *t != nullptr ? *t : nullptr;
+}
+
+// The node attributes criterion ("last" | "global"), signed (0 | 1) and (SelectiveScanScore) protect (>= 0),
+// read when a kernel is created.
 struct ImpactScoreAttrs {
   simba::Criterion criterion = simba::Criterion::kLast;
   bool signed_score = false;
+  int64_t protect = 0;
   std::string error;
 
   ImpactScoreAttrs(const OrtApi*, const OrtKernelInfo* info) {
@@ -72,12 +82,36 @@ struct ImpactScoreAttrs {
     int64_t sg = 0;
     try { c = ki.GetAttribute<std::string>("criterion"); } catch (const Ort::Exception&) {}
     try { sg = ki.GetAttribute<int64_t>("signed"); } catch (const Ort::Exception&) {}
+    try { protect = ki.GetAttribute<int64_t>("protect"); } catch (const Ort::Exception&) {}
     if (c == "global") criterion = simba::Criterion::kGlobal;
-    else if (c != "last") error = "ImpactScore: criterion must be 'last' or 'global', got '" + c + "'";
+    else if (c != "last") error = "criterion must be 'last' or 'global', got '" + c + "'";
+    if (protect < 0) error = "protect must be >= 0, got " + std::to_string(protect);
     signed_score = sg != 0;
   }
   const char* name() const { return criterion == simba::Criterion::kLast ? "last" : "global"; }
 };
+
+// CausalConv1d's attributes: silu (0 | 1, default 1) and kernel_size (the weight's K, checked).
+struct ConvAttrs {
+  bool silu = true;
+  int64_t kernel_size = 0;
+
+  ConvAttrs(const OrtApi*, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    try { silu = ki.GetAttribute<int64_t>("silu") != 0; } catch (const Ort::Exception&) {}
+    try { kernel_size = ki.GetAttribute<int64_t>("kernel_size"); } catch (const Ort::Exception&) {}
+  }
+};
+
+// x [B, L, D], weight [D, K] (K = kernel_size when it is given), bias [D].
+inline std::string check_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                              const std::vector<int64_t>& bias, int64_t kernel_size) {
+  if (x.size() != 3 || w.size() != 2) return "CausalConv1d: x must be [B, L, D] and weight [D, K]";
+  if (w[0] != x[2] || w[1] < 1) return "CausalConv1d: weight must be [D, K] with D = x.shape[2]";
+  if (kernel_size > 0 && w[1] != kernel_size) return "CausalConv1d: weight's K differs from kernel_size";
+  if (!same(bias, {x[2]})) return "CausalConv1d: bias must be [D]";
+  return {};
+}
 
 using OpList = std::vector<std::unique_ptr<OrtCustomOp>>;
 

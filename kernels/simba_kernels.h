@@ -5,7 +5,8 @@
 //   score [B, L].
 // SelectiveScan takes the RAW delta (dt_proj without its bias) and fuses softplus(delta + delta_bias),
 // exactly as `selective_scan(..., delta_bias=b, delta_softplus=True)` does; ImpactScore takes the
-// post-softplus delta, as `impact_score_ref` does. Everything is computed in fp32.
+// post-softplus delta, as `impact_score_ref` does, or (with its optional delta_bias) the raw one and fuses
+// the softplus as `impact_score(..., delta_bias=b, delta_softplus=True)` does. Everything is computed in fp32.
 #pragma once
 
 #include <cstddef>
@@ -41,14 +42,41 @@ template <typename T>
 struct ScoreArgs {
   Dims s;
   const T *u, *Bm, *Cm;
-  const float *delta, *A;
+  // delta [B, L, D] fp32: post-softplus when delta_bias is null; RAW when it is given, and the kernel forms
+  // softplus(delta + delta_bias) itself (the graph then needs no separate softplus of a [B, L, D] tensor).
+  const float *delta, *delta_bias, *A;
   Criterion criterion;
   bool signed_score;
   float* partial;  // [B, blocks, L] scratch: the max over one block's channels
 };
 
-// The kernels are compiled once per instruction set (cpu_kernels.cc built twice: `base` for any x86-64
-// or other CPU, `avx2` with AVX2+FMA on x86-64); the ORT glue picks one at registration.
+// SelectiveScanScore: the scan (ScanArgs) and, from the decays exp(delta_t·A) it forms, the scores of `criterion`
+// into partial (as ScoreArgs), +inf at the last `protect` positions (always kept, nothing computed for them).
+template <typename T>
+struct ScanScoreArgs {
+  ScanArgs<T> scan;
+  Criterion criterion;
+  bool signed_score;
+  int64_t protect;
+  float* partial;  // [B, blocks, L]
+};
+
+// CausalConv1d: u[b, t, d] = act(bias[d] + Σ_k wt[k, d]·x[b, t-K+1+k, d]) (x before t = 0 reads 0), in the token-major
+// layout [B, L, D] of the scan (no transposes); act = SiLU when silu. wt is the weight transposed to [K, D] (fp32).
+template <typename T>
+struct ConvArgs {
+  int64_t batch, len, dim, K;
+  const T* x;
+  const float *wt, *bias;
+  bool silu;
+  T* u;
+  static constexpr int64_t kRows = 64;  // rows per job
+  int64_t chunks() const { return (len + kRows - 1) / kRows; }
+  int64_t jobs() const { return batch * chunks(); }
+};
+
+// The kernels are compiled once per instruction set (cpu_kernels.cc built three times: `base` for any x86-64
+// or other CPU, `avx2` with AVX2+FMA and `avx512` with AVX-512F on x86-64); the ORT glue picks one.
 #define SIMBA_DECLARE_CPU_KERNELS(isa)                                                        \
   namespace isa {                                                                              \
   /* Runs job `job` in [0, s.jobs()): the scan of one batch row over kBlockD channels. */     \
@@ -57,11 +85,18 @@ struct ScoreArgs {
   /* Fills partial[b, block, :]; impact_score_reduce then takes the max over blocks. */        \
   template <typename T>                                                                        \
   void impact_score_job(const ScoreArgs<T>& a, int64_t job);                                   \
+  /* selective_scan_job and the job's scores (partial[b, block, :]) in one pass. */            \
+  template <typename T>                                                                        \
+  void scan_score_job(const ScanScoreArgs<T>& a, int64_t job);                                 \
+  /* Rows [c·kRows, (c+1)·kRows) of batch row b, job = b·chunks + c. */                        \
+  template <typename T>                                                                        \
+  void causal_conv1d_job(const ConvArgs<T>& a, int64_t job);                                   \
   void impact_score_reduce(const Dims& s, const float* partial, float* score);                 \
   float half_to_float(uint16_t h);                                                             \
   uint16_t float_to_half(float f);                                                             \
   }
 SIMBA_DECLARE_CPU_KERNELS(base)
 SIMBA_DECLARE_CPU_KERNELS(avx2)
+SIMBA_DECLARE_CPU_KERNELS(avx512)
 
 }  // namespace simba

@@ -1,5 +1,5 @@
 // ONNX Runtime entry point of libsimba_ort_ops.so: registers the `simba` domain (SelectiveScan,
-// ImpactScore) for the CPU execution provider (fp32 and fp16) and, when built with SIMBA_WITH_CUDA,
+// ImpactScore, SelectiveScanScore, CausalConv1d) for the CPU execution provider (fp32 and fp16) and, when built with SIMBA_WITH_CUDA,
 // for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
 // Built against the API-21 headers (ORT 1.21); older runtimes get an error status instead of a crash.
 #include <cstdio>
@@ -29,26 +29,49 @@ template <typename K>
 struct CpuKernels {
   void (*scan)(const simba::ScanArgs<K>&, int64_t);
   void (*score)(const simba::ScoreArgs<K>&, int64_t);
+  void (*scan_score)(const simba::ScanScoreArgs<K>&, int64_t);
+  void (*conv)(const simba::ConvArgs<K>&, int64_t);
 };
 
-// AVX2+FMA kernels where the CPU has them (about 4x the SSE2 baseline), else the portable build;
-// SIMBA_OPS_ISA=base forces the portable build (tests run both).
-bool use_avx2() {
+// The widest kernels the CPU runs: AVX-512F (16 lanes; ~1.25x AVX2 on the EPYC of BENCHMARKS.md), AVX2+FMA
+// (about 4x the SSE2 baseline), else the portable build. SIMBA_OPS_ISA=base|avx2 caps the choice (tests run
+// every build the CPU supports).
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
 #ifdef SIMBA_HAVE_AVX2
-  static const bool on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         std::string(std::getenv("SIMBA_OPS_ISA") ? std::getenv("SIMBA_OPS_ISA") : "") != "base";
-  return on;
+  static const Isa isa = [] {
+    const std::string cap = std::getenv("SIMBA_OPS_ISA") ? std::getenv("SIMBA_OPS_ISA") : "";
+    if (cap == "base" || !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::kBase;
+    if (cap == "avx2" || !__builtin_cpu_supports("avx512f")) return Isa::kAvx2;
+    return Isa::kAvx512;
+  }();
+  return isa;
 #else
-  return false;
+  return Isa::kBase;
 #endif
+}
+
+const char* isa_name() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "base";
+  }
 }
 
 template <typename K>
 CpuKernels<K> cpu_kernels() {
 #ifdef SIMBA_HAVE_AVX2
-  if (use_avx2()) return {simba::avx2::selective_scan_job<K>, simba::avx2::impact_score_job<K>};
+  if (cpu_isa() == Isa::kAvx512)
+    return {simba::avx512::selective_scan_job<K>, simba::avx512::impact_score_job<K>, simba::avx512::scan_score_job<K>,
+            simba::avx512::causal_conv1d_job<K>};
+  if (cpu_isa() == Isa::kAvx2)
+    return {simba::avx2::selective_scan_job<K>, simba::avx2::impact_score_job<K>, simba::avx2::scan_score_job<K>,
+            simba::avx2::causal_conv1d_job<K>};
 #endif
-  return {simba::base::selective_scan_job<K>, simba::base::impact_score_job<K>};
+  return {simba::base::selective_scan_job<K>, simba::base::impact_score_job<K>, simba::base::scan_score_job<K>,
+          simba::base::causal_conv1d_job<K>};
 }
 
 // Runs job(args, i) for i in [0, jobs) on ORT's intra-op thread pool.
@@ -77,7 +100,7 @@ Ort::Status SelectiveScanCpu(OrtKernelContext* ctx, const Tensor<T>& u, const Te
                                z.Shape(), delta_bias.Shape(), &s);
   if (!err.empty()) return bad(err);
   if (trace()) std::fprintf(stderr, "[simba] SelectiveScan cpu-%s B=%lld L=%lld D=%lld N=%lld\n",
-                            use_avx2() ? "avx2" : "base", (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
+                            isa_name(), (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
   simba::ScanArgs<K> a{s,
                        as_kernel<K>(u.Data()), as_kernel<K>(delta.Data()), as_kernel<K>(B.Data()),
                        as_kernel<K>(C.Data()), as_kernel<K>(z.Data()),
@@ -93,21 +116,79 @@ struct ImpactScoreCpu : ImpactScoreAttrs {
   using ImpactScoreAttrs::ImpactScoreAttrs;
 
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<float>& delta,
-                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C, Tensor<float>& score) {
+                      const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C,
+                      std::optional<const Tensor<float>*> delta_bias, Tensor<float>& score) {
     using K = typename KernelType<T>::type;
     if (!error.empty()) return bad(error);
+    const Tensor<float>* bias = given(delta_bias);
+    const std::vector<int64_t> bias_shape = bias ? bias->Shape() : std::vector<int64_t>{};
     simba::Dims s{};
-    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), &s);
+    std::string err = check_score(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(),
+                                  bias ? &bias_shape : nullptr, &s);
     if (!err.empty()) return bad(err);
-    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cpu-%s %s B=%lld L=%lld D=%lld N=%lld\n",
-                              use_avx2() ? "avx2" : "base", name(),
+    if (trace()) std::fprintf(stderr, "[simba] ImpactScore cpu-%s %s%s B=%lld L=%lld D=%lld N=%lld\n",
+                              isa_name(), name(), bias ? " raw-delta" : "",
                               (long long)s.batch, (long long)s.len, (long long)s.dim, (long long)s.nstate);
     float* out = score.Allocate({s.batch, s.len});
     std::vector<float> partial(static_cast<size_t>(s.batch * s.blocks() * s.len));
     simba::ScoreArgs<K> a{s, as_kernel<K>(u.Data()), as_kernel<K>(B.Data()), as_kernel<K>(C.Data()),
-                          delta.Data(), A.Data(), criterion, signed_score, partial.data()};
+                          delta.Data(), bias ? bias->Data() : nullptr, A.Data(), criterion, signed_score,
+                          partial.data()};
     run_jobs(ctx, a, cpu_kernels<K>().score, s.jobs());
     simba::base::impact_score_reduce(s, partial.data(), out);
+    return Ort::Status{nullptr};
+  }
+};
+
+template <typename T>
+struct SelectiveScanScoreCpu : ImpactScoreAttrs {
+  using ImpactScoreAttrs::ImpactScoreAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& u, const Tensor<T>& delta, const Tensor<float>& A,
+                      const Tensor<T>& B, const Tensor<T>& C, const Tensor<float>& D, const Tensor<T>& z,
+                      const Tensor<float>& delta_bias, Tensor<T>& y, Tensor<float>& last_state,
+                      Tensor<float>& score) {
+    using K = typename KernelType<T>::type;
+    if (!error.empty()) return bad("SelectiveScanScore: " + error);
+    simba::Dims s{};
+    std::string err = check_scan(u.Shape(), delta.Shape(), A.Shape(), B.Shape(), C.Shape(), D.Shape(),
+                                 z.Shape(), delta_bias.Shape(), &s);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] SelectiveScanScore cpu-%s %s protect=%lld B=%lld L=%lld D=%lld N=%lld\n",
+                              isa_name(), name(), (long long)protect, (long long)s.batch, (long long)s.len,
+                              (long long)s.dim, (long long)s.nstate);
+    float* out = score.Allocate({s.batch, s.len});
+    std::vector<float> partial(static_cast<size_t>(s.batch * s.blocks() * s.len));
+    simba::ScanScoreArgs<K> a{{s, as_kernel<K>(u.Data()), as_kernel<K>(delta.Data()), as_kernel<K>(B.Data()),
+                               as_kernel<K>(C.Data()), as_kernel<K>(z.Data()), A.Data(), D.Data(), delta_bias.Data(),
+                               reinterpret_cast<K*>(y.Allocate(u.Shape())),
+                               last_state.Allocate({s.batch, s.dim, s.nstate})},
+                              criterion, signed_score, protect, partial.data()};
+    run_jobs(ctx, a, cpu_kernels<K>().scan_score, s.jobs());
+    simba::base::impact_score_reduce(s, partial.data(), out);
+    return Ort::Status{nullptr};
+  }
+};
+
+template <typename T>
+struct CausalConv1dCpu : ConvAttrs {
+  using ConvAttrs::ConvAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<float>& weight,
+                      const Tensor<float>& bias, Tensor<T>& u) {
+    using K = typename KernelType<T>::type;
+    std::string err = check_conv(x.Shape(), weight.Shape(), bias.Shape(), kernel_size);
+    if (!err.empty()) return bad(err);
+    const std::vector<int64_t>& xs = x.Shape();
+    const int64_t D = xs[2], Kw = weight.Shape()[1];
+    if (trace()) std::fprintf(stderr, "[simba] CausalConv1d cpu-%s B=%lld L=%lld D=%lld K=%lld\n", isa_name(),
+                              (long long)xs[0], (long long)xs[1], (long long)D, (long long)Kw);
+    std::vector<float> wt(static_cast<size_t>(Kw * D));  // [K, D]: the kernel reads rows of channels
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k < Kw; ++k) wt[k * D + d] = weight.Data()[d * Kw + k];
+    simba::ConvArgs<K> a{xs[0], xs[1], D, Kw, as_kernel<K>(x.Data()), wt.data(), bias.Data(), silu,
+                         reinterpret_cast<K*>(u.Allocate(xs))};
+    run_jobs(ctx, a, cpu_kernels<K>().conv, a.jobs());
     return Ort::Status{nullptr};
   }
 };
@@ -125,6 +206,10 @@ void build_domain() {
   g_ops.emplace_back(CreateLiteCustomOp("SelectiveScan", kCpu, SelectiveScanCpu<Ort::Float16_t>));
   g_ops.emplace_back(CreateLiteCustomOp<ImpactScoreCpu<float>>("ImpactScore", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<ImpactScoreCpu<Ort::Float16_t>>("ImpactScore", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCpu<float>>("SelectiveScanScore", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCpu<Ort::Float16_t>>("SelectiveScanScore", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<float>>("CausalConv1d", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<Ort::Float16_t>>("CausalConv1d", kCpu));
 #ifdef SIMBA_WITH_CUDA
   add_cuda_ops(g_ops);
 #endif

@@ -7,7 +7,6 @@ downloads); where that is impossible the library tests skip and say why.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,12 +25,12 @@ from simba_convert.export import export_onnx, run_onnx  # noqa: E402
 from simba_convert.export.functions import attach_reference_functions  # noqa: E402
 from simba_convert.export.graph import PrefillGraph  # noqa: E402
 from simba_convert.export.runtime import ENV_VAR, session_options  # noqa: E402
-from simba_convert.model.config import MambaConfig  # noqa: E402
-from simba_convert.model.mamba import MambaLM  # noqa: E402
+from simba_convert.ops.conv1d import causal_conv1d_ref  # noqa: E402
 from simba_convert.ops.impact_score import impact_score_ref  # noqa: E402
 from simba_convert.ops.selective_scan import selective_scan_ref  # noqa: E402
 from simba_convert.pruning.model import PrunedMambaLM  # noqa: E402
 from simba_convert.pruning.spec import PruningSpec, keep_counts  # noqa: E402
+from onnx_helpers import build_ops_library, tiny_dense  # noqa: E402
 from tolerance import assert_matches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +41,7 @@ OPSET = 18
 @pytest.fixture(scope="session")
 def ops_library(tmp_path_factory):
     """Path of a freshly built libsimba_ort_ops.so (CPU kernels), or a skip with the reason."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ to build kernels/")
-    out = tmp_path_factory.mktemp("ortlib")
-    r = subprocess.run(["bash", str(ROOT / "kernels" / "build.sh"), "--no-cuda", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        pytest.skip(f"kernels/build.sh failed (headers need the Debian archive): {r.stderr.strip()[-300:]}")
-    return out / "libsimba_ort_ops.so"
+    return build_ops_library(tmp_path_factory)
 
 
 def paths(lib):
@@ -81,13 +71,26 @@ def scan_model(half: bool) -> bytes:
     return _op_model(node, ins, [_vi("y", T, 3), _vi("last_state", F32, 3)])
 
 
-def score_model(half: bool, criterion: str, signed: bool) -> bytes:
+def score_model(half: bool, criterion: str, signed: bool, raw: bool = False) -> bytes:
+    """ImpactScore; raw: the 6-input form (raw delta and delta_bias, softplus fused)."""
     T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     F32 = TensorProto.FLOAT
     ins = [_vi("u", T, 3), _vi("delta", F32, 3), _vi("A", F32, 2), _vi("B", T, 3), _vi("C", T, 3)]
+    if raw:
+        ins.append(_vi("delta_bias", F32, 1))
     node = helper.make_node("ImpactScore", [i.name for i in ins], ["score"], domain="simba",
                             criterion=criterion, signed=int(signed))
     return _op_model(node, ins, [_vi("score", F32, 2)])
+
+
+def scan_score_model(half: bool, criterion: str, signed: bool, protect: int) -> bytes:
+    T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    F32 = TensorProto.FLOAT
+    ins = [_vi("u", T, 3), _vi("delta", T, 3), _vi("A", F32, 2), _vi("B", T, 3), _vi("C", T, 3),
+           _vi("D", F32, 1), _vi("z", T, 3), _vi("delta_bias", F32, 1)]
+    node = helper.make_node("SelectiveScanScore", [i.name for i in ins], ["y", "last_state", "score"], domain="simba",
+                            criterion=criterion, signed=int(signed), protect=protect)
+    return _op_model(node, ins, [_vi("y", T, 3), _vi("last_state", F32, 3), _vi("score", F32, 2)])
 
 
 def _session(model, lib):
@@ -103,6 +106,9 @@ def scan_inputs(bsz, L, D, N, dtype):
 
 
 SHAPES = [(1, 1, 5, 3), (2, 37, 19, 16), (3, 64, 33, 4)]
+# SelectiveScanScore chains the `last` decays over segments of 16 positions: lengths across several segments, with
+# a partial one, and channel counts that leave a partial block of the kernels' 16 channels
+SCAN_SCORE_SHAPES = [(1, 1, 5, 3), (2, 37, 19, 16), (1, 100, 33, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -137,14 +143,93 @@ def test_impact_score_op_matches_reference(criterion, signed, dtype, ops_library
             assert_matches(torch.from_numpy(score), ref, torch.float32)
 
 
-@pytest.mark.skipif(os.environ.get("SIMBA_OPS_ISA") == "base", reason="already running the baseline kernels")
-def test_baseline_cpu_kernels_match_reference(ops_library):
-    """The library picks AVX2+FMA kernels where it can; the SSE2 baseline build must agree as well."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_impact_score_with_raw_delta_matches_reference(dtype, ops_library):
+    """The 6-input ImpactScore fuses softplus(delta + delta_bias), as `impact_score(..., delta_softplus=True)`."""
+    model = score_model(dtype == torch.float16, "last", False, raw=True)
+    for name, lib in paths(ops_library):
+        sess = _session(model, lib)
+        for shape in SHAPES:
+            x = scan_inputs(*shape, dtype)
+            feed = {"u": x["u"], "delta": x["delta"].float(), "A": x["A"], "B": x["B"], "C": x["C"],
+                    "delta_bias": x["delta_bias"]}
+            (score,) = sess.run(None, {k: v.numpy() for k, v in feed.items()})
+            ref = impact_score_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], criterion="last",
+                                   delta_bias=x["delta_bias"], delta_softplus=True)
+            assert_matches(torch.from_numpy(score), ref, torch.float32)
+
+
+@pytest.mark.parametrize("criterion,signed,protect", [("last", False, 0), ("last", False, 7), ("global", False, 3),
+                                                      ("last", True, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_selective_scan_score_op_matches_reference(criterion, signed, protect, dtype, ops_library):
+    """The fused node: the scan's outputs as SelectiveScan's, the score as ImpactScore's of the same delta (the
+    kernel's `last` decays come from the scan's: the fp32 contract still holds), +inf on the protected suffix."""
+    model = scan_score_model(dtype == torch.float16, criterion, signed, protect)
+    for name, lib in paths(ops_library):
+        sess = _session(model, lib)
+        for shape in SCAN_SCORE_SHAPES:
+            x = scan_inputs(*shape, dtype)
+            y, h, score = sess.run(None, {k: v.numpy() for k, v in x.items()})
+            f = {k: v.float() for k, v in x.items()}
+            y_ref, h_ref = selective_scan_ref(f["u"], f["delta"], f["A"], f["B"], f["C"], f["D"], f["z"],
+                                              f["delta_bias"], True, return_last_state=True)
+            s_ref = impact_score_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], criterion=criterion, signed=signed,
+                                     delta_bias=x["delta_bias"], delta_softplus=True)
+            L = shape[1]
+            tail = slice(max(0, L - protect), L)
+            assert np.isinf(score[:, tail]).all() and (score[:, tail] > 0).all(), name
+            s_ref[:, tail] = float("inf")
+            assert_matches(torch.from_numpy(y), y_ref, dtype)
+            assert_matches(torch.from_numpy(h), h_ref, torch.float32)
+            if L > protect:
+                keep = slice(0, L - protect)
+                assert_matches(torch.from_numpy(score[:, keep]), s_ref[:, keep], torch.float32)
+
+
+def conv_model(half: bool, K: int) -> bytes:
+    T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    F32 = TensorProto.FLOAT
+    ins = [_vi("x", T, 3), _vi("weight", F32, 2), _vi("bias", F32, 1)]
+    node = helper.make_node("CausalConv1d", ["x", "weight", "bias"], ["u"], domain="simba", kernel_size=K, silu=1)
+    return _op_model(node, ins, [_vi("u", T, 3)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_causal_conv1d_op_matches_reference(dtype, ops_library):
+    """The conv in the scan's [B, L, D] layout: lengths shorter than the window, channels off the vector width."""
+    for K in (4, 2):
+        model = conv_model(dtype == torch.float16, K)
+        for name, lib in paths(ops_library):
+            sess = _session(model, lib)
+            for bsz, L, D in [(1, 1, 5), (2, 3, 19), (3, 70, 40)]:
+                x, w, b = torch.randn(bsz, L, D).to(dtype), torch.randn(D, K), torch.randn(D)
+                (u,) = sess.run(None, {"x": x.numpy(), "weight": w.numpy(), "bias": b.numpy()})
+                ref = causal_conv1d_ref(x.float(), w, b, activation="silu")
+                assert u.dtype == (np.float16 if dtype == torch.float16 else np.float32), name
+                assert_matches(torch.from_numpy(u), ref, dtype)
+
+
+def _isas():
+    """The narrower kernel builds this CPU can run beside the one the library picks (base: SSE2; avx2)."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return ["base"] + (["avx2"] if " avx512f" in flags and " avx2" in flags else [])
+
+
+@pytest.mark.skipif(bool(os.environ.get("SIMBA_OPS_ISA")), reason="already running a capped kernel build")
+@pytest.mark.parametrize("isa", _isas())
+def test_narrower_cpu_kernels_match_reference(isa, ops_library):
+    """The library picks the widest kernels the CPU runs (AVX-512, AVX2+FMA); the narrower builds must agree too."""
     import sys
 
-    env = dict(os.environ, SIMBA_OPS_ISA="base", SIMBA_OPS_TRACE="1", **{ENV_VAR: str(ops_library)})
+    env = dict(os.environ, SIMBA_OPS_ISA=isa, **{ENV_VAR: str(ops_library)})
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "op_matches_reference"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+                        "-k", "op_matches_reference or raw_delta"], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-2000:]
     assert "passed" in r.stdout
 
@@ -169,16 +254,6 @@ def test_library_path_runs_the_kernels_and_portable_path_the_functions(ops_libra
 
 
 # ---- whole-model export -------------------------------------------------------------------------------
-def tiny_dense(seed=0):
-    torch.manual_seed(seed)
-    model = MambaLM(MambaConfig(d_model=32, n_layer=3, vocab_size=100)).eval()
-    with torch.no_grad():  # spread dt and A like a trained model so that scores differ between tokens
-        for layer in model.backbone.layers:
-            layer.mixer.dt_proj.bias.uniform_(-4, -1)
-            layer.mixer.A_log.add_(torch.randn_like(layer.mixer.A_log) * 0.5)
-    return model
-
-
 def reference(model, ids, protect):
     """(logits at the protected suffix, kept_mask [n_layer, B, L]) from PyTorch."""
     with torch.no_grad():
@@ -220,17 +295,39 @@ def test_export_report_and_file(name, exported):
     assert report["checker"] == "passed" and report["passed"], report["verify"]
     for p in ("portable", "library"):
         assert report["verify"][p]["kept_match"] and report["verify"][p]["passed"]
+    assert report["verify"]["shapes"] == [[2, report["protect"] + 23], [1, max(2, report["protect"] // 2)],
+                                          [3, 2 * report["protect"] + 9]]
+    for p in ("portable", "library"):
+        assert report["verify"][p]["decode"]["tokens_match"]  # the step file decodes as PyTorch does
     m = onnx.load(str(path))
     onnx.checker.check_model(m, full_check=True)
     n_layer = 3
     custom = [n for n in m.graph.node if n.domain == "simba"]
-    assert sum(n.op_type == "SelectiveScan" for n in custom) == n_layer  # bare nodes, not inlined
     n_scores = {"sparse32": 2, "sparse16": 1, "dense32": 0}[name]  # equal ratios need no scores
-    assert sum(n.op_type == "ImpactScore" for n in custom) == n_scores
-    assert {f.name for f in m.functions} == ({"SelectiveScan", "ImpactScore"} if n_scores else {"SelectiveScan"})
+    # bare nodes, not inlined; a scored layer's scan and score are one node
+    assert sum(n.op_type == "SelectiveScanScore" for n in custom) == n_scores
+    assert sum(n.op_type == "SelectiveScan" for n in custom) == n_layer - n_scores
+    assert not [n for n in custom if n.op_type == "ImpactScore"]
+    assert sum(n.op_type == "CausalConv1d" for n in custom) == n_layer
+    assert {f.name for f in m.functions} == ({"SelectiveScan", "SelectiveScanScore", "CausalConv1d"} if n_scores
+                                             else {"SelectiveScan", "CausalConv1d"})
+    # what the profile removed (BENCHMARKS.md, "ONNX export"): no softplus of a [B, L, D] tensor for the scores,
+    # no [B, L, 2D] in_proj output split in two, no transposes around a grouped Conv, no GatherElements of rows
+    ops = [n.op_type for n in m.graph.node]
+    assert "Softplus" not in ops and ops.count("Split") == n_layer  # x_proj's (dt, B, C) only
+    inits = {i.name for i in m.graph.initializer}
+    # no grouped Conv; the Transposes left are of weights (folded at load) and of the [B, K-1, D] conv windows
+    assert "Conv" not in ops
+    assert sum(n.op_type == "Transpose" and n.input[0] not in inits for n in m.graph.node) == n_layer
+    assert ops.count("GatherND") == 2 * n_scores and ops.count("GatherElements") == n_scores  # rows; positions
     dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "seq"]  # symbolic, not specialised to the example input
-    assert [o.name for o in m.graph.output] == ["logits", "kept_mask"]
+    assert [o.name for o in m.graph.output] == ["logits", "kept_mask", "conv_states", "ssm_states"]
+    step = onnx.load(report["step"]["path"])
+    onnx.checker.check_model(step, full_check=True)
+    assert [i.name for i in step.graph.input] == ["token", "conv_states", "ssm_states"]
+    assert [o.name for o in step.graph.output] == ["logits", "next_conv_states", "next_ssm_states"]
+    assert not [n for n in step.graph.node if n.domain == "simba"]  # standard ONNX only
 
 
 @pytest.mark.parametrize("name", ["sparse32", "sparse16", "dense32"])
@@ -244,6 +341,7 @@ def test_export_matches_pytorch_at_other_shapes(name, exported, ops_library):
         for _, lib in paths(ops_library):
             out = run_onnx(path, ids, library=lib)
             assert out["logits"].shape == (bsz, min(P, L), 104)
+            assert out["conv_states"].shape == (3, bsz, 64, 3) and out["ssm_states"].shape == (3, bsz, 64, 16)
             assert np.array_equal(out["kept_mask"], ref_mask.numpy())
             if report["dtype"] == "float16":
                 assert_matches(torch.from_numpy(out["logits"]).half(), ref_logits, torch.float16, scale=2.0)
@@ -290,7 +388,8 @@ def test_external_data_export(tmp_path, monkeypatch, ops_library):
     path = tmp_path / "dense" / "model.onnx"
     report = export_onnx(tiny_dense(), path, protect=2, library=ops_library)
     assert report["external_data"] and report["passed"], report
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data", "model_step.onnx",
+                                                              "model_step.onnx.data"]
     assert path.stat().st_size < 100_000 < report["size_bytes"]
 
 

@@ -1,10 +1,15 @@
-"""`export_onnx`: the sparsified (or dense) prefill of a model as one ONNX file, checked and verified.
+"""`export_onnx`: the sparsified (or dense) prefill of a model as one ONNX file, and its decoding step beside it.
 
-The file has input `input_ids [batch, seq]` (int64, both dims dynamic) and outputs
-  logits    [batch, n_protect, vocab]  for the last n_protect = min(max(1, P), seq) positions,
-  kept_mask [n_layer, batch, seq]      (bool) True where layer l processed original position t.
+The prefill file has input `input_ids [batch, seq]` (int64, both dims dynamic) and outputs
+  logits      [batch, n_protect, vocab]   for the last n_protect = min(max(1, P), seq) positions,
+  kept_mask   [n_layer, batch, seq]       (bool) True where layer l processed original position t,
+  conv_states [n_layer, batch, D, K-1]    each layer's conv window after its own (compacted) sequence,
+  ssm_states  [n_layer, batch, D, N]      (fp32) each layer's SSM state, as `PrunedMambaLM.prefill` returns them.
+The step file (`<stem>_step.onnx`) takes `token [batch]`, `conv_states`, `ssm_states` and returns
+`logits [batch, vocab]`, `next_conv_states`, `next_ssm_states`: `MambaLM.step` (dense decoding, SIMBA.md §8).
 The scan and the impact scores are `simba` custom nodes, each with a model-local Scan reference
 function, so stock onnxruntime runs the file; with libsimba_ort_ops registered the C++ kernels run.
+The step graph is standard ONNX only.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, require
@@ -38,7 +44,10 @@ def _export_dtype(model_dtype, dtype):
     else:
         name = str(dtype).replace("torch.", "")
     if name not in _DTYPES:
-        raise ConfigError(f"ONNX export supports float32 and float16, not {name} (pass dtype='float32' or 'float16')")
+        why = (": onnxruntime's CPU execution provider has no bfloat16 kernels for MatMul, Add, Exp, Sigmoid or "
+               "ReduceMean (verified with 1.32)" if "bfloat16" in name else "")
+        raise ConfigError(f"ONNX export supports float32 and float16, not {name}{why}; pass dtype='float32' or "
+                          f"'float16'")
     return getattr(torch, _DTYPES[name])
 
 
@@ -69,10 +78,10 @@ def _dynamic_dims():
     return (dyn, dyn) if dyn is not None else (torch.export.Dim("batch"), torch.export.Dim("seq"))
 
 
-def _name_dims(model) -> None:
+def _name_dims(model, first=("batch", "seq")) -> None:
     """Readable symbolic dims on the graph inputs/outputs: batch, seq, n_protect (the exporter's are s0, u2, ...)."""
     names = {}
-    for d, new in zip(model.graph.input[0].type.tensor_type.shape.dim, ("batch", "seq")):
+    for d, new in zip(model.graph.input[0].type.tensor_type.shape.dim, first):
         if d.dim_param:
             names[d.dim_param] = new
             d.dim_param = new
@@ -86,52 +95,26 @@ def _name_dims(model) -> None:
             dims[1].dim_param = "n_protect"
 
 
-def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=None, check: bool = True,
-                library=None, verify_seq: int | None = None, section=None) -> dict:
-    """Export `model` (PrunedMambaLM or dense MambaLM) to `path`; returns a JSON-serialisable report.
-
-    protect: the protected suffix P (default: the model's spec, or 1 for a dense model).
-    dtype: float32 | float16 (default: the model's; float32 for bf16). check: run onnx.checker (full) and compare
-    onnxruntime with PyTorch, without the library and (when found, or library=True) with it.
-    library: None/"auto", True, False or a path to libsimba_ort_ops.so, for the verification run.
-    section: the checkpoint's `format.SimbaSection`, stored as JSON in the file's metadata under "simba" so that
-    the file carries its spec and provenance.
-    """
-    onnx = require("onnx", "onnx")
-    require("onnxscript", "onnx")
-    import torch
-
-    from .functions import MIN_OPSET, attach_reference_functions
-    from .onnx_ops import DOMAIN, translation_table
-
-    if not MIN_OPSET <= opset <= 23:
-        raise ConfigError(f"opset must be in [{MIN_OPSET}, 23], got {opset}")
-    dt = _export_dtype(model.dtype, dtype)
-    graph = _prefill_graph(model, protect, dt)
+def step_path(path) -> Path:
+    """Where the decoding-step graph of the prefill file `path` goes: `<stem>_step.onnx` beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() * p.element_size() for p in graph.dense.parameters())
-    external = n_params > EXTERNAL_DATA_BYTES
-    P = graph.protect
-    example = torch.randint(0, graph.dense.config.vocab_size, (2, P + 17), device=graph.dense.device)
-    batch, seq = _dynamic_dims()
+    return path.with_name(f"{path.stem}_step{path.suffix or '.onnx'}")
 
-    t0 = time.perf_counter()
+
+def _save(prog, path: Path, *, external: bool, section, check: bool, first_dims, functions: bool):
+    """Write an exported program to `path` atomically (data file first); returns the final ModelProto (no weights)."""
+    import onnx
+
+    from .functions import attach_reference_functions
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        with torch.no_grad():
-            prog = torch.onnx.export(
-                graph, (example,), dynamo=True, opset_version=opset, verbose=False,
-                input_names=["input_ids"], output_names=["logits", "kept_mask"],
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}},
-                custom_translation_table=translation_table(),
-            )
         staged = tmp / path.name
         prog.save(str(staged), external_data=external)
         proto = onnx.load(str(staged), load_external_data=False)
-        # after every exporter/optimiser pass: they would inline the functions (ONNX.md pitfall 1)
-        attach_reference_functions(proto)
-        _name_dims(proto)
+        if functions:  # after every exporter/optimiser pass: they would inline the functions (ONNX.md pitfall 1)
+            attach_reference_functions(proto)
+        _name_dims(proto, first_dims)
         if section is not None:
             from ..format import SECTION, to_json
 
@@ -144,12 +127,94 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
             os.replace(f, path.parent / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return proto
+
+
+def _export_step(graph, path: Path, *, opset: int, external: bool, section, check: bool):
+    """The decoding step of `graph.dense` (StepGraph) at `path`; returns its ModelProto."""
+    import torch
+
+    from .graph import StepGraph
+
+    cfg = graph.dense.config
+    step = StepGraph(graph.dense).eval()
+    mixer = graph.dense.backbone.layers[0].mixer
+    bsz, dt = 2, graph.dense.dtype
+    example = (torch.zeros(bsz, dtype=torch.long),
+               torch.zeros(cfg.n_layer, bsz, mixer.d_inner, mixer.d_conv - 1, dtype=dt),
+               torch.zeros(cfg.n_layer, bsz, mixer.d_inner, mixer.d_state, dtype=torch.float32))
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), warnings.catch_warnings():
+        # one Dim shared by the three inputs: the exporter notes that it names them once
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
+        prog = torch.onnx.export(
+            step, example, dynamo=True, opset_version=opset, verbose=False,
+            input_names=list(STEP_INPUTS), output_names=list(STEP_OUTPUTS),
+            dynamic_shapes={"token": {0: batch}, "conv_states": {1: batch}, "ssm_states": {1: batch}},
+        )
+    return _save(prog, path, external=external, section=section, check=check, first_dims=("batch",), functions=False)
+
+
+PREFILL_OUTPUTS = ("logits", "kept_mask", "conv_states", "ssm_states")
+STEP_INPUTS = ("token", "conv_states", "ssm_states")
+STEP_OUTPUTS = ("logits", "next_conv_states", "next_ssm_states")
+
+
+def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=None, check: bool = True,
+                library=None, verify_seq: int | None = None, section=None, step: bool = True) -> dict:
+    """Export `model` (PrunedMambaLM or dense MambaLM) to `path`; returns a JSON-serialisable report.
+
+    protect: the protected suffix P (default: the model's spec, or 1 for a dense model).
+    dtype: float32 | float16 (default: the model's; float32 for bf16). check: run onnx.checker (full) and compare
+    onnxruntime with PyTorch (`verify.verify_export`: several batch sizes and lengths, kept sets, decoding),
+    without the library and (when found, or library=True) with it.
+    library: None/"auto", True, False or a path to libsimba_ort_ops.so, for the verification run.
+    verify_seq: one length to verify at instead of the default three.
+    section: the checkpoint's `format.SimbaSection`, stored as JSON in the files' metadata under "simba" so that
+    they carry their spec and provenance.
+    step: also write the decoding-step graph beside it (`step_path(path)`; it carries its own copy of the weights).
+    """
+    require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    import torch
+
+    from .functions import MIN_OPSET
+    from .onnx_ops import DOMAIN, translation_table
+
+    if not MIN_OPSET <= opset <= 23:
+        raise ConfigError(f"opset must be in [{MIN_OPSET}, 23], got {opset}")
+    dt = _export_dtype(model.dtype, dtype)
+    graph = _prefill_graph(model, protect, dt)
+    cfg = graph.dense.config
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_params = sum(p.numel() * p.element_size() for p in graph.dense.parameters())
+    external = n_params > EXTERNAL_DATA_BYTES
+    P = graph.protect
+    example = torch.randint(0, cfg.vocab_size, (2, P + 17), device=graph.dense.device)
+    batch, seq = _dynamic_dims()
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        prog = torch.onnx.export(
+            graph, (example,), dynamo=True, opset_version=opset, verbose=False,
+            input_names=["input_ids"], output_names=list(PREFILL_OUTPUTS),
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}},
+            custom_translation_table=translation_table(),
+        )
+    proto = _save(prog, path, external=external, section=section, check=check, first_dims=("batch", "seq"),
+                  functions=True)
+    spath = step_path(path) if step else None
+    if step:
+        _export_step(graph, spath, opset=opset, external=external, section=section, check=check)
     seconds = time.perf_counter() - t0
 
     counts = {}
     for n in proto.graph.node:
         if n.domain == DOMAIN:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    mixer = graph.dense.backbone.layers[0].mixer
+    D, K, N, V = mixer.d_inner, mixer.d_conv, mixer.d_state, cfg.padded_vocab_size
     report = {
         "path": str(path),
         "opset": opset,
@@ -160,10 +225,18 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
         "criterion": graph.criterion,
         "protect": P,
         "inputs": {"input_ids": ["batch", "seq"]},
-        "outputs": {"logits": ["batch", "n_protect", graph.dense.config.padded_vocab_size],
-                    "kept_mask": [graph.dense.config.n_layer, "batch", "seq"]},
+        "outputs": {"logits": ["batch", "n_protect", V], "kept_mask": [cfg.n_layer, "batch", "seq"],
+                    "conv_states": [cfg.n_layer, "batch", D, K - 1], "ssm_states": [cfg.n_layer, "batch", D, N]},
         "custom_nodes": counts,
         "functions": [f"{f.domain}.{f.name}" for f in proto.functions],
+        "step": None if not step else {
+            "path": str(spath),
+            "inputs": {"token": ["batch"], "conv_states": [cfg.n_layer, "batch", D, K - 1],
+                       "ssm_states": [cfg.n_layer, "batch", D, N]},
+            "outputs": {"logits": ["batch", V], "next_conv_states": [cfg.n_layer, "batch", D, K - 1],
+                        "next_ssm_states": [cfg.n_layer, "batch", D, N]},
+            "size_bytes": sum(f.stat().st_size for f in spath.parent.glob(spath.name + "*")),
+        },
         "external_data": external,
         "size_bytes": sum(f.stat().st_size for f in path.parent.glob(path.name + "*")),
         "export_seconds": round(seconds, 2),
@@ -172,7 +245,8 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
     if check:
         from .verify import verify_export
 
-        report["verify"] = verify_export(model, path, dtype=dt, protect=P, library=library, seq=verify_seq)
+        report["verify"] = verify_export(model, path, dtype=dt, protect=P, library=library, seq=verify_seq,
+                                         step=spath)
         report["passed"] = report["verify"]["passed"]
         if not report["passed"]:
             log.warning("ONNX export %s does not match PyTorch: %s", path, report["verify"])

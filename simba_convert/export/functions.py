@@ -1,12 +1,14 @@
 """Model-local ONNX reference bodies for the `simba` ops, so stock onnxruntime runs the file as is.
 
-Each op gets a FunctionProto built from `Scan` (state [B, D, N], one step per position, nothing of size
-[B, L, D, N] materialised). onnxruntime inlines a model-local function when no registered kernel
+The scan and the scores get FunctionProtos built from `Scan` (state [B, D, N], one step per position, nothing
+of size [B, L, D, N] materialised); the conv one of K shifted products. onnxruntime inlines a model-local function when no registered kernel
 claims the node; when libsimba_ort_ops is registered its kernel runs instead (ONNX.md §3.1).
 The bodies compute in fp32 and cast the outputs back (CastLike), so one body serves fp32 and fp16.
 
-`ImpactScore`'s body is generated for the criterion and sign the model's nodes use (a function cannot
-switch on a string attribute); `attach_reference_functions` refuses a model whose nodes disagree.
+`ImpactScore`'s body is generated for the criterion, sign and delta form (post-softplus, or raw with the
+optional delta_bias) the model's nodes use, `SelectiveScanScore`'s for their criterion, sign and protected
+suffix, `CausalConv1d`'s for their kernel size (a function can switch neither on a string attribute nor on an input's presence);
+`attach_reference_functions` refuses a model whose nodes disagree.
 """
 
 from __future__ import annotations
@@ -66,13 +68,14 @@ def _scan_body(name, inputs, outputs, build) -> onnx.GraphProto:
     return helper.make_graph(b.nodes, name, [_f32(i) for i in inputs], [_f32(o) for o in outputs])
 
 
-def selective_scan_function(opset: int) -> onnx.FunctionProto:
-    """SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state), as `selective_scan_ref` computes it."""
-    b = _Builder("ss_")
-    u, dt, Bm, Cm, z = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "delta", "B", "C", "z"))
-    x = b.op("Add", dt, "delta_bias")
-    # torch's softplus returns x itself above 20
-    dl = b.op("Where", b.op("Greater", x, b.const(20.0, TensorProto.FLOAT, [])), x, b.op("Softplus", x))
+def _softplus(b: _Builder, x: str) -> str:
+    """torch's softplus: x itself above 20."""
+    return b.op("Where", b.op("Greater", x, b.const(20.0, TensorProto.FLOAT, [])), x, b.op("Softplus", x))
+
+
+def _emit_scan(b: _Builder, u: str, dl: str, Bm: str, Cm: str, z: str) -> tuple[str, str]:
+    """Nodes of the scan over fp32 u, post-softplus dl [B, L, D], B, C [B, L, N], z; inputs A, D by name.
+    Returns (y fp32, last state)."""
     du = b.op("Mul", dl, u)
 
     def step(g: _Builder):
@@ -85,22 +88,15 @@ def selective_scan_function(opset: int) -> onnx.FunctionProto:
     h_last, ys = b.op("Scan", b.zeros_state("u", "A"), dl, du, Bm, Cm, outputs=2, body=body,
                       num_scan_inputs=4, scan_input_axes=[1, 1, 1, 1], scan_output_axes=[1])
     y = b.op("Add", ys, b.op("Mul", u, "D"))
-    y = b.op("Mul", y, b.op("Mul", z, b.op("Sigmoid", z)))
-    b.op("CastLike", y, "u", outputs=["y"])
-    b.op("Identity", h_last, outputs=["last_state"])
-    return helper.make_function(
-        DOMAIN, "SelectiveScan", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"], ["y", "last_state"],
-        b.nodes, [helper.make_opsetid("", opset)],
-    )
+    return b.op("Mul", y, b.op("Mul", z, b.op("Sigmoid", z))), h_last
 
 
-def impact_score_function(opset: int, criterion: str, signed: bool) -> onnx.FunctionProto:
-    """ImpactScore(u, delta, A, B, C) -> score [B, L], as `impact_score_ref` computes `criterion`."""
-    b = _Builder("is_")
-    u, Bm, Cm = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "B", "C"))
+def _emit_score(b: _Builder, u: str, delta: str, Bm: str, Cm: str, criterion: str, signed: bool) -> str:
+    """Nodes of `impact_score_ref`'s `criterion` over fp32 u, post-softplus delta, B, C; input A by name.
+    Returns the score [B, L]."""
     if criterion == "last":
         # R_t = Σ_{k>t} delta_k; the readout C_T of the last position weights every B_t
-        R = b.op("CumSum", "delta", b.const(1, dims=[]), exclusive=1, reverse=1)
+        R = b.op("CumSum", delta, b.const(1, dims=[]), exclusive=1, reverse=1)
         CT = b.op("Gather", Cm, b.const(-1, dims=[]), axis=1)  # [B, N]
         BC = b.op("Mul", Bm, b.unsqueeze(CT, 1))
 
@@ -113,7 +109,7 @@ def impact_score_function(opset: int, criterion: str, signed: bool) -> onnx.Func
         reach = b.op("Scan", R, BC, body=body, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1])
     elif criterion == "global":
         # G_t = C_t + exp(delta_{t+1} ⊗ A) ⊙ G_{t+1}, scanned from the end; delta past the end is 0
-        tail = b.op("Slice", "delta", b.const([1]), b.const([2**62]), b.const([1]))
+        tail = b.op("Slice", delta, b.const([1]), b.const([2**62]), b.const([1]))
         dnext = b.op("Pad", tail, b.const([0, 0, 0, 0, 1, 0]))
 
         def step(g: _Builder):
@@ -127,21 +123,97 @@ def impact_score_function(opset: int, criterion: str, signed: bool) -> onnx.Func
                         num_scan_inputs=3, scan_input_axes=[1, 1, 1], scan_input_directions=[1, 1, 1],
                         scan_output_axes=[1], scan_output_directions=[1])
     else:
-        raise ValueError(f"ImpactScore has reference bodies for 'last' and 'global', not {criterion!r}")
-    contrib = b.op("Mul", b.op("Mul", u, "delta"), reach)
+        raise ValueError(f"the impact score has reference bodies for 'last' and 'global', not {criterion!r}")
+    contrib = b.op("Mul", b.op("Mul", u, delta), reach)
     if not signed:
         contrib = b.op("Abs", contrib)
-    b.op("ReduceMax", contrib, b.const([-1]), keepdims=0, outputs=["score"])
+    return b.op("ReduceMax", contrib, b.const([-1]), keepdims=0)
+
+
+def selective_scan_function(opset: int) -> onnx.FunctionProto:
+    """SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state), as `selective_scan_ref` computes it."""
+    b = _Builder("ss_")
+    u, dt, Bm, Cm, z = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "delta", "B", "C", "z"))
+    y, h_last = _emit_scan(b, u, _softplus(b, b.op("Add", dt, "delta_bias")), Bm, Cm, z)
+    b.op("CastLike", y, "u", outputs=["y"])
+    b.op("Identity", h_last, outputs=["last_state"])
     return helper.make_function(
-        DOMAIN, "ImpactScore", ["u", "delta", "A", "B", "C"], ["score"], b.nodes,
+        DOMAIN, "SelectiveScan", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"], ["y", "last_state"],
+        b.nodes, [helper.make_opsetid("", opset)],
+    )
+
+
+def impact_score_function(opset: int, criterion: str, signed: bool, raw_delta: bool = False) -> onnx.FunctionProto:
+    """ImpactScore(u, delta, A, B, C[, delta_bias]) -> score [B, L], as `impact_score_ref` computes `criterion`.
+
+    raw_delta: the body of the 6-input form, whose delta is raw (softplus(delta + delta_bias) is formed here)."""
+    b = _Builder("is_")
+    u, Bm, Cm = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "B", "C"))
+    delta = _softplus(b, b.op("Add", "delta", "delta_bias")) if raw_delta else "delta"
+    b.op("Identity", _emit_score(b, u, delta, Bm, Cm, criterion, signed), outputs=["score"])
+    inputs = ["u", "delta", "A", "B", "C"] + (["delta_bias"] if raw_delta else [])
+    return helper.make_function(
+        DOMAIN, "ImpactScore", inputs, ["score"], b.nodes,
         [helper.make_opsetid("", opset)], attributes=["criterion", "signed"],
     )
 
 
-def _impact_attrs(node: onnx.NodeProto) -> tuple[str, bool]:
+def selective_scan_score_function(opset: int, criterion: str, signed: bool, protect: int) -> onnx.FunctionProto:
+    """SelectiveScanScore(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state, score): the two bodies above on
+    one softplus, score +inf at the last `protect` positions."""
+    b = _Builder("sss_")
+    u, dt, Bm, Cm, z = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "delta", "B", "C", "z"))
+    dl = _softplus(b, b.op("Add", dt, "delta_bias"))
+    y, h_last = _emit_scan(b, u, dl, Bm, Cm, z)
+    score = _emit_score(b, u, dl, Bm, Cm, criterion, signed)
+    if protect > 0:
+        L = b.op("Gather", b.op("Shape", "u"), b.const(1, dims=[]), axis=0)
+        pos = b.op("Range", b.const(0, dims=[]), L, b.const(1, dims=[]))
+        tail = b.op("GreaterOrEqual", pos, b.op("Sub", L, b.const(protect, dims=[])))
+        score = b.op("Where", tail, b.const(float("inf"), TensorProto.FLOAT, []), score)
+    b.op("CastLike", y, "u", outputs=["y"])
+    b.op("Identity", h_last, outputs=["last_state"])
+    b.op("Identity", score, outputs=["score"])
+    return helper.make_function(
+        DOMAIN, "SelectiveScanScore", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"],
+        ["y", "last_state", "score"], b.nodes, [helper.make_opsetid("", opset)],
+        attributes=["criterion", "signed", "protect"],
+    )
+
+
+def causal_conv1d_function(opset: int, kernel_size: int, silu: bool) -> onnx.FunctionProto:
+    """CausalConv1d(x, weight, bias) -> u, as `causal_conv1d_ref` computes it, in x's layout [B, L, D]: the sum of K
+    shifted copies of x (zero-padded at the front) times the weight's columns, plus the bias."""
+    b = _Builder("cc_")
+    K = int(kernel_size)
+    xp = b.op("Pad", b.op("Cast", "x", to=TensorProto.FLOAT), b.const([0, K - 1, 0, 0, 0, 0]))
+    L = b.op("Shape", "x", start=1, end=2)
+    acc = "bias"
+    for k in range(K):
+        shifted = b.op("Slice", xp, b.const([k]), b.op("Add", L, b.const([k])), b.const([1]))
+        acc = b.op("Add", acc, b.op("Mul", shifted, b.op("Gather", "weight", b.const(k, dims=[]), axis=1)))
+    if silu:
+        acc = b.op("Mul", acc, b.op("Sigmoid", acc))
+    b.op("CastLike", acc, "x", outputs=["u"])
+    return helper.make_function(DOMAIN, "CausalConv1d", ["x", "weight", "bias"], ["u"], b.nodes,
+                                [helper.make_opsetid("", opset)], attributes=["kernel_size", "silu"])
+
+
+def _impact_attrs(node: onnx.NodeProto) -> tuple:
+    """ImpactScore: (criterion, signed, raw delta: the node gives the optional delta_bias);
+    SelectiveScanScore: (criterion, signed, protect); CausalConv1d: (kernel_size, silu)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "CausalConv1d":
+        return int(attrs["kernel_size"]), bool(attrs.get("silu", 1))
     crit = attrs.get("criterion", b"last")
-    return (crit.decode() if isinstance(crit, bytes) else crit), bool(attrs.get("signed", 0))
+    crit = crit.decode() if isinstance(crit, bytes) else crit
+    if node.op_type == "SelectiveScanScore":
+        return crit, bool(attrs.get("signed", 0)), int(attrs.get("protect", 0))
+    return crit, bool(attrs.get("signed", 0)), len(node.input) > 5 and node.input[5] != ""
+
+
+_BODIES = {"ImpactScore": impact_score_function, "SelectiveScanScore": selective_scan_score_function,
+           "CausalConv1d": causal_conv1d_function}
 
 
 def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -154,7 +226,7 @@ def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ValueError(f"the reference bodies need opset >= {MIN_OPSET}, the model imports {opset}")
     used = [n for n in model.graph.node if n.domain == DOMAIN]
     kinds = {n.op_type for n in used}
-    unknown = kinds - {"SelectiveScan", "ImpactScore"}
+    unknown = kinds - {"SelectiveScan"} - set(_BODIES)
     if unknown:
         raise ValueError(f"no reference body for simba ops {sorted(unknown)}")
     keep = [f for f in model.functions if f.domain != DOMAIN]
@@ -162,11 +234,14 @@ def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     model.functions.extend(keep)
     if "SelectiveScan" in kinds:
         model.functions.append(selective_scan_function(opset))
-    if "ImpactScore" in kinds:
-        variants = {_impact_attrs(n) for n in used if n.op_type == "ImpactScore"}
+    for kind, make in _BODIES.items():
+        if kind not in kinds:
+            continue
+        variants = {_impact_attrs(n) for n in used if n.op_type == kind}
         if len(variants) != 1:
-            raise ValueError(f"ImpactScore nodes use several (criterion, signed) settings: {sorted(variants)}")
-        model.functions.append(impact_score_function(opset, *variants.pop()))
+            raise ValueError(f"{kind} nodes use several attribute/input settings (one reference body serves all "
+                             f"of a model's nodes): {sorted(variants)}")
+        model.functions.append(make(opset, *variants.pop()))
     if used and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
     return model

@@ -1,7 +1,7 @@
-"""The sparsified prefill as an exportable PyTorch module, over a dense `MambaLM`'s weights.
+"""The sparsified prefill and the decoding step as exportable PyTorch modules, over a dense `MambaLM`'s weights.
 
-`PrefillGraph(input_ids [B, L]) -> (logits [B, P', V], kept_mask [n_layer, B, L])` computes what
-`PrunedMambaLM.forward` computes for unpadded input, restricted to what a prefill needs:
+`PrefillGraph(input_ids [B, L]) -> (logits [B, P', V], kept_mask [n_layer, B, L], conv_states, ssm_states)`
+computes what `PrunedMambaLM.forward` and `.prefill` compute for unpadded input, restricted to what a prefill needs:
   - layer l processes k_l = clamp(ceil(round(r_l·L, 9)), min(L, max(1, P)), L) tokens (`spec.keep_counts`),
     computed inside the graph from the dynamic L in float64 (round(x, 9) as Round(x·1e9)/1e9: the same
     count except exactly on a half-way point of the 9th decimal);
@@ -9,10 +9,21 @@
     with the last max(1, P) alive tokens forced in, gathered in original order (hidden and residual);
   - logits come out for the protected suffix only: the last P' = min(max(1, P), L) positions, which are
     always alive to the end, so the frozen residuals of pruned tokens (the highway) never reach an output;
-  - kept_mask[l, b, t] is True when original position t was processed by layer l.
-The scan and the `last`/`global` scores are the custom ops `simba::selective_scan` / `simba::impact_score`;
-the conv is a grouped Conv, top-k and gathers are TopK / GatherElements. A layer whose ratio equals the
-previous one keeps every token, so it is exported without scoring (a dense model has no scores at all).
+  - kept_mask[l, b, t] is True when original position t was processed by layer l;
+  - conv_states [n_layer, B, D, K-1] (the model's dtype) and ssm_states [n_layer, B, D, N] (fp32): each layer's
+    recurrent state after its own (compacted) sequence, as `PrunedMambaLM.prefill` returns them, for `StepGraph`.
+Work no output needs is not in the graph: a pruned layer gathers the scan's output y [B, k, D] of the tokens the
+next layer keeps before out_proj (the dropped tokens' out_proj rows are never formed), and the last layer
+projects only the P' protected rows. The scan and the `last`/`global` scores are the custom ops
+`simba::selective_scan` / `simba::impact_score` (the score takes the raw dt and fuses softplus(dt + bias), as the
+PyTorch model's score does; a pruned layer runs both as one `simba::selective_scan_score` node); the conv is a
+`simba::causal_conv1d` node in the [B, L, D] layout (no transposes around a grouped Conv), top-k is TopK and the
+row gathers are GatherND.
+A layer whose ratio equals the previous one keeps every token, so it is exported without scoring (a dense model
+has no scores at all).
+
+`StepGraph(token [B], conv_states, ssm_states) -> (logits [B, V], conv_states, ssm_states)` is `MambaLM.step`
+(one token through every layer, dense: SIMBA.md §8) in standard ONNX ops.
 """
 
 from __future__ import annotations
@@ -23,10 +34,26 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..model.mamba import MambaLM, MambaMixer
-from ..ops.conv1d import causal_conv1d_ref
+from ..ops.step import conv_step_ref, ssm_step_ref
 from . import torch_ops  # noqa: F401  (registers torch.ops.simba.*)
 
 EXPORT_CRITERIA = ("last", "global", "delta", "output")
+
+
+def _in_proj(mixer: MambaMixer, h: torch.Tensor):
+    """(x, z) [.., D] as two projections by the halves of in_proj's weight: the same rows as `in_proj(h).chunk(2)`,
+    without a [.., 2D] tensor split in two (a copy of both halves in the graph)."""
+    D = mixer.d_inner
+    w, b = mixer.in_proj.weight, mixer.in_proj.bias
+    x = F.linear(h, w[:D], None if b is None else b[:D])
+    z = F.linear(h, w[D:], None if b is None else b[D:])
+    return x, z
+
+
+def _rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """x [B, l, d] at slots [B, k] -> [B, k, d]: GatherND of whole rows with batch_dims=1 (`simba::gather_rows`, a
+    standard-op translation; advanced indexing built its batch index with nine nodes per call)."""
+    return torch.ops.simba.gather_rows(x, slots)
 
 
 class PrefillGraph(nn.Module):
@@ -43,33 +70,32 @@ class PrefillGraph(nn.Module):
         self.signed = bool(signed)
         self.protect = max(1, int(protect))
 
-    def _mixer(self, mixer: MambaMixer, h: torch.Tensor, want_score: bool):
-        """MambaMixer.forward with the scan as one custom op; also the layer's token scores [B, L] if asked."""
-        x, z = mixer.in_proj(h).chunk(2, dim=-1)
-        u = causal_conv1d_ref(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, activation="silu")
-        dt, Bm, Cm = mixer._ssm_inputs(u)
-        A = mixer.A()
-        bias = mixer.dt_proj.bias.float()
-        y, _ = torch.ops.simba.selective_scan(u, dt, A, Bm, Cm, mixer.D.float(), z, bias)
-        out = mixer.out_proj(y)
-        if not want_score:
-            return out, None
-        delta = F.softplus(dt.float() + bias)
-        if self.criterion == "delta":
-            score = torch.linalg.vector_norm(delta, dim=-1)
-        elif self.criterion == "output":
-            score = out.float().clamp_min(0).sum(dim=-1)
-        else:
-            score = torch.ops.simba.impact_score(u, delta, A, Bm, Cm, self.criterion, self.signed)
-        return out, score
+    def _key(self, score: torch.Tensor) -> torch.Tensor:
+        """The score with +inf at the last P slots (always kept), for `delta` and `output` (the fused op keys its own)."""
+        cur = score.shape[1]
+        protected = torch.arange(cur, device=score.device) >= cur - self.protect
+        return torch.where(protected, torch.full_like(score, float("inf")), score.float())
+
+    def _counts(self, n: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        """k_l = ceil(r_l·n) in float64 (rounded to 9 decimals first), clamped to [min(L, P), L], for every layer at
+        once: [n_layer] int64. Tensor ops, not Python floats: the counts must be computed by the graph from the
+        dynamic length (one set of nodes for all layers, not one per layer)."""
+        r = torch.tensor(self.ratios, dtype=torch.float64)
+        k = torch.ceil(torch.round(r * n * 1e9) / 1e9).long()
+        return torch.minimum(torch.maximum(k, L.clamp(max=self.protect)), L)
 
     def _count(self, r: float, n: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-        """k = ceil(r·n) in float64 (rounded to 9 decimals first), clamped to [min(L, P), L]; a 0-d int64 tensor.
-
-        Tensor ops, not Python floats: the count must be computed by the graph from the dynamic length.
-        """
+        """One layer's count as `_counts` forms it (a 0-d int64 tensor)."""
         k = torch.ceil(torch.round(torch.tensor(r, dtype=torch.float64) * n * 1e9) / 1e9).long()
         return torch.minimum(torch.maximum(k, L.clamp(max=self.protect)), L)
+
+    @staticmethod
+    def _slots(key: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """[B, k] slots of the top-k keys (the protected ones are +inf), in original order."""
+        k = k.item()
+        torch._check(k >= 1)
+        torch._check(k <= key.shape[1])
+        return torch.topk(key, k, dim=1, sorted=True).indices.sort(dim=1).values
 
     def forward(self, input_ids: torch.Tensor):
         bsz, L = input_ids.shape
@@ -78,28 +104,72 @@ class PrefillGraph(nn.Module):
         layers = self.dense.backbone.layers
         hidden, residual = self.dense.backbone.embedding(input_ids), None
         pos = torch.arange(L, device=input_ids.device).expand(bsz, L)
-        kept = []
+        kept, conv_states, ssm_states = [], [], []
+        counts = self._counts(n, L_t) if any(r != 1.0 for r in self.ratios) else None
         for i, layer in enumerate(layers):
             kept.append(torch.zeros(bsz, L, dtype=torch.bool, device=input_ids.device).scatter(1, pos, True))
             h, residual = layer.add_norm(hidden, residual)
-            prune = i + 1 < len(layers) and self.ratios[i + 1] != self.ratios[i]
-            hidden, score = self._mixer(layer.mixer, h, prune)
-            if not prune:
-                continue
-            cur = hidden.shape[1]
-            k = self._count(self.ratios[i + 1], n, L_t).item()
-            torch._check(k >= 1)
-            torch._check(k <= cur)
-            protected = torch.arange(cur, device=score.device) >= cur - self.protect
-            key = torch.where(protected, torch.full_like(score, float("inf")), score.float())
-            slots = torch.topk(key, k, dim=1, sorted=True).indices.sort(dim=1).values  # original order
-            hidden, residual = _gather(hidden, slots), _gather(residual, slots)
-            pos = torch.gather(pos, 1, slots)
+            mixer = layer.mixer
+            x, z = _in_proj(mixer, h)
+            w = mixer.conv1d.weight.squeeze(1)
+            bias_c = mixer.conv1d.bias if mixer.conv1d.bias is not None else w.new_zeros(w.shape[0])
+            u = torch.ops.simba.causal_conv1d(x, w.float(), bias_c.float(), mixer.d_conv)
+            dt, Bm, Cm = mixer._ssm_inputs(u)
+            A, Dskip, bias = mixer.A(), mixer.D.float(), mixer.dt_proj.bias.float()
+            last = i + 1 == len(layers)
+            prune = not last and self.ratios[i + 1] != self.ratios[i]
+            if prune and self.criterion in torch_ops.KERNEL_CRITERIA:  # the scan and the score in one node
+                y, ssm_state, key = torch.ops.simba.selective_scan_score(
+                    u, dt, A, Bm, Cm, Dskip, z, bias, self.criterion, self.signed, self.protect)
+            else:
+                y, ssm_state = torch.ops.simba.selective_scan(u, dt, A, Bm, Cm, Dskip, z, bias)
+            conv_states.append(_conv_window(x, mixer.d_conv))
+            ssm_states.append(ssm_state)
+            if last:  # only the protected suffix reaches an output
+                hidden, residual = mixer.out_proj(y[:, -self.protect:]), residual[:, -self.protect:]
+            elif not prune:
+                hidden = mixer.out_proj(y)
+            else:
+                out = mixer.out_proj(y) if self.criterion == "output" else None
+                if self.criterion == "delta":
+                    key = self._key(torch.linalg.vector_norm(F.softplus(dt.float() + bias), dim=-1))
+                elif self.criterion == "output":
+                    key = self._key(out.float().clamp_min(0).sum(dim=-1))
+                slots = self._slots(key, counts[i + 1])
+                hidden = _rows(out, slots) if out is not None else mixer.out_proj(_rows(y, slots))
+                residual = _rows(residual, slots)
+                pos = torch.gather(pos, 1, slots)
         stream = hidden.to(residual.dtype) + residual
-        logits = self.dense.head(stream[:, -self.protect:])
-        return logits, torch.stack(kept)
+        logits = self.dense.head(stream)
+        return logits, torch.stack(kept), torch.stack(conv_states), torch.stack(ssm_states)
 
 
-def _gather(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """x [B, l, d] at slots [B, k] -> [B, k, d]."""
-    return torch.gather(x, 1, slots[:, :, None].expand(-1, -1, x.shape[2]))
+def _conv_window(x: torch.Tensor, K: int) -> torch.Tensor:
+    """`conv_state_from(x, K)` without a data-dependent branch: the last K-1 rows of x [B, l, D] (zeros before the
+    start) as [B, D, K-1]."""
+    pad = x.new_zeros(x.shape[0], K - 1, x.shape[2])
+    return torch.cat([pad, x[:, -(K - 1):]], dim=1)[:, -(K - 1):].transpose(1, 2)
+
+
+class StepGraph(nn.Module):
+    """`MambaLM.step` over stacked states: token [B] -> logits [B, V] and the states after it (SIMBA.md §8)."""
+
+    def __init__(self, dense: MambaLM):
+        super().__init__()
+        self.dense = dense
+
+    def forward(self, token: torch.Tensor, conv_states: torch.Tensor, ssm_states: torch.Tensor):
+        hidden, residual = self.dense.backbone.embedding(token), None
+        new_conv, new_ssm = [], []
+        for i, layer in enumerate(self.dense.backbone.layers):
+            h, residual = layer.add_norm(hidden, residual)
+            m = layer.mixer
+            x, z = _in_proj(m, h)
+            u, cs = conv_step_ref(x, conv_states[i], m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
+            dt, Bm, Cm = m._ssm_inputs(u)
+            y, ss = ssm_step_ref(u, dt, m.A(), Bm, Cm, m.D.float(), z, m.dt_proj.bias.float(), ssm_states[i])
+            hidden = m.out_proj(y)
+            new_conv.append(cs)
+            new_ssm.append(ss)
+        logits = self.dense.head(hidden.to(residual.dtype) + residual)
+        return logits, torch.stack(new_conv), torch.stack(new_ssm)

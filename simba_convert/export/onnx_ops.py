@@ -1,15 +1,24 @@
 """The `simba` ONNX domain on the export side: op schemas and the exporter's translations to bare nodes.
 
-The translations emit one bare `simba::SelectiveScan` / `simba::ImpactScore` node per call. They must
-be bodiless: the exporter inlines every model-local function it meets (ONNX.md pitfall 1), so the
-reference bodies (`functions.py`) are attached only after export.
+The translations emit one bare `simba` node per call (SelectiveScan, ImpactScore, SelectiveScanScore,
+CausalConv1d; `gather_rows` becomes a standard GatherND). They must be bodiless: the exporter inlines every
+model-local function it meets (ONNX.md pitfall 1), so the reference bodies (`functions.py`) are attached only
+after export.
 
 Op contracts (also kernels/README.md):
   SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state)
       T in {float, float16} for u, delta, B, C, z, y; A, D, delta_bias, last_state are float.
       delta is RAW; the op computes softplus(delta + delta_bias) in fp32; y = (C·h + D⊙u) ⊙ silu(z).
-  ImpactScore(u, delta, A, B, C) -> score [B, L] float; attributes criterion ("last"|"global"), signed (0|1)
-      T for u, B, C; delta (post-softplus) and A are float.
+  ImpactScore(u, delta, A, B, C[, delta_bias]) -> score [B, L] float; attributes criterion ("last"|"global"),
+      signed (0|1). T for u, B, C; delta, A, delta_bias are float. Without delta_bias, delta is post-softplus;
+      with it, delta is RAW and the op computes softplus(delta + delta_bias) (the exporter's form: the graph
+      then holds no separate softplus of a [B, L, D] tensor).
+  SelectiveScanScore(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state, score): SelectiveScan and the
+      ImpactScore of its raw delta in one node (attributes criterion, signed, protect >= 0), score +inf at the last
+      `protect` positions. The kernel takes the score's decays from the scan's (kernels/README.md); what a pruned
+      layer of the exported graph runs.
+  CausalConv1d(x, weight, bias) -> u: SiLU (attribute silu=1) of the causal depthwise conv of x [B, L, D] with weight
+      [D, K] (attribute kernel_size = K) and bias [D] (float), in x's layout: no transposes around a grouped Conv.
 """
 
 from __future__ import annotations
@@ -40,13 +49,38 @@ def register_schemas() -> None:
         ),
         OpSchema(
             "ImpactScore", DOMAIN, VERSION,
-            doc="Simba token impact score [B, L] (SIMBA.md §3) from post-softplus delta.",
-            inputs=[param("u", "T"), param("delta", "F"), param("A", "F"), param("B", "T"), param("C", "T")],
+            doc="Simba token impact score [B, L] (SIMBA.md §3); delta post-softplus, or raw with delta_bias given.",
+            inputs=[param("u", "T"), param("delta", "F"), param("A", "F"), param("B", "T"), param("C", "T"),
+                    OpSchema.FormalParameter("delta_bias", "F", param_option=OpSchema.FormalParameterOption.Optional)],
             outputs=[param("score", "F")],
             type_constraints=[_T, _F],
             attributes=[
                 OpSchema.Attribute("criterion", OpSchema.AttrType.STRING, "'last' or 'global'"),
                 OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1: max of the signed contribution"),
+            ],
+        ),
+        OpSchema(
+            "SelectiveScanScore", DOMAIN, VERSION,
+            doc="SelectiveScan and its layer's ImpactScore in one node; score +inf at the last `protect` positions.",
+            inputs=[param("u", "T"), param("delta", "T"), param("A", "F"), param("B", "T"), param("C", "T"),
+                    param("D", "F"), param("z", "T"), param("delta_bias", "F")],
+            outputs=[param("y", "T"), param("last_state", "F"), param("score", "F")],
+            type_constraints=[_T, _F],
+            attributes=[
+                OpSchema.Attribute("criterion", OpSchema.AttrType.STRING, "'last' or 'global'"),
+                OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1: max of the signed contribution"),
+                OpSchema.Attribute("protect", OpSchema.AttrType.INT, "positions at the end scored +inf"),
+            ],
+        ),
+        OpSchema(
+            "CausalConv1d", DOMAIN, VERSION,
+            doc="Causal depthwise conv1d (+ SiLU) over x [B, L, D] in that layout.",
+            inputs=[param("x", "T"), param("weight", "F"), param("bias", "F")],
+            outputs=[param("u", "T")],
+            type_constraints=[_T, _F],
+            attributes=[
+                OpSchema.Attribute("kernel_size", OpSchema.AttrType.INT, "K, the weight's second dim"),
+                OpSchema.Attribute("silu", OpSchema.AttrType.INT, "1: SiLU of the conv"),
             ],
         ),
     ]
@@ -64,14 +98,30 @@ def translation_table() -> dict:
 
     register_schemas()
     simba = onnxscript.values.Opset(DOMAIN, VERSION)
+    op = onnxscript.opset18
 
     def selective_scan(u, delta, A, B, C, D, z, delta_bias):
         return simba.SelectiveScan(u, delta, A, B, C, D, z, delta_bias)
 
-    def impact_score(u, delta, A, B, C, criterion: str, signed: bool):
-        return simba.ImpactScore(u, delta, A, B, C, criterion=criterion, signed=int(bool(signed)))
+    def impact_score(u, delta, A, B, C, delta_bias, criterion: str, signed: bool):
+        if delta_bias is None:
+            return simba.ImpactScore(u, delta, A, B, C, criterion=criterion, signed=int(bool(signed)))
+        return simba.ImpactScore(u, delta, A, B, C, delta_bias, criterion=criterion, signed=int(bool(signed)))
+
+    def selective_scan_score(u, delta, A, B, C, D, z, delta_bias, criterion: str, signed: bool, protect: int):
+        return simba.SelectiveScanScore(u, delta, A, B, C, D, z, delta_bias, criterion=criterion,
+                                        signed=int(bool(signed)), protect=int(protect))
+
+    def gather_rows(x, slots):  # standard ops: no custom node, no reference body
+        return op.GatherND(x, op.Unsqueeze(slots, op.Constant(value_ints=[-1])), batch_dims=1)
+
+    def causal_conv1d(x, weight, bias, kernel_size: int):
+        return simba.CausalConv1d(x, weight, bias, kernel_size=int(kernel_size), silu=1)
 
     return {
+        torch.ops.simba.causal_conv1d.default: causal_conv1d,
+        torch.ops.simba.gather_rows.default: gather_rows,
         torch.ops.simba.selective_scan.default: selective_scan,
         torch.ops.simba.impact_score.default: impact_score,
+        torch.ops.simba.selective_scan_score.default: selective_scan_score,
     }

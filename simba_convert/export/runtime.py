@@ -75,7 +75,8 @@ def make_session(path, library="auto", *, providers=None, threads: int | None = 
 def run_onnx(path, input_ids, library="auto", *, providers=None, session=None) -> dict:
     """Run an exported prefill model on input_ids [batch, seq] (torch tensor or array of ints).
 
-    Returns {output name: numpy array}: `logits` [batch, P, vocab] and `kept_mask` [n_layer, batch, seq].
+    Returns {output name: numpy array}: `logits` [batch, P, vocab], `kept_mask` [n_layer, batch, seq] and the
+    recurrent states `conv_states` [n_layer, batch, D, K-1], `ssm_states` [n_layer, batch, D, N].
     """
     import numpy as np
 
@@ -83,3 +84,39 @@ def run_onnx(path, input_ids, library="auto", *, providers=None, session=None) -
     sess = session or make_session(path, library, providers=providers)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {"input_ids": ids.astype(np.int64)})))
+
+
+def decode(prefill, step, input_ids, max_new_tokens: int):
+    """Greedy decoding with a prefill and a step session: (tokens [batch, max_new_tokens], logits [new, batch, V]).
+
+    The pruned prefill gives the last position's logits and every layer's states; each step feeds the argmax token
+    and the states back (what `generate()` does in PyTorch without sampling)."""
+    import numpy as np
+
+    ids = input_ids.cpu().numpy() if hasattr(input_ids, "cpu") else np.asarray(input_ids)
+    out = dict(zip([o.name for o in prefill.get_outputs()], prefill.run(None, {"input_ids": ids.astype(np.int64)})))
+    logits, conv, ssm = out["logits"][:, -1], out["conv_states"], out["ssm_states"]
+    tokens, all_logits = [], []
+    for i in range(max_new_tokens):
+        all_logits.append(logits.astype(np.float32))
+        tok = logits.argmax(-1).astype(np.int64)
+        tokens.append(tok)
+        if i + 1 < max_new_tokens:
+            logits, conv, ssm = step.run(None, {"token": tok, "conv_states": conv, "ssm_states": ssm})
+    if not tokens:
+        return np.zeros((ids.shape[0], 0), dtype=np.int64), np.zeros((0,) + logits.shape, dtype=np.float32)
+    return np.stack(tokens, 1), np.stack(all_logits)
+
+
+def generate_onnx(path, input_ids, max_new_tokens: int, library="auto", *, step_file=None):
+    """Greedy generation from an exported prefill file and its step file (`<stem>_step.onnx` beside it unless
+    `step_file` is given): input_ids [batch, seq] -> [batch, seq + max_new_tokens] int64 numpy."""
+    import numpy as np
+
+    from .exporter import step_path
+
+    ids = input_ids.cpu().numpy() if hasattr(input_ids, "cpu") else np.asarray(input_ids)
+    prefill = make_session(path, library)
+    step = make_session(step_file or step_path(path), False)  # standard ops only
+    tokens, _ = decode(prefill, step, ids, max_new_tokens)
+    return np.concatenate([ids.astype(np.int64), tokens], axis=1)

@@ -1,6 +1,7 @@
 """PyTorch custom ops that stand for the `simba` ONNX domain's nodes during export.
 
-`torch.ops.simba.selective_scan` and `torch.ops.simba.impact_score` run our ops eagerly and have fake
+`torch.ops.simba.selective_scan`, `torch.ops.simba.impact_score` and `torch.ops.simba.selective_scan_score` (the
+scan and the score of a pruned layer in one node) run our ops eagerly and have fake
 (shape-only) impls, so `torch.export` sees one opaque node per call instead of tracing (and
 specialising, ONNX.md pitfall 9) the Python loop of the reference. Their ONNX translations live in
 `onnx_ops.py`.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.conv1d import causal_conv1d_ref
 from ..ops.impact_score import impact_score
 from ..ops.selective_scan import selective_scan as _selective_scan
 
@@ -37,14 +39,59 @@ def _(u, delta, A, B, C, D, z, delta_bias):
 @torch.library.custom_op("simba::impact_score", mutates_args=())
 def impact_score_op(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    criterion: str, signed: bool,
+    delta_bias: torch.Tensor | None, criterion: str, signed: bool,
 ) -> torch.Tensor:
-    """Scores [B, L] fp32 (`last` or `global`) with delta POST-softplus, as `impact_score_ref` takes it."""
+    """Scores [B, L] fp32 (`last` or `global`). delta_bias None: delta is POST-softplus, as `impact_score_ref` takes
+    it; given: delta is RAW and softplus(delta + delta_bias) is fused (`impact_score(..., delta_softplus=True)`)."""
     if criterion not in KERNEL_CRITERIA:
         raise ValueError(f"simba::impact_score has kernels for {KERNEL_CRITERIA}, not {criterion!r}")
-    return impact_score(u, delta, A, B, C, criterion=criterion, signed=signed)
+    fused = dict(delta_bias=delta_bias, delta_softplus=True) if delta_bias is not None else {}
+    return impact_score(u, delta, A, B, C, criterion=criterion, signed=signed, **fused)
 
 
 @impact_score_op.register_fake
-def _(u, delta, A, B, C, criterion, signed):
+def _(u, delta, A, B, C, delta_bias, criterion, signed):
     return u.new_empty(u.shape[0], u.shape[1], dtype=torch.float32)
+
+
+@torch.library.custom_op("simba::selective_scan_score", mutates_args=())
+def selective_scan_score(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor, criterion: str, signed: bool, protect: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`selective_scan` (delta RAW) and the layer's scores [B, L] fp32 of `criterion` from the same inputs, with
+    +inf at the last `protect` positions (always kept): the key the top-k of the pruned graph selects on."""
+    y, last = selective_scan(u, delta, A, B, C, D, z, delta_bias)
+    score = impact_score_op(u, delta.float(), A, B, C, delta_bias, criterion, signed)
+    if protect > 0:
+        score[:, max(0, score.shape[1] - protect):] = float("inf")
+    return y, last, score
+
+
+@selective_scan_score.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, criterion, signed, protect):
+    return (torch.empty_like(u), u.new_empty(u.shape[0], u.shape[2], A.shape[1], dtype=torch.float32),
+            u.new_empty(u.shape[0], u.shape[1], dtype=torch.float32))
+
+
+@torch.library.custom_op("simba::causal_conv1d", mutates_args=())
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """SiLU(causal depthwise conv) of x [B, L, D] with weight [D, K] and bias [D], in x's layout and dtype (the mixer's
+    conv without the transposes to [B, D, L] that a standard Conv needs)."""
+    return causal_conv1d_ref(x, weight, bias, activation="silu")
+
+
+@causal_conv1d.register_fake
+def _(x, weight, bias, kernel_size):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("simba::gather_rows", mutates_args=())
+def gather_rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """x [B, l, d] at slots [B, k] (int64) -> [B, k, d]; exported as a standard GatherND with batch_dims=1."""
+    return torch.gather(x, 1, slots[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+@gather_rows.register_fake
+def _(x, slots):
+    return x.new_empty(x.shape[0], slots.shape[1], x.shape[2])

@@ -104,7 +104,8 @@ def check_space(cfg: ConvertConfig, loaded, out) -> None:
 
     need = sum(f.stat().st_size for f in loaded.info.weight_files)
     if cfg.onnx:
-        need += sum(p.numel() for p in loaded.model.parameters()) * 4  # exported in float32 at most
+        # exported in float32 at most, twice: the prefill and the decoding-step files each carry the weights
+        need += sum(p.numel() for p in loaded.model.parameters()) * 4 * 2
     parent = out.resolve().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -81,20 +81,6 @@ def _finetune_lines(ft: dict | None) -> list[str]:
             f"{c.get('kl_before', float('nan')):.5f} -> {c.get('kl_after', float('nan')):.5f} ({verdict})"]
 
 
-def _verify_text(v: dict) -> str:
-    """One phrase per onnxruntime path of the export check: its error, or why it was skipped."""
-    metric, parts = v.get("metric", "max_rel"), []
-    for k in ("portable", "library"):
-        r = v.get(k)
-        if not isinstance(r, dict):
-            continue
-        if "skipped" in r:
-            parts.append(f"{k} skipped: {r['skipped']}")
-        elif isinstance(r.get(metric), (int, float)):
-            parts.append(f"{k} {metric.replace('_', ' ')} {r[metric]:.1e}")
-    return "; ".join(parts) or "not run"
-
-
 def summary_text(report: dict) -> str:
     """The final summary table printed by the CLI and written to report.txt."""
     from ..format import SimbaSection
@@ -121,11 +107,12 @@ def summary_text(report: dict) -> str:
     for name, sec in report["timings"].items():
         lines.append(f"  {name:<12} {sec:8.2f}")
     if report.get("onnx"):
+        from ..export.summary import summary_line
+
         o = report["onnx"]
-        v = o.get("verify") or {}
-        verdict = "passed" if o.get("passed") else ("FAILED" if v else "not checked")
-        lines.append(f"\n  onnx: {o.get('path')}  checker {o.get('checker')}; onnxruntime vs PyTorch {verdict} "
-                     f"({_verify_text(v)})")
+        step = f" + {Path(o['step']['path']).name}" if o.get("step") else ""
+        lines.append(f"\n  onnx: {o.get('path')}{step}  checker {o.get('checker')}; onnxruntime vs PyTorch "
+                     f"{summary_line(o.get('verify') or {})}")
     return "\n".join(lines) + "\n"
 
 

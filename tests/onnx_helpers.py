@@ -1,0 +1,45 @@
+"""Shared by the ONNX tests: the custom-op library built once per session, and the tiny model they export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from simba_convert.export.runtime import ENV_VAR
+from simba_convert.model.config import MambaConfig
+from simba_convert.model.mamba import MambaLM
+
+ROOT = Path(__file__).resolve().parents[1]
+_built: dict[str, Path] = {}
+
+
+def build_ops_library(tmp_path_factory) -> Path:
+    """Path of a freshly built libsimba_ort_ops.so (CPU kernels; built once per session), or a skip with the reason."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    if "lib" in _built:
+        return _built["lib"]
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ to build kernels/")
+    out = tmp_path_factory.mktemp("ortlib")
+    r = subprocess.run(["bash", str(ROOT / "kernels" / "build.sh"), "--no-cuda", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.skip(f"kernels/build.sh failed (headers need the Debian archive): {r.stderr.strip()[-300:]}")
+    _built["lib"] = out / "libsimba_ort_ops.so"
+    return _built["lib"]
+
+
+def tiny_dense(seed=0):
+    torch.manual_seed(seed)
+    model = MambaLM(MambaConfig(d_model=32, n_layer=3, vocab_size=100)).eval()
+    with torch.no_grad():  # spread dt and A like a trained model so that scores differ between tokens
+        for layer in model.backbone.layers:
+            layer.mixer.dt_proj.bias.uniform_(-4, -1)
+            layer.mixer.A_log.add_(torch.randn_like(layer.mixer.A_log) * 0.5)
+    return model
