@@ -137,6 +137,14 @@ def category(op: str) -> str:
     return next((c for c, ops in CATEGORIES.items() if op in ops), "other (elementwise, shapes)")
 
 
+def _loadavg() -> list[float] | None:
+    """The machine's 1/5/15-minute load (other processes share the CPU: timings move with it)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
 def git_commit() -> str | None:
     import subprocess
 
@@ -415,6 +423,7 @@ def main(argv=None):
                model=args.model, weights=weights, batches=args.batch, protect=args.protect, dtype=args.dtype,
                budget=args.budget, sparse_specs={L: {"keep_ratios": list(r), "flops_ratio": f} for L, (r, f) in specs.items()},
                library=str(lib) if lib else None, baseline=str(args.baseline) if args.baseline else None,
+               loadavg_start=_loadavg(),
                rows=[], exports={}, profile={})
     run_ort = not args.cuda or "CUDAExecutionProvider" in ort.get_available_providers()
     with tempfile.TemporaryDirectory() as tmp:
@@ -472,6 +481,7 @@ def main(argv=None):
         else:
             res["cuda_kernels_skipped"] = "no library built with --cuda (kernels/build.sh --cuda, carry kernels/build)"
             print(res["cuda_kernels_skipped"], file=sys.stderr)
+    res["loadavg_end"] = _loadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
