@@ -112,6 +112,25 @@ def test_graphed_generation_matches_eager(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_graphed_pruned_prefill_matches_eager(backend):
+    from simba_convert.model import generate as gen
+
+    model, cfg = _model(torch.float32)
+    model.set_backend(backend)
+    pm = PrunedMambaLM(model, PruningSpec([1.0] + [0.5] * (cfg.n_layer - 1), protect=3))
+    calls = [torch.randint(0, cfg.vocab_size, (2, 41), device="cuda") for _ in range(3)]
+    for i, ids in enumerate(calls):  # the shape's second prompt is captured, the third replays the capture
+        eager = pm.generate(ids, 6, cuda_graph=False)
+        assert torch.equal(pm.generate(ids, 6), eager), f"call {i}"
+    assert len(pm.__dict__["_graphed_prefills"]) == 1
+    for L in range(8, 10 + gen.PREFILL_GRAPHS):  # older shapes give way to newer ones
+        for _ in range(2):
+            pm.generate(calls[0][:, :L], 1)
+    assert len(pm.__dict__["_graphed_prefills"]) == gen.PREFILL_GRAPHS
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_step_matches_reference(backend):
     model, cfg = _model(torch.float32)
     ids = torch.randint(0, cfg.vocab_size, (3, 20), device="cuda")

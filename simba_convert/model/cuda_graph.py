@@ -13,7 +13,40 @@ import torch
 from ..errors import ConfigError, ShapeError
 
 
-class GraphedForward:
+class _GraphedIds:
+    """`fn(input_ids)` for input_ids [B, L] on CUDA, captured once and replayed per call; its output (a tensor or
+    nested tuples/lists of tensors) lives in the graph's static buffers and is overwritten by the next call."""
+
+    def __init__(self, model, batch: int, seq_len: int, fn, *, warmup: int = 2):
+        if model.device.type != "cuda" or not torch.cuda.is_available():
+            raise ConfigError(f"a CUDA graph needs the model on a CUDA device; this one is on {model.device}")
+        spec = getattr(model, "spec", None)
+        if spec is not None and spec.criterion == "random":
+            raise ConfigError("criterion 'random' cannot be captured in a CUDA graph (its generator state would freeze)")
+        if batch < 1 or seq_len < 1:
+            raise ConfigError(f"batch and seq_len must be positive, got {batch} and {seq_len}")
+        self.model = model
+        self.shape = (batch, seq_len)
+        self._ids = torch.zeros(self.shape, dtype=torch.long, device=model.device)
+        side = torch.cuda.Stream(device=model.device)
+        side.wait_stream(torch.cuda.current_stream(model.device))
+        with torch.no_grad(), torch.cuda.stream(side):  # compiles kernels and fills the allocator outside capture
+            for _ in range(max(1, warmup)):
+                fn(self._ids)
+        torch.cuda.current_stream(model.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self._out = fn(self._ids)
+
+    def _replay(self, input_ids: torch.Tensor):
+        if tuple(input_ids.shape) != self.shape:
+            raise ShapeError(f"this graph was captured for input_ids of shape {list(self.shape)}, got {list(input_ids.shape)}")
+        self._ids.copy_(input_ids)
+        self.graph.replay()
+        return self._out
+
+
+class GraphedForward(_GraphedIds):
     """`model(input_ids, num_last=n)` for input_ids [B, L] on CUDA, captured once and replayed per call.
 
     Works for `MambaLM` and `PrunedMambaLM` (criteria other than `random`, whose generator the graph would
@@ -22,32 +55,25 @@ class GraphedForward:
     """
 
     def __init__(self, model, batch: int, seq_len: int, *, num_last: int | None = None, warmup: int = 2):
-        if model.device.type != "cuda" or not torch.cuda.is_available():
-            raise ConfigError(f"a CUDA graph needs the model on a CUDA device; this one is on {model.device}")
-        spec = getattr(model, "spec", None)
-        if spec is not None and spec.criterion == "random":
-            raise ConfigError("criterion 'random' cannot be captured in a CUDA graph (its generator state would freeze)")
-        if batch < 1 or seq_len < 1:
-            raise ConfigError(f"batch and seq_len must be positive, got {batch} and {seq_len}")
-        self.model, self.num_last = model, num_last
-        self.shape = (batch, seq_len)
-        self._ids = torch.zeros(self.shape, dtype=torch.long, device=model.device)
-        side = torch.cuda.Stream(device=model.device)
-        side.wait_stream(torch.cuda.current_stream(model.device))
-        with torch.no_grad(), torch.cuda.stream(side):  # compiles kernels and fills the allocator outside capture
-            for _ in range(max(1, warmup)):
-                model(self._ids, num_last=num_last)
-        torch.cuda.current_stream(model.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self._out = model(self._ids, num_last=num_last)
+        self.num_last = num_last
+        super().__init__(model, batch, seq_len, lambda ids: model(ids, num_last=num_last), warmup=warmup)
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if tuple(input_ids.shape) != self.shape:
-            raise ShapeError(f"this graph was captured for input_ids of shape {list(self.shape)}, got {list(input_ids.shape)}")
-        self._ids.copy_(input_ids)
-        self.graph.replay()
-        return self._out
+        return self._replay(input_ids)
+
+
+class GraphedPrefill(_GraphedIds):
+    """`model.prefill(input_ids)` (no attention mask) for input_ids [B, L] on CUDA, captured once and replayed.
+
+    Returns last-position logits [B, V] and the per-layer states, all in the graph's static buffers: the next
+    call overwrites them, so copy what must outlive it (generate() copies the states into its step graph).
+    """
+
+    def __init__(self, model, batch: int, seq_len: int, *, warmup: int = 2):
+        super().__init__(model, batch, seq_len, model.prefill, warmup=warmup)
+
+    def __call__(self, input_ids: torch.Tensor):
+        return self._replay(input_ids)
 
 
 class GraphedStep:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from ..errors import ShapeError
@@ -39,8 +41,10 @@ def generate(
     """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos).
 
     cuda_graph (default: when the model is on CUDA and its dense LM does not set `graphed_step = False`) replays
-    the decoding step as a CUDA graph captured once per batch size and kept on the model (`cuda_graph.GraphedStep`);
-    the tokens are the same either way.
+    the decoding step as a CUDA graph captured once per batch size and kept on the model (`cuda_graph.GraphedStep`),
+    and the prefill as a CUDA graph once a prompt shape [B, L] comes back (`cuda_graph.GraphedPrefill`; the first
+    prompt of a shape runs eager, so one-off lengths never pay a capture; the `PREFILL_GRAPHS` most recent shapes
+    are kept). The tokens are the same either way.
     """
     if max_new_tokens < 0:
         raise ShapeError("max_new_tokens must be >= 0")
@@ -50,9 +54,9 @@ def generate(
     out = input_ids
     if max_new_tokens == 0:
         return out
-    logits, states = model.prefill(input_ids)
     if cuda_graph is None:
         cuda_graph = model.device.type == "cuda" and getattr(getattr(model, "dense", model), "graphed_step", True)
+    logits, states = _prefill(model, input_ids) if cuda_graph else model.prefill(input_ids)
     stepper = _graphed_step(model, states) if cuda_graph else None
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
@@ -70,13 +74,43 @@ def generate(
     return out
 
 
+PREFILL_GRAPHS = 4  # captured prompt shapes kept per model; each holds its activations' memory
+
+
+def _backend_key(model):
+    layers = getattr(model, "dense", model).backbone.layers
+    # a graph replays the kernels (and the pruning spec) it captured
+    return model.dtype, layers[0].mixer.backend, id(getattr(model, "spec", None))
+
+
+def _prefill(model, input_ids):
+    """The prefill, replayed from a CUDA graph when this prompt shape was seen before (captured on its second use)."""
+    from .cuda_graph import GraphedPrefill
+
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.criterion == "random":
+        return model.prefill(input_ids)
+    graphs = model.__dict__.setdefault("_graphed_prefills", OrderedDict())
+    seen = model.__dict__.setdefault("_prefill_shapes_seen", set())
+    key = (tuple(input_ids.shape), *_backend_key(model))
+    graph = graphs.get(key)
+    if graph is None:
+        if key not in seen:
+            seen.add(key)
+            return model.prefill(input_ids)
+        graph = graphs[key] = GraphedPrefill(model, *input_ids.shape)
+        while len(graphs) > PREFILL_GRAPHS:
+            graphs.popitem(last=False)
+    graphs.move_to_end(key)
+    return graph(input_ids)
+
+
 def _graphed_step(model, states):
     """The model's captured decoding step for this batch size, loaded with `states` (captured on first use)."""
     from .cuda_graph import GraphedStep
 
     cache = model.__dict__.setdefault("_graphed_steps", {})
-    layers = getattr(model, "dense", model).backbone.layers
-    key = (states[0][0].shape[0], model.dtype, layers[0].mixer.backend)  # a graph replays the kernels it captured
+    key = (states[0][0].shape[0], *_backend_key(model))
     stepper = cache.get(key)
     if stepper is None or not stepper.matches(states):
         stepper = cache[key] = GraphedStep(model, states)

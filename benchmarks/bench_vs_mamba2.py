@@ -1,0 +1,132 @@
+"""Mamba-2 prefill speed against mamba_ssm's `Mamba2` (issue 17): mamba_ssm (its Triton SSD, causal_conv1d and
+gated-norm kernels, the fused path it runs by default), our dense Mamba-2 and our pruned one at budgets 0.8 / 0.6 /
+0.4, on each of our backends, eager and CUDA graph.
+
+All models hold the same random weights at the Mamba-2 2.7B shape (d 2560, 64 layers, d_state 128, head dim 64,
+one group, vocab 50288), bf16; every forward returns the logits of the last P = 64 positions. One process, one run.
+mamba_ssm is optional: its rows are recorded as skipped when it does not import.
+
+    PYTHONPATH=.:benchmarks python3 benchmarks/bench_vs_mamba2.py --out $OUT/vs_mamba2.json     # H200
+    PYTHONPATH=.:benchmarks python3 benchmarks/bench_vs_mamba2.py --smoke                      # CPU, seconds
+
+`--profile` adds, per case, the GPU time of one graph replay by stage (benchmarks/kernel_profile.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import bench_vs_mamba as bvm
+import torch
+
+from simba_convert.arch.mamba2.config import Mamba2Config
+from simba_convert.arch.mamba2.model import Mamba2LM
+from simba_convert.pruning import schedules
+from simba_convert.pruning.model import PrunedMambaLM
+from simba_convert.pruning.spec import PruningSpec
+
+SHAPE_2P7B = dict(d_model=2560, n_layer=64, vocab_size=50277, pad_vocab_size_multiple=16)
+
+
+def build_models(cfg: Mamba2Config, dev, dtype):
+    """Our Mamba2LM and mamba_ssm's MambaLMHeadModel(Mamba2) holding a copy of its weights (a string if absent)."""
+    torch.manual_seed(0)
+    with torch.device(dev):
+        ours = Mamba2LM(cfg)
+    ours = ours.to(dtype).eval()
+    impls = {}
+    try:
+        from mamba_ssm.models.config_mamba import MambaConfig as MC
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+        m = MambaLMHeadModel(MC(**cfg.to_mamba_ssm()), device=dev, dtype=dtype).eval()
+        m.load_state_dict(ours.state_dict(), strict=True)
+        impls["mamba_ssm"] = lambda ids, m=m: m(ids, num_last_tokens=bvm.P).logits
+    except Exception as e:
+        impls["mamba_ssm"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return ours, impls
+
+
+def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
+    """GPU time of one graph replay by stage, for mamba_ssm, our dense and our pruned models."""
+    from kernel_profile import breakdown
+
+    ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev)
+    ours.set_backend(backend)
+    models = [(n, f) for n, f in impls.items() if callable(f)]
+    models.append(("ours-dense", lambda x: ours(x, num_last=bvm.P)))
+    for b in budgets:
+        pm = PrunedMambaLM(ours, PruningSpec(schedules.schedule_for_budget("linear", cfg, b, L, bvm.P), protect=bvm.P))
+        models.append((f"ours-pruned-{b}", lambda x, pm=pm: pm(x, num_last=bvm.P)))
+    rows = []
+    for name, fn in models:
+        g = bvm.Captured(fn, ids)
+        for _ in range(2):
+            g()
+        r = dict(B=bsz, L=L, model=name, backend=backend, mode="graph", **breakdown(g))
+        r["kernels"] = dict(list(r["kernels"].items())[:25])
+        rows.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "kernels"}), flush=True)
+        for k, (ms, n) in list(r["kernels"].items())[:12]:
+            print(f"  {ms:8.3f} {n:6.0f}  {k[:110]}", flush=True)
+        del g
+        torch.cuda.empty_cache()
+    return rows
+
+
+@torch.no_grad()
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="1x2048,4x2048,1x8192,4x8192")
+    ap.add_argument("--budgets", default="0.8,0.6,0.4")
+    ap.add_argument("--backends", default="triton,auto")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--profile", default="", help="BxL cases to profile by stage (graph replay)")
+    ap.add_argument("--profile-backend", default="auto")
+    ap.add_argument("--skip-models", action="store_true", help="only the profile")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
+    ap.add_argument("--out", default=None, help="JSON path; a .md table is written beside it")
+    args = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    parse = lambda s: [tuple(int(v) for v in c.split("x")) for c in s.split(",") if c]  # noqa: E731
+    if args.smoke:
+        cfg, dtype, cases, backends = Mamba2Config(d_model=64, n_layer=3, vocab_size=512, headdim=16, d_state=16,
+                                                   chunk_size=32), torch.float32, [(1, 256)], ["reference"]
+        bvm.P = 16
+    else:
+        cfg, dtype = Mamba2Config(**SHAPE_2P7B), torch.bfloat16
+        cases, backends = parse(args.cases), args.backends.split(",")
+    budgets = [float(b) for b in ("0.8,0.6" if args.smoke else args.budgets).split(",")]
+    meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev.type == "cuda" else
+                platform.processor() or "cpu", torch=torch.__version__, dtype=str(dtype), protect=bvm.P,
+                config=cfg.to_dict(), commit=bvm.commit(), command="benchmarks/bench_vs_mamba2.py " + " ".join(
+                    a for a in sys.argv[1:] if not a.startswith("/")), **bvm.versions())
+    ours, impls = build_models(cfg, dev, dtype)
+    if args.smoke:
+        impls = {}
+    rows, prows = [], []
+    if not args.skip_models:
+        for bsz, L in cases:
+            rows += bvm.model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, dev.type == "cuda",
+                                   hf=False)
+    if dev.type == "cuda":
+        for bsz, L in parse(args.profile):
+            prows += profile_rows(cfg, ours, impls, bsz, L, budgets, args.profile_backend, dev)
+    table = bvm.markdown(meta, rows, [], [])
+    if prows:
+        from kernel_profile import table as stage_table
+
+        table += "\n\n" + stage_table(prows)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "profile": prows}, indent=1))
+        Path(args.out).with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
