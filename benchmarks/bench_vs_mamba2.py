@@ -9,7 +9,10 @@ mamba_ssm is optional: its rows are recorded as skipped when it does not import.
     PYTHONPATH=.:benchmarks python3 benchmarks/bench_vs_mamba2.py --out $OUT/vs_mamba2.json     # H200
     PYTHONPATH=.:benchmarks python3 benchmarks/bench_vs_mamba2.py --smoke                      # CPU, seconds
 
-`--profile` adds, per case, the GPU time of one graph replay by stage (benchmarks/kernel_profile.py).
+`--profile` adds, per case, the GPU time of one graph replay by stage (benchmarks/kernel_profile.py); `--ssd` a
+table of one layer's SSD scan: ours at chunk lengths 32 / 64 / 128 against mamba_ssm's `mamba_chunk_scan_combined`
+(chunk 256, as its checkpoints say), graph replays, with the floor (reading x, dt, B, C and writing y once at the
+copy bandwidth measured in the same run).
 """
 
 from __future__ import annotations
@@ -79,6 +82,57 @@ def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
     return rows
 
 
+def ssd_rows(cfg, bsz, L, dev, bw) -> list[dict]:
+    """One layer's SSD scan at B×L: ours by chunk length against mamba_ssm's, with the memory floor."""
+    from triton.testing import do_bench_cudagraph
+
+    from simba_convert.ops.ssd_triton import ssd_scan_triton
+
+    g = torch.Generator(dev).manual_seed(0)
+    H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+    bf = dict(device=dev, dtype=torch.bfloat16)
+    x = torch.randn(bsz, L, H, P, generator=g, device=dev).to(**bf)
+    dt = torch.randn(bsz, L, H, generator=g, device=dev).to(**bf)
+    B, C = (torch.randn(bsz, L, G, N, generator=g, device=dev).to(**bf) for _ in range(2))
+    A = -torch.rand(H, generator=g, device=dev) * 4 - 0.5
+    D, bias = torch.rand(H, generator=g, device=dev), torch.randn(H, generator=g, device=dev) - 1
+    floor = (x.numel() * 2 + dt.numel() + B.numel() + C.numel()) * 2 / bw * 1e3
+    runs = [(f"ours chunk {T}", lambda T=T: ssd_scan_triton(x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True,
+                                                             chunk_size=T)) for T in (32, 64, 128)]
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        runs.append(("mamba_ssm chunk 256", lambda: mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, dt_softplus=True)))
+    except Exception as e:
+        print(f"mamba_ssm's SSD skipped: {type(e).__name__}: {e}", flush=True)
+    rows = []
+    ref = None
+    for name, fn in runs:
+        row = dict(B=bsz, L=L, kernel=name, floor_ms=floor)
+        try:
+            out = fn().float()
+            ref = out if ref is None else ref
+            row["rel_rms_vs_ours_32"] = bvm.rel_rms(out, ref)
+            row["ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def ssd_table(rows) -> str:
+    out = ["| B×L | SSD scan (one 2.7B layer) | ms (graph) | floor ms | / floor | rel RMS vs ours chunk 32 |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        ms, fl = r.get("ms"), r["floor_ms"]
+        t, ratio = ("-", "-") if ms is None else (f"{ms:.3f}", f"{ms / fl:.1f}x")
+        out.append(f"| {r['B']}×{r['L']} | {r['kernel']} | {t} | {fl:.3f} | {ratio} | "
+                   f"{r.get('rel_rms_vs_ours_32', r.get('error'))} |")
+    return "\n".join(out)
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,6 +142,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--profile", default="", help="BxL cases to profile by stage (graph replay)")
     ap.add_argument("--profile-backend", default="auto")
+    ap.add_argument("--ssd", default="", help="BxL cases for the SSD kernel table")
     ap.add_argument("--skip-models", action="store_true", help="only the profile")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
     ap.add_argument("--out", default=None, help="JSON path; a .md table is written beside it")
@@ -109,7 +164,12 @@ def main():
     ours, impls = build_models(cfg, dev, dtype)
     if args.smoke:
         impls = {}
-    rows, prows = [], []
+    rows, prows, srows = [], [], []
+    if dev.type == "cuda" and args.ssd:
+        bw = bvm.copy_bandwidth(dev)
+        meta["copy_bandwidth_TBps"] = bw / 1e12
+        for bsz, L in parse(args.ssd):
+            srows += ssd_rows(cfg, bsz, L, dev, bw)
     if not args.skip_models:
         for bsz, L in cases:
             rows += bvm.model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, dev.type == "cuda",
@@ -118,13 +178,15 @@ def main():
         for bsz, L in parse(args.profile):
             prows += profile_rows(cfg, ours, impls, bsz, L, budgets, args.profile_backend, dev)
     table = bvm.markdown(meta, rows, [], [])
+    if srows:
+        table += "\n\n" + ssd_table(srows)
     if prows:
         from kernel_profile import table as stage_table
 
         table += "\n\n" + stage_table(prows)
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "profile": prows}, indent=1))
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "ssd": srows, "profile": prows}, indent=1))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
 
 

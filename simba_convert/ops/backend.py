@@ -58,19 +58,22 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     return chosen
 
 
-def resolve_model(backend: str, device: torch.device) -> str:
+def resolve_model(backend: str, device: torch.device, cuda_available=None) -> str:
     """Return "cuda", "triton" or "reference" for a model's layers on `device`.
 
     `auto` takes mamba_ssm / causal_conv1d's kernels when they import on a CUDA device (the faster path at
     every shape measured: BENCHMARKS.md, "Against mamba_ssm"), else Triton on CUDA, else the reference.
+    `cuda_available` tells whether the architecture's kernels import (default: Mamba-1's, model.mixer_cuda).
     """
     if backend not in MODEL_BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(MODEL_BACKENDS)}")
     if backend in ("triton", "reference"):
         return resolve("mamba_layer", backend, device)
-    from ..model import mixer_cuda
+    if cuda_available is None:
+        from ..model import mixer_cuda
 
-    if device.type == "cuda" and mixer_cuda.available():
+        cuda_available = mixer_cuda.available
+    if device.type == "cuda" and cuda_available():
         chosen = "cuda"
     elif backend == "cuda":
         why = "the model is not on a CUDA device" if device.type != "cuda" else "mamba_ssm / causal_conv1d do not import"

@@ -183,7 +183,7 @@ def ssd_scan(
     chosen = _backend.resolve("ssd_scan", backend, x.device)
     if chosen == "triton":
         try:
-            from .ssd_triton import ssd_scan_triton
+            from .ssd_triton import MAX_CHUNK, ssd_scan_triton
         except ImportError as e:
             if backend == "triton":
                 raise BackendError(f"backend 'triton' cannot run ssd_scan: ssd_triton does not import ({e})",
@@ -191,9 +191,11 @@ def ssd_scan(
             _warn_once(e)
         else:
             # The chunk length only changes how the same sums are grouped; the kernel's tiles need a power of two
-            # of at least 16, so other lengths run at 64 there (an explicit `triton` keeps the kernel's error).
+            # of at least 16, so other lengths run at 64 there (an explicit `triton` keeps the kernel's error), and
+            # longer chunks (mamba_ssm's checkpoints say 256, its kernels' choice) at the kernel's MAX_CHUNK.
             if backend == "auto" and (chunk_size < 16 or chunk_size & (chunk_size - 1)):
                 kw["chunk_size"] = 64
+            kw["chunk_size"] = min(kw["chunk_size"], MAX_CHUNK)
             return ssd_scan_triton(x, dt, A, B, C, **kw)
     return ssd_scan_ref(x, dt, A, B, C, **kw)
 

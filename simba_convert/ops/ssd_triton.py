@@ -35,6 +35,13 @@ from .selective_scan_triton import _delta_act
 _DOT: tl.constexpr = tl.constexpr("ieee")  # fp32 matmuls; tf32 would break the fp32 contract (~1e-3)
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """The forward's matmul precision: exact fp32 ("ieee", CUDA cores) for fp32 inputs, as the contract asks; tf32
+    tensor cores for bf16 / fp16 inputs, whose 8 / 11-bit mantissas tf32's 11 bits hold exactly (only the fp32
+    decay weights and the sums round, at ~5e-4 relative, far inside those dtypes' own error)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Tile sizes and warps. Not yet measured on a GPU (this kernel was written and tested under the
@@ -55,6 +62,11 @@ class LaunchConfig:
 
 def default_config() -> LaunchConfig:
     return LaunchConfig()
+
+
+# The longest chunk the dispatcher hands these kernels: a chunk's [T, T] decay and C·Bᵀ tiles live in registers
+# (T² fp32 values: 64 K at mamba_ssm's T = 256, 4 K at 64). Speed by chunk: benchmarks/bench_vs_mamba2.py --ssd.
+MAX_CHUNK = 64
 
 
 # ----------------------------------------------------------------------------------- device code
@@ -107,7 +119,7 @@ def _chunk_outer_kernel(
     x_ptr, y_ptr, delta_ptr, cum_ptr, to_end_ptr, out_ptr,
     L, H, P, N, nc, hpg,
     sx_b, sx_l, sx_h, sx_p, sy_b, sy_l, sy_g, sy_n,
-    STATE: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    STATE: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, DOT: tl.constexpr,
 ):
     """out[b, c, h] = Σ_t X_t ⊗ (w_t Y_t), [P, N]: with STATE, X = x, Y = B, w = exp(s_{T−1} − s_t)·δ_t (chunk
     state from a zero start); else X = dy, Y = C, w = exp(s_t) (what chunk c's outputs send back to H_c)."""
@@ -130,7 +142,7 @@ def _chunk_outer_kernel(
         w = tl.exp(tl.load(to_end_ptr + cbase + r)) * tl.load(delta_ptr + cbase + r)
     else:
         w = tl.exp(tl.load(cum_ptr + cbase + r))
-    out = tl.dot(xt, yy * w[:, None], input_precision=_DOT)
+    out = tl.dot(xt, yy * w[:, None], input_precision=DOT)
     off = (((b * nc + c) * H + h) * P + p[:, None]) * N + n[None, :]
     tl.store(out_ptr + off, out, mask=(p[:, None] < P) & (n[None, :] < N))
 
@@ -163,7 +175,7 @@ def _chunk_scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, a_ptr, delta_ptr, cum_ptr, hin_ptr, dskip_ptr, y_ptr,
     L, H, P, N, nc, hpg,
     sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_g, sb_n, sc_b, sc_l, sc_g, sc_n, sy_b, sy_l, sy_h, sy_p,
-    HAS_D: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    HAS_D: tl.constexpr, T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, DOT: tl.constexpr,
 ):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -188,10 +200,10 @@ def _chunk_scan_fwd_kernel(
                 mask=tv[:, None] & pm[None, :], other=0.0).to(tl.float32)  # [T, BP]
     hoff = ((b * nc + c) * H + h) * P * N
     hin_t = tl.load(hin_ptr + hoff + p[None, :] * N + n[:, None], mask=nm[:, None] & pm[None, :], other=0.0)  # [BN, BP]
-    y = tl.dot(Cm, hin_t, input_precision=_DOT) * tl.exp(cum)[:, None]
+    y = tl.dot(Cm, hin_t, input_precision=DOT) * tl.exp(cum)[:, None]
     decay = _decay_matrix(delta * tl.load(a_ptr + h), T)
-    M = tl.dot(Cm, Bt, input_precision=_DOT) * decay * delta[None, :]
-    y += tl.dot(M, x, input_precision=_DOT)
+    M = tl.dot(Cm, Bt, input_precision=DOT) * decay * delta[None, :]
+    y += tl.dot(M, x, input_precision=DOT)
     if HAS_D:
         y += tl.load(dskip_ptr + h).to(tl.float32) * x
     tl.store(y_ptr + b * sy_b + h * sy_h + t[:, None] * sy_l + p[None, :] * sy_p, y.to(y_ptr.dtype.element_ty),
@@ -339,7 +351,8 @@ def _chunk_outer(X, Y, delta, cum, to_end, hpg, state: bool, cfg: LaunchConfig):
     BP = min(_p2(P), cfg.block_p)
     _chunk_outer_kernel[(nc, bsz * H, triton.cdiv(P, BP))](
         X, Y, delta, cum, to_end, out, L, H, P, N, nc, hpg, *X.stride(), *Y.stride(),
-        STATE=state, T=T, BP=BP, BN=_p2(N), num_warps=cfg.num_warps,
+        STATE=state, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(X.dtype) if state else "ieee",
+        num_warps=cfg.num_warps,
     )
     return out
 
@@ -373,7 +386,7 @@ def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_f
     _chunk_scan_fwd_kernel[(nc, bsz * H, triton.cdiv(P, BP))](
         x, B, C, A, delta, cum, hin, D if D is not None else A, y, L, H, P, N, nc, hpg,
         *x.stride(), *B.stride(), *C.stride(), *y.stride(),
-        HAS_D=D is not None, T=T, BP=BP, BN=_p2(N), num_warps=cfg.num_warps,
+        HAS_D=D is not None, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(x.dtype), num_warps=cfg.num_warps,
     )
     return y, final, chunk, hin
 

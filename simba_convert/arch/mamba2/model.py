@@ -15,11 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...model.lm import PreNormBlock, StackedLM
-from ...ops.backend import BACKENDS
+from ...ops.backend import MODEL_BACKENDS, resolve_model
 from ...ops.conv1d import causal_conv1d, conv_state_from
 from ...ops.impact_score_ssd import impact_score_ssd
 from ...ops.ssd import ssd_scan, ssd_step_ref, step_size
 from ...ops.step import conv_step
+from . import mixer_cuda
 from .config import NO_DT_LIMIT, Mamba2Config
 
 
@@ -136,7 +137,9 @@ class Mamba2Mixer(nn.Module):
         return_internals: bool = False,
     ):
         """h [B, L, d] -> out [B, L, d]; optionally (conv_state, ssm_state) after the sequence and Mamba2Internals."""
-        backend = self.backend  # each op resolves it (ops.backend.resolve)
+        backend = resolve_model(self.backend, h.device, mixer_cuda.available)
+        if backend == "cuda":
+            return mixer_cuda.mixer_forward(self, h, conv_state, ssm_state, return_state, return_internals)
         z, xBC, dt = self._split(self.in_proj(h))
         w = self.conv1d.weight.squeeze(1)
         xBC_c = causal_conv1d(xBC, w, self.conv1d.bias, initial_state=conv_state, activation="silu", backend=backend)
@@ -152,14 +155,15 @@ class Mamba2Mixer(nn.Module):
         if return_state:
             extras.append((conv_state_from(xBC, self.cfg.d_conv, conv_state), last))
         if return_internals:
-            extras.append(Mamba2Internals(x=x.contiguous(), dt=dt.contiguous(), dt_bias=self.dt_bias.float(), A=A,
-                                          B=B.contiguous(), C=C.contiguous(), dt_limit=self.cfg.dt_limit))
+            extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=self.dt_bias.float(), A=A, B=B, C=C,  # strided views
+                                          dt_limit=self.cfg.dt_limit))
         return (out, *extras) if extras else out
 
     def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
         """One recurrent step: h [B, d] with conv_state [B, D + 2GN, K-1], ssm_state [B, H, P, N] -> out [B, d] and
         the new states (the given ones are left unchanged)."""
-        backend = self.backend
+        backend = resolve_model(self.backend, h.device, mixer_cuda.available)
+        backend = "auto" if backend == "cuda" else backend  # the step is ours on every backend
         z, xBC, dt = self._split(self.in_proj(h))
         xBC_c, conv_state = conv_step(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
                                       backend=backend)
@@ -181,7 +185,7 @@ class Mamba2LM(StackedLM):
     """Mamba-2 LM: embedding, n pre-norm Mamba-2 blocks, final norm, head (tied to the embedding if the config says)."""
 
     block = Mamba2Block
-    backends = BACKENDS  # auto | triton | reference: there is no `cuda` model backend for Mamba-2
+    backends = MODEL_BACKENDS  # auto | cuda (mamba_ssm's Mamba-2 kernels: mixer_cuda.py) | triton | reference
     # The CUDA-graph replay of the step (model/cuda_graph.py) has been measured for Mamba-1's step only: generate()
     # steps eagerly unless asked (model/generate.py reads this).
     graphed_step = False

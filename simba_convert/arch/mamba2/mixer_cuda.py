@@ -1,0 +1,75 @@
+"""The Mamba-2 mixer on the kernels mamba_ssm's own `Mamba2` runs (the `[cuda]` extra; never required):
+`causal_conv1d_fn` over x, B, C together, mamba_ssm's Triton SSD (`mamba_chunk_scan_combined`) and its gated
+RMSNorm (`rmsnorm_fn`). The decoding step stays ours.
+
+mamba_ssm's default inference path (`mamba_split_conv1d_scan_combined`) calls these same kernels in one autograd
+function; here they are called one by one, because the pruned model needs the conv output (x, B, C) and dt for
+the impact score. The internals are strided views into in_proj's and the conv's outputs: the score kernels take
+any strides, so nothing is copied for them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ...errors import BackendError
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """(causal_conv1d_fn, mamba_chunk_scan_combined, rmsnorm_fn), or None when they do not import."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception:  # ImportError, or a build whose extension fails to load (e.g. a torch ABI mismatch)
+        return None
+    return causal_conv1d_fn, mamba_chunk_scan_combined, rmsnorm_fn
+
+
+def available() -> bool:
+    """True when mamba_ssm's Mamba-2 kernels and causal_conv1d import on a CUDA machine."""
+    return torch.cuda.is_available() and _kernels() is not None
+
+
+def kernels():
+    k = _kernels()
+    if k is None:
+        raise BackendError("backend 'cuda' needs mamba_ssm and causal_conv1d: pip install 'simba-convert[cuda]'")
+    return k
+
+
+def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: bool, return_internals: bool):
+    """`Mamba2Mixer.forward` on mamba_ssm's kernels: h [B, L, d] -> out [B, L, d] (+ the same extras)."""
+    from ...ops.conv1d import causal_conv1d, conv_state_from
+    from .model import Mamba2Internals
+
+    conv_fn, scan_fn, norm_fn = kernels()
+    c = mixer.cfg
+    z, xBC, dt = mixer._split(mixer.in_proj(h))
+    w = mixer.conv1d.weight.squeeze(1)
+    if conv_state is None:  # channels-last: xBC [B, L, C] seen as [B, C, L] with unit channel stride, no copy
+        xBC_c = conv_fn(xBC.transpose(1, 2), w, mixer.conv1d.bias, activation="silu").transpose(1, 2)
+    else:  # continuing a sequence: causal_conv1d's initial states want a layout we do not keep; ours reads any
+        xBC_c = causal_conv1d(xBC, w, mixer.conv1d.bias, initial_state=conv_state, activation="silu", backend="auto")
+    x, B, C = mixer._heads(xBC_c)
+    A = mixer.A()
+    D = mixer.D.float().view(c.nheads, c.headdim) if c.D_has_hdim else mixer.D.float()
+    kw = {} if not c.has_dt_limit else dict(dt_limit=tuple(c.dt_limit))
+    res = scan_fn(x, dt, A, B, C, chunk_size=c.chunk_size, D=D,
+                  z=None if c.gated_rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)), dt_bias=mixer.dt_bias,
+                  dt_softplus=True, initial_states=ssm_state, return_final_states=return_state, **kw)
+    y, last = res if return_state else (res, None)
+    y = y.flatten(-2)
+    if c.gated_rmsnorm:
+        y = norm_fn(y, mixer.norm.weight, None, z=z, eps=c.gated_norm_eps, group_size=c.group_size,
+                    norm_before_gate=c.norm_before_gate)
+    out = mixer.out_proj(y)
+    extras = []
+    if return_state:
+        extras.append((conv_state_from(xBC, c.d_conv, conv_state), last.float()))
+    if return_internals:
+        extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=mixer.dt_bias.float(), A=A, B=B, C=C, dt_limit=c.dt_limit))
+    return (out, *extras) if extras else out
