@@ -12,7 +12,7 @@ import torch
 
 from simba_convert.errors import BackendError
 from simba_convert.model.mamba import RMSNorm
-from simba_convert.ops.rms_norm import add_rms_norm, add_rms_norm_ref, rms_norm_ref
+from simba_convert.ops.rms_norm import add_rms_norm, add_rms_norm_ref, gated_rms_norm, gated_rms_norm_ref, rms_norm_ref
 from tolerance import assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 
@@ -227,3 +227,65 @@ def test_kernel_realistic_shape_gpu(kernels):
     normed_ref, res_ref = reference(h, r, w, True)
     assert torch.equal(res.cpu(), res_ref)
     assert_matches(normed.float().cpu(), normed_ref.float(), torch.bfloat16)
+
+
+# --- Mamba-2's gated RMSNorm -------------------------------------------------------------------------------
+# (rows shape, D, group size): one group, several groups, odd sizes, one row.
+GATED_SHAPES = [((1,), 8, 8), ((3, 7), 12, 4), ((2, 63), 48, 16), ((1, 100), 33, 11), ((5,), 40, 40)]
+
+
+def gated_inputs(lead, D, dtype, seed=0, device=DEV):
+    """y, z (z a column slice of a wider buffer, as Mamba-2's z is of in_proj's output), weight."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(*lead, D, generator=g).to(device, dtype)
+    z = torch.randn(*lead, 2 * D + 3, generator=g).to(device, dtype)[..., 3: D + 3]
+    w = (1 + 0.2 * torch.randn(D, generator=g)).to(device, dtype)
+    return y, z, w
+
+
+@pytest.mark.parametrize("shape", GATED_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-g{s[2]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("before", [False, True], ids=["gate-then-norm", "norm-then-gate"])
+def test_gated_kernel_matches_reference(kernels, shape, dtype, before):
+    lead, D, gs = shape
+    y, z, w = gated_inputs(lead, D, dtype)
+    out = kernels.gated_rms_norm_triton(y, z, w, gs, EPS, before)
+    ref = gated_rms_norm_ref(y.float(), z.float(), w.float(), gs, EPS, before)
+    assert out.dtype == dtype and out.shape == y.shape
+    assert_matches(out, ref, dtype)
+
+
+def test_gated_reference_groups_and_gate_order_decide_the_output():
+    y, z, w = gated_inputs((4,), 12, torch.float64, device="cpu")
+    eps = 1e-12  # so that each group's RMS is 1 to the test's precision
+    one, three = gated_rms_norm_ref(y, z, w, 12, eps, False), gated_rms_norm_ref(y, z, w, 4, eps, False)
+    # per group of 4: the group's own RMS of y·silu(z) is 1 before the weight
+    g = (three / w).unflatten(-1, (3, 4))
+    assert torch.allclose(g.pow(2).mean(-1), torch.ones(4, 3, dtype=torch.float64), atol=1e-5)  # fp32 inside
+    assert not torch.allclose(one, three)
+    groups = y.unflatten(-1, (3, 4))
+    normed_then_gated = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + EPS)).flatten(-2) * w \
+        * torch.nn.functional.silu(z)
+    assert torch.allclose(gated_rms_norm_ref(y, z, w, 4, EPS, True), normed_then_gated, rtol=1e-6, atol=0)  # fp32 inside
+
+
+def test_gated_kernel_errors(kernels):
+    from simba_convert.errors import ShapeError
+
+    y, z, w = gated_inputs((2,), 12, torch.float32)
+    with pytest.raises(ShapeError, match="groups of 5"):
+        kernels.gated_rms_norm_triton(y, z, w, 5, EPS, False)
+    with pytest.raises(ShapeError, match="must be"):
+        kernels.gated_rms_norm_triton(y, z[..., :6], w, 4, EPS, False)
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton", "reference"])
+def test_gated_dispatch(kernels, monkeypatch, backend):
+    calls = []
+    real = kernels.gated_rms_norm_triton
+    monkeypatch.setattr(kernels, "gated_rms_norm_triton", lambda *a: calls.append(1) or real(*a))
+    y, z, w = gated_inputs((3,), 8, torch.float32)
+    out = gated_rms_norm(y, z, w, 4, EPS, False, backend=backend)
+    want = backend == "triton" or (backend == "auto" and DEV == "cuda")
+    assert calls == ([1] if want else [])
+    assert_matches(out, gated_rms_norm_ref(y, z, w, 4, EPS, False))

@@ -18,6 +18,7 @@ from ...model.lm import PreNormBlock, StackedLM
 from ...ops.backend import MODEL_BACKENDS, resolve_model
 from ...ops.conv1d import causal_conv1d, conv_state_from
 from ...ops.impact_score_ssd import impact_score_ssd
+from ...ops.rms_norm import gated_rms_norm
 from ...ops.ssd import ssd_scan, ssd_step_ref, step_size
 from ...ops.step import conv_step
 from . import mixer_cuda
@@ -25,24 +26,16 @@ from .config import NO_DT_LIMIT, Mamba2Config
 
 
 class GatedRMSNorm(nn.Module):
-    """mamba_ssm's RMSNormGated: RMSNorm over groups of `group_size` channels, gated by silu(z) before the norm
-    (norm_before_gate=False: rmsnorm(y·silu(z))) or after it (rmsnorm(y)·silu(z)). fp32 inside, y's dtype out."""
+    """mamba_ssm's RMSNormGated (`ops.rms_norm.gated_rms_norm_ref`): RMSNorm over groups of `group_size` channels,
+    gated by silu(z) before the norm (norm_before_gate=False: rmsnorm(y·silu(z))) or after it (rmsnorm(y)·silu(z))."""
 
     def __init__(self, d: int, group_size: int, eps: float, norm_before_gate: bool):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        yf, gate = y.float(), F.silu(z.float())
-        if not self.norm_before_gate:
-            yf = yf * gate
-        groups = yf.unflatten(-1, (-1, self.group_size))
-        out = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        out = out * self.weight.float()
-        if self.norm_before_gate:
-            out = out * gate
-        return out.to(y.dtype)
+    def forward(self, y: torch.Tensor, z: torch.Tensor, backend: str = "reference") -> torch.Tensor:
+        return gated_rms_norm(y, z, self.weight, self.group_size, self.eps, self.norm_before_gate, backend=backend)
 
 
 @dataclass
@@ -118,13 +111,13 @@ class Mamba2Mixer(nn.Module):
             return dt, bias, True
         return step_size(dt, bias, True).clamp(*self.cfg.dt_limit), None, False
 
-    def _skip_and_gate(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _skip_and_gate(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor, backend: str) -> torch.Tensor:
         """y [..., H, P] -> [..., D] with the per-channel skip (D_has_hdim) and the gate (normed or plain)."""
         if self.cfg.D_has_hdim:
             y = (y.float() + x.float() * self.D.float().view(x.shape[-2:])).to(y.dtype)
         y = y.flatten(-2)
         if self.cfg.gated_rmsnorm:
-            return self.norm(y, z)
+            return self.norm(y, z, backend)
         return (y.float() * F.silu(z.float())).to(y.dtype)
 
     def forward(
@@ -150,7 +143,7 @@ class Mamba2Mixer(nn.Module):
                        dt_softplus=softplus, initial_state=ssm_state, return_final_state=return_state,
                        chunk_size=self.cfg.chunk_size, backend=backend)
         y, last = res if return_state else (res, None)
-        out = self.out_proj(self._skip_and_gate(y, x, z))
+        out = self.out_proj(self._skip_and_gate(y, x, z, backend))
         extras = []
         if return_state:
             extras.append((conv_state_from(xBC, self.cfg.d_conv, conv_state), last))
@@ -173,7 +166,7 @@ class Mamba2Mixer(nn.Module):
         sdt, sbias, softplus = self._scan_dt(dt)
         y, ssm_state = ssd_step_ref(x, sdt, self.A(), B, C, None if self.cfg.D_has_hdim else self.D.float(), sbias,
                                     softplus, ssm_state)
-        return self.out_proj(self._skip_and_gate(y, x, z)), conv_state, ssm_state
+        return self.out_proj(self._skip_and_gate(y, x, z, backend)), conv_state, ssm_state
 
 
 class Mamba2Block(PreNormBlock):
