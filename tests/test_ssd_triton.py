@@ -27,7 +27,7 @@ LOWP = {"x", "dt", "B", "C"}  # activations; A, D, dt_bias and the state stay fp
 
 @pytest.fixture(scope="module")
 def st():
-    return kernel_module("simba_convert.ops.ssd_triton")
+    return kernel_module("simba_convert.ops.ssd.triton")
 
 
 def brute_force(x, dt, A, B, C, D=None, dt_bias=None, initial_state=None, *, softplus=False):
@@ -236,7 +236,7 @@ def test_large_decays_stay_finite(st):
 
 
 def test_agrees_with_ssd_scan_ref_when_present(st):
-    """The project's fp32 reference (ops/ssd.py), when it exists, computes the same outputs and gradients."""
+    """The project's fp32 reference (ops/ssd/naive.py), when it exists, computes the same outputs and gradients."""
     try:
         from simba_convert.ops.ssd import ssd_scan_ref
     except ImportError:

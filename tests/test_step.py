@@ -17,7 +17,7 @@ from simba_convert.ops.step import conv_step, conv_step_ref, ssm_step, ssm_step_
 from tolerance import LOWP_REL_RMS, assert_matches, poison_like, rel_rms
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.step_triton"
+KERNEL_MODULE = "simba_convert.ops.step.triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BS, DS, NS, KS = (1, 3), (1, 7, 33, 130), (1, 3, 16), (2, 4)
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, ShapeError
-from ..names import CRITERIA  # noqa: F401  (re-exported: the criteria this op implements)
-from .selective_scan import one_cpu_thread, step_size
+from ...errors import ConfigError, ShapeError
+from ...names import CRITERIA  # noqa: F401  (re-exported: the criteria this op implements)
+from ..scan.naive import one_cpu_thread, step_size
 
 # The reference never materialises more than this many fp32 [B, l, D, N] elements at once (512 MiB);
 # the chunk length l over the sequence is at most 256.
@@ -224,12 +224,12 @@ def impact_score(
               delta_bias=delta_bias, delta_softplus=delta_softplus)
     if criterion not in ("last", "global"):
         return impact_score_ref(u, delta, A, B, C, **kw)
-    from . import backend as _backend
+    from .. import backend as _backend
 
     _check_ssm_inputs(u, delta, A, B, C, mask)
     _check_delta_bias(delta_bias, u.shape[-1])
     if _backend.resolve("impact_score", backend, u.device) == "triton":
-        from .impact_score_triton import impact_score_triton
+        from .triton import impact_score_triton
 
         return impact_score_triton(u, delta, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out,
                                    delta_bias=delta_bias, delta_softplus=delta_softplus)

@@ -26,7 +26,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..errors import BackendError, ShapeError
+from ...errors import BackendError, ShapeError
 
 log = logging.getLogger("simba_convert.ops")
 
@@ -176,14 +176,14 @@ def ssd_scan(
     it on CUDA when that module imports and falls back to the reference otherwise (logged once); asking for
     `triton` where it cannot run is an error.
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
               return_final_state=return_final_state, chunk_size=chunk_size)
     chosen = _backend.resolve("ssd_scan", backend, x.device)
     if chosen == "triton":
         try:
-            from .ssd_triton import ssd_scan_triton
+            from .triton import ssd_scan_triton
         except ImportError as e:
             if backend == "triton":
                 raise BackendError(f"backend 'triton' cannot run ssd_scan: ssd_triton does not import ({e})",

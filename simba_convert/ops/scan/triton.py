@@ -7,7 +7,7 @@ Layout of the work: one program per (batch, block of BLOCK_D channels). It walks
 chunks of CHUNK steps; inside a chunk the recurrence h_t = a_t ⊙ h_{t-1} + b_t over the [CHUNK,
 BLOCK_D·N] tile is one `tl.associative_scan` (all states live in registers, fp32), and the state
 is carried from chunk to chunk. A second forward, `_scan_fwd_seq_kernel` (LaunchConfig.fwd_kind =
-"seq", in selective_scan_triton_seq.py), walks the same programs one step at a time with the state
+"seq", in triton_seq.py), walks the same programs one step at a time with the state
 [N, BLOCK_D] in registers; "split" runs it in two passes over segments of the sequence, for launches
 with too few programs (inference only). Either of the first two forwards stores the state entering
 every chunk when a backward will follow; the backward walks the chunks in reverse, recomputes the
@@ -27,9 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ConfigError
-from . import _alloc
-from .backend import needs_grad
+from ...errors import ConfigError
+from .. import _alloc
+from ..backend import needs_grad
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
 _LOG2E = math.log2(math.e)
@@ -414,7 +414,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         )
         return y, last, chk
     # Imported here: that module uses this one's `_delta_act`.
-    from .selective_scan_triton_seq import _scan_fwd_seq_kernel as kernel
+    from .triton_seq import _scan_fwd_seq_kernel as kernel
 
     # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
     # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
@@ -535,7 +535,7 @@ def selective_scan_triton(
     model never back-propagates through the returned state). An empty sequence is delegated.
     """
     if u.shape[1] == 0:
-        from .selective_scan import selective_scan_ref
+        from .naive import selective_scan_ref
 
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)

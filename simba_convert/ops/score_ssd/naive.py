@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendError, ConfigError, ShapeError
-from .backend import BACKENDS
-from .impact_score import CRITERIA, _check_mask, _finish, impact_score_ref, last_real_index, reverse_exclusive_cumsum
-from .selective_scan import one_cpu_thread, step_size
+from ...errors import BackendError, ConfigError, ShapeError
+from ..backend import BACKENDS
+from ..score.naive import CRITERIA, _check_mask, _finish, impact_score_ref, last_real_index, reverse_exclusive_cumsum
+from ..scan.naive import one_cpu_thread, step_size
 
 
 def _shape(t) -> str:
@@ -163,11 +163,11 @@ def impact_score_ssd(
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend {backend!r} for impact_score_ssd; choose one of {', '.join(BACKENDS)}")
         return impact_score_ssd_ref(x, dt, A, B, C, **kw)
-    from . import backend as _backend
+    from .. import backend as _backend
 
     check_ssd_inputs(x, dt, A, B, C, mask, dt_bias, out)
     if _backend.resolve("impact_score_ssd", backend, x.device) == "triton":
-        from .impact_score_ssd_triton import impact_score_ssd_triton
+        from .triton import impact_score_ssd_triton
 
         return impact_score_ssd_triton(x, dt, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out,
                                        dt_bias=dt_bias, dt_softplus=dt_softplus)

@@ -52,11 +52,11 @@ def add_rms_norm(
     reference. As with the reference, the returned residual may be `hidden` itself (no residual yet and no
     dtype change).
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     chosen = _backend.resolve("add_rms_norm", backend, hidden.device)
     if chosen == "triton" and not _backend.needs_grad(hidden, residual, weight):
-        from . import rms_norm_triton
+        from . import triton as rms_norm_triton
 
         if hidden.shape[-1] <= rms_norm_triton.MAX_D:
             return rms_norm_triton.add_rms_norm_triton(hidden, residual, weight, eps, residual_in_fp32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ...errors import ShapeError
 
 
 def _check_activation(activation: str | None) -> None:
@@ -97,11 +97,11 @@ def conv_step(
     `triton` runs `conv_step_triton` (one launch; x may be any [B, D] view, e.g. the first half of in_proj's
     output). The kernel is forward-only: when autograd needs gradients the reference runs, whatever the backend.
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     chosen = _backend.resolve("conv_step", backend, x.device)
     if chosen == "triton" and not _backend.needs_grad(x, conv_state, weight, bias):
-        from .step_triton import conv_step_triton
+        from .triton import conv_step_triton
 
         return conv_step_triton(x, conv_state, weight, bias, activation, out=out, state_out=state_out)
     return conv_step_ref(x, conv_state, weight, bias, activation, out=out, state_out=state_out)
@@ -127,11 +127,11 @@ def ssm_step(
     `triton` runs `ssm_step_triton` (one launch; u, dt, z, Bm, Cm may be strided views). Forward-only: when
     autograd needs gradients the reference runs, whatever the backend.
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     chosen = _backend.resolve("ssm_step", backend, u.device)
     if chosen == "triton" and not _backend.needs_grad(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state):
-        from .step_triton import ssm_step_triton
+        from .triton import ssm_step_triton
 
         return ssm_step_triton(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, out=out, state_out=state_out)
     return ssm_step_ref(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, out=out, state_out=state_out)

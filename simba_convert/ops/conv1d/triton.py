@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
+from ...errors import ShapeError
+from .. import _alloc
 
 
 @dataclass(frozen=True)

@@ -104,17 +104,17 @@ def selective_scan(
     graph has L/T nodes instead of L. Without gradients the loop is the faster of the two on the CPU
     (ops/README.md, "Selective scan").
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     chosen = _backend.resolve("selective_scan", backend, u.device)
     if chosen == "triton":
-        from .selective_scan_triton import selective_scan_triton
+        from .triton import selective_scan_triton
 
         return selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state
         )
     if _backend.needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state) and u.shape[1] >= CHUNKED_MIN_LEN:
-        from .selective_scan_chunked import selective_scan_chunked
+        from .chunked import selective_scan_chunked
 
         return selective_scan_chunked(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state

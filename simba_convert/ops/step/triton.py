@@ -25,10 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
-from .conv1d_triton import cast_rne
-from .selective_scan_triton import _delta_act
+from ...errors import ShapeError
+from .. import _alloc
+from ..conv1d.triton import cast_rne
+from ..scan.triton import _delta_act
 
 _LOG2E = math.log2(math.e)
 

@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
-from .conv1d_triton import cast_rne
+from ...errors import ShapeError
+from .. import _alloc
+from ..conv1d.triton import cast_rne
 
 MAX_D = 16384  # widest row held in one block (64 fp32 registers a thread at 8 warps)
 

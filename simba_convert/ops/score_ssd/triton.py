@@ -21,10 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _alloc
-from .impact_score import last_real_index
-from .impact_score_triton import LOG2E, _step
-from .selective_scan_triton import _channel_vector
+from .. import _alloc
+from ..score.naive import last_real_index
+from ..score.triton import LOG2E, _step
+from ..scan.triton import _channel_vector
 
 # Programs wanted for `last` before the sequence is split into chunks: ~4 per SM of an H200 (132 SMs).
 _TARGET_PROGRAMS = 528

@@ -27,10 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ConfigError, ShapeError
-from . import _alloc
-from .backend import needs_grad
-from .selective_scan_triton import _delta_act
+from ...errors import ConfigError, ShapeError
+from .. import _alloc
+from ..backend import needs_grad
+from ..scan.triton import _delta_act
 
 _DOT: tl.constexpr = tl.constexpr("ieee")  # fp32 matmuls; tf32 would break the fp32 contract (~1e-3)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ...errors import ShapeError
 
 
 def causal_conv1d_ref(
@@ -49,11 +49,11 @@ def causal_conv1d(
     reference runs instead, whatever the backend, and fine-tuning keeps working. The reference's result
     may be a strided view ([B, L, D] seen from [B, D, L] memory).
     """
-    from . import backend as _backend
+    from .. import backend as _backend
 
     chosen = _backend.resolve("causal_conv1d", backend, x.device)
     if chosen == "triton" and not _backend.needs_grad(x, weight, bias, initial_state):
-        from .conv1d_triton import causal_conv1d_triton
+        from .triton import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, initial_state, activation)
     return causal_conv1d_ref(x, weight, bias, initial_state, activation)

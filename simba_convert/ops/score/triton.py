@@ -25,9 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _alloc
-from .impact_score import last_real_index
-from .selective_scan_triton import _channel_vector, _delta_act, log2e_transposed
+from .. import _alloc
+from .naive import last_real_index
+from ..scan.triton import _channel_vector, _delta_act, log2e_transposed
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e)
 

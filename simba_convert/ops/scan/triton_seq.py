@@ -1,6 +1,6 @@
 """Sequential-in-time forward of the Triton selective scan (LaunchConfig.fwd_kind = "seq" and "split").
 
-Same contract and launch as `_scan_fwd_kernel` in selective_scan_triton.py (which launches it from
+Same contract and launch as `_scan_fwd_kernel` in triton.py (which launches it from
 `scan_forward`), but one time step per loop iteration instead of an associative scan over CHUNK-step
 tiles: per step and channel N exp2 and ~4N multiply-adds (the log-depth scan does ~4x the
 multiply-adds and shuffles along time). It writes the same checkpoints, so `_scan_bwd_kernel` follows
@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import _channel_vector, _delta_act
+from .triton import _channel_vector, _delta_act
 
 
 @triton.jit
