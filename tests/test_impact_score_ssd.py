@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from simba_convert.errors import BackendError, ConfigError, ShapeError
 from simba_convert.ops.score import impact_score_ref
 from simba_convert.ops.score_ssd import impact_score_ssd, impact_score_ssd_ref
-from simba_convert.ops.scan import one_cpu_thread
+from simba_convert.ops._common import one_cpu_thread
 from tolerance import FP32_RTOL, assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 

@@ -174,8 +174,8 @@ def test_ssm_kernel_bf16(kernels):
         assert torch.equal(inp["ssm_state"], before)
 
 
-# _delta_act's log1p form divides 0/0 where exp(x) underflows against 1, then discards that branch by tl.where;
-# the interpreter's numpy reports the discarded NaN.
+# delta_act's log1p form (ops/_triton_common.py) divides 0/0 where exp(x) underflows against 1, then discards that
+# branch by tl.where; the interpreter's numpy reports the discarded NaN.
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 def test_ssm_kernel_softplus_range(kernels):
     """dt + dt_bias across softplus's regimes: far negative, around 0, near and past the threshold 20."""

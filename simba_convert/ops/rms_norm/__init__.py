@@ -1,5 +1,41 @@
-"""Residual add + RMSNorm: references and dispatch in naive.py, kernel in triton.py."""
+"""The pre-norm residual step of a Mamba block (residual add, then RMSNorm): the dispatching entry point
+`add_rms_norm`. Shapes: hidden, residual [..., d]; weight [d]. The references are in naive.py, the Triton
+forward in triton.py (imported only when it runs).
+"""
 
-from .naive import add_rms_norm, add_rms_norm_ref, rms_norm_ref
+from __future__ import annotations
+
+import torch
+
+from .naive import add_rms_norm_ref, rms_norm_ref
 
 __all__ = ["add_rms_norm", "add_rms_norm_ref", "rms_norm_ref"]
+
+
+def add_rms_norm(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    residual_in_fp32: bool,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as `add_rms_norm_ref`; `backend` is auto | triton | reference (see ops.backend).
+
+    `triton` runs `add_rms_norm_triton`: one pass that reads hidden (and residual) and writes normed and the new
+    residual, where the reference makes several passes over [..., d] tensors. The kernel is forward-only, so
+    when autograd needs gradients (grad mode on and any input requiring grad) the reference runs instead,
+    whatever the backend. Rows wider than the kernel's one-block limit (rms_norm/triton.py's MAX_D) also run the
+    reference. As with the reference, the returned residual may be `hidden` itself (no residual yet and no
+    dtype change).
+    """
+    from .. import backend as _backend
+
+    chosen = _backend.resolve("add_rms_norm", backend, hidden.device)
+    if chosen == "triton" and not _backend.needs_grad(hidden, residual, weight):
+        from .triton import MAX_D, add_rms_norm_triton
+
+        if hidden.shape[-1] <= MAX_D:
+            return add_rms_norm_triton(hidden, residual, weight, eps, residual_in_fp32)
+    return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)

@@ -2,8 +2,8 @@
 weight [d].
 
 `add_rms_norm_ref` is the model's arithmetic (`MambaBlock.add_norm` with `RMSNorm.forward`) written out, so
-that it is bit-for-bit what the model computes; `add_rms_norm` dispatches to the Triton kernel
-(rms_norm_triton.py) or to it.
+that it is bit-for-bit what the model computes; `add_rms_norm` (rms_norm/__init__.py) dispatches to the Triton
+kernel (rms_norm/triton.py) or to it.
 """
 
 from __future__ import annotations
@@ -32,32 +32,3 @@ def add_rms_norm_ref(
     if residual_in_fp32:
         residual = residual.float()
     return normed, residual
-
-
-def add_rms_norm(
-    hidden: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    eps: float,
-    residual_in_fp32: bool,
-    *,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `add_rms_norm_ref`; `backend` is auto | triton | reference (see ops.backend).
-
-    `triton` runs `add_rms_norm_triton`: one pass that reads hidden (and residual) and writes normed and the new
-    residual, where the reference makes several passes over [..., d] tensors. The kernel is forward-only, so
-    when autograd needs gradients (grad mode on and any input requiring grad) the reference runs instead,
-    whatever the backend. Rows wider than the kernel's one-block limit (rms_norm_triton.MAX_D) also run the
-    reference. As with the reference, the returned residual may be `hidden` itself (no residual yet and no
-    dtype change).
-    """
-    from .. import backend as _backend
-
-    chosen = _backend.resolve("add_rms_norm", backend, hidden.device)
-    if chosen == "triton" and not _backend.needs_grad(hidden, residual, weight):
-        from . import triton as rms_norm_triton
-
-        if hidden.shape[-1] <= rms_norm_triton.MAX_D:
-            return rms_norm_triton.add_rms_norm_triton(hidden, residual, weight, eps, residual_in_fp32)
-    return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)
