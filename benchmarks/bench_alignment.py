@@ -20,8 +20,8 @@ from triton.testing import do_bench
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaMixer
-from simba_convert.ops.impact_score import impact_score
-from simba_convert.ops.selective_scan import selective_scan
+from simba_convert.ops.score import impact_score
+from simba_convert.ops.scan import selective_scan
 
 LENGTHS = (2048, 2047, 2041, 2032, 1232, 1229, 1216, 1024, 1023)
 

@@ -26,8 +26,8 @@ if "--smoke" in sys.argv:  # triton decides interpreter vs compiler when it is f
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from simba_convert.ops import impact_score as isc  # noqa: E402
-from simba_convert.ops.impact_score_triton import default_config, impact_score_triton  # noqa: E402
+from simba_convert.ops.score import naive as isc  # noqa: E402
+from simba_convert.ops.score.triton import default_config, impact_score_triton  # noqa: E402
 
 # H200 SXM: 132 SMs × 16 ex2 per clock per SM (MUFU) × 1.98 GHz boost. An assumption, not a measurement.
 SFU_RATE = 132 * 16 * 1.98e9

@@ -279,8 +279,8 @@ def cuda_kernel_parity(lib_path, args) -> list[dict]:
 
     import torch.nn.functional as F
 
-    from simba_convert.ops.impact_score import impact_score
-    from simba_convert.ops.selective_scan import selective_scan
+    from simba_convert.ops.score import impact_score
+    from simba_convert.ops.scan import selective_scan
 
     lib = ctypes.CDLL(str(lib_path))
     p, i64 = ctypes.c_void_p, ctypes.c_int64

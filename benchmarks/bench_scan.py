@@ -40,9 +40,9 @@ import torch  # noqa: E402
 
 from simba_convert.model.config import MambaConfig  # noqa: E402
 from simba_convert.model.mamba import MambaLM  # noqa: E402
-from simba_convert.ops import selective_scan_triton as sst  # noqa: E402
-from simba_convert.ops.selective_scan import selective_scan  # noqa: E402
-from simba_convert.ops.selective_scan_chunked import selective_scan_chunked  # noqa: E402
+from simba_convert.ops.scan import triton as sst  # noqa: E402
+from simba_convert.ops.scan import selective_scan  # noqa: E402
+from simba_convert.ops.scan.chunked import selective_scan_chunked  # noqa: E402
 
 DEV = "cpu" if ARGS.smoke else "cuda"
 

@@ -225,9 +225,9 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
 
     from simba_convert.model import mixer_cuda
     from simba_convert.ops.conv1d import causal_conv1d
-    from simba_convert.ops.impact_score import impact_score
+    from simba_convert.ops.score import impact_score
     from simba_convert.ops.rms_norm import add_rms_norm
-    from simba_convert.ops.selective_scan import selective_scan
+    from simba_convert.ops.scan import selective_scan
     from simba_convert.pruning.select import gather_rows, select_kept_dense_rows, select_kept_dense_rows_ref
 
     d, D, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv

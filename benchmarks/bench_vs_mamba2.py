@@ -86,7 +86,7 @@ def ssd_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     """One layer's SSD scan at B×L: ours by chunk length against mamba_ssm's, with the memory floor."""
     from triton.testing import do_bench_cudagraph
 
-    from simba_convert.ops.ssd_triton import ssd_scan_triton
+    from simba_convert.ops.ssd.triton import ssd_scan_triton
 
     g = torch.Generator(dev).manual_seed(0)
     H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state

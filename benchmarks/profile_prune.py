@@ -231,8 +231,8 @@ def variants(model, cfg, bsz, L, dev, dtype, sweep: bool) -> dict:
     import torch.nn.functional as F
 
     from simba_convert.ops.conv1d import causal_conv1d_ref
-    from simba_convert.ops.impact_score import impact_score
-    from simba_convert.ops.selective_scan import selective_scan
+    from simba_convert.ops.score import impact_score
+    from simba_convert.ops.scan import selective_scan
 
     out = {}
     layer = model.backbone.layers[0]
@@ -337,7 +337,7 @@ def variants(model, cfg, bsz, L, dev, dtype, sweep: bool) -> dict:
 
 
 def impact_sweep(it, ref, L, dev) -> list[dict]:
-    from simba_convert.ops.impact_score_triton import impact_score_triton
+    from simba_convert.ops.score.triton import impact_score_triton
 
     k_keep = int(0.6 * L)
     ref_top = torch.topk(ref, k_keep, dim=1).indices.sort(1).values

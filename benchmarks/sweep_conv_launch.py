@@ -16,7 +16,7 @@ import torch
 
 from bench_vs_mamba import copy_bandwidth  # this script's folder is on sys.path
 
-from simba_convert.ops.conv1d_triton import LaunchConfig, causal_conv1d_triton
+from simba_convert.ops.conv1d.triton import LaunchConfig, causal_conv1d_triton
 
 CASES = ((1, 2048), (4, 2048), (16, 2048), (1, 8192))
 

@@ -22,7 +22,7 @@ if "--smoke" in sys.argv:
 
 import torch  # noqa: E402
 
-from simba_convert.ops.impact_score_triton import default_config, impact_score_triton  # noqa: E402
+from simba_convert.ops.score.triton import default_config, impact_score_triton  # noqa: E402
 
 CASES = ((1, 2048), (1, 1229), (1, 8192), (4, 2048), (4, 1229), (16, 1229))
 

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from simba_convert.ops.selective_scan_triton import LaunchConfig, resolve_forward, scan_forward
+from simba_convert.ops.scan.triton import LaunchConfig, resolve_forward, scan_forward
 
 CASES = ((1, 2048), (1, 8192), (1, 1229), (2, 2048), (4, 2048))
 SPLITS = (2, 4, 8, 16, 32)

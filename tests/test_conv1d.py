@@ -16,7 +16,7 @@ from simba_convert.ops.conv1d import causal_conv1d, causal_conv1d_ref
 from tolerance import assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.conv1d_triton"
+KERNEL_MODULE = "simba_convert.ops.conv1d.triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33)]  # (B, L, D)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -205,7 +205,7 @@ def test_grad_falls_back_to_reference(kernel_calls, which):
 
 
 def test_reference_works_without_triton():
-    """conv1d.py is the CPU path: it imports, and its reference runs through the dispatcher, with triton absent."""
+    """ops/conv1d is the CPU path: it imports, and its reference runs through the dispatcher, with triton absent."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"

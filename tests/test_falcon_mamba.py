@@ -18,8 +18,8 @@ from simba_convert.model import mixer_cuda
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
 from simba_convert.ops.conv1d import causal_conv1d_ref
-from simba_convert.ops.impact_score import impact_score_ref
-from simba_convert.ops.selective_scan import selective_scan_ref, step_size
+from simba_convert.ops.score import impact_score_ref
+from simba_convert.ops.scan import selective_scan_ref, step_size
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
 from tolerance import assert_matches

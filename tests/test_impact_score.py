@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from simba_convert.errors import BackendError, ConfigError
-from simba_convert.ops import impact_score as isc
-from simba_convert.ops.impact_score import impact_score, impact_score_ref
+from simba_convert.ops.score import naive as isc
+from simba_convert.ops.score import impact_score, impact_score_ref
 from tolerance import FP32_RTOL, assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.impact_score_triton"
+KERNEL_MODULE = "simba_convert.ops.score.triton"
 SHAPES = [(1, 1, 5, 4), (3, 7, 9, 16), (1, 63, 33, 4), (3, 100, 17, 16)]  # (B, L, D, N)
 
 
@@ -349,7 +349,7 @@ def test_bad_arguments():
 
 
 def test_import_does_not_load_triton():
-    code = "import sys, simba_convert.ops.impact_score; sys.exit('triton' in sys.modules)"
+    code = "import sys, simba_convert.ops.score; sys.exit('triton' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -370,7 +370,7 @@ def test_gpu_layer_shape(criterion):
 @pytest.mark.parametrize("criterion", ["last", "global"])
 def test_reference_ignores_whatever_padding_holds(criterion):
     """NaN or huge values in masked slots change no real token's score (the mask is a `where`, not a product)."""
-    from simba_convert.ops.impact_score import impact_score_ref
+    from simba_convert.ops.score import impact_score_ref
 
     g = torch.Generator().manual_seed(7)
     bsz, L, D, N = 2, 23, 5, 3

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from simba_convert.errors import BackendError, ConfigError, ShapeError
-from simba_convert.ops.impact_score import impact_score_ref
-from simba_convert.ops.impact_score_ssd import impact_score_ssd, impact_score_ssd_ref
-from simba_convert.ops.selective_scan import one_cpu_thread
+from simba_convert.ops.score import impact_score_ref
+from simba_convert.ops.score_ssd import impact_score_ssd, impact_score_ssd_ref
+from simba_convert.ops._common import one_cpu_thread
 from tolerance import FP32_RTOL, assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.impact_score_ssd_triton"
+KERNEL_MODULE = "simba_convert.ops.score_ssd.triton"
 CRITERIA = ["last", "global"]
 
 
@@ -300,7 +300,7 @@ def test_kernel_reads_strided_views(kernels):
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_mamba1_is_the_case_one_channel_per_head(kernels, criterion):
     """Mamba-1 with A[d, n] = A[d] is Mamba-2 with H = D heads of P = 1 channel and G = 1: the two scores agree,
-    with masks and signs (the Mamba-1 reference is ops/impact_score.py's, computed independently)."""
+    with masks and signs (the Mamba-1 reference is ops/score's, computed independently)."""
     mod, dev = kernels
     bsz, L, D, N = 3, 40, 9, 6
     args, kw = make_inputs(bsz, L, D, 1, 1, N, mask=make_mask("pad", bsz, L), softplus=True, bias=True, seed=7)
@@ -438,7 +438,7 @@ def test_bad_arguments_name_the_parameter():
 
 
 def test_import_does_not_load_triton():
-    code = "import sys, simba_convert.ops.impact_score_ssd; sys.exit('triton' in sys.modules)"
+    code = "import sys, simba_convert.ops.score_ssd; sys.exit('triton' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

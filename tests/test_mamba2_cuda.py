@@ -23,11 +23,16 @@ VARIANTS = {"plain": {}, "norm_before_gate": {"norm_before_gate": True}, "dt_lim
             "D_per_channel": {"D_has_hdim": True}}
 
 
-def _model(dtype, seed=0, **kw):
-    cfg = Mamba2Config(**{**dict(d_model=96, n_layer=3, vocab_size=203, headdim=16, d_state=32, ngroups=2,
+def _model(dtype, seed=0, random_weights=True, **kw):
+    """A tiny Mamba-2 on the GPU. headdim 24 makes in_proj's width 520, a multiple of 8 as causal_conv1d's
+    channels-last path needs (as every real Mamba-2 shape is); headdim=16 (width 524) takes the copying fallback.
+    random_weights: every parameter random (the oracle tests, where a misplaced tensor must show); otherwise the
+    default initialisation, whose bf16 logits stay within the bf16 noise of the fp32 ones."""
+    cfg = Mamba2Config(**{**dict(d_model=96, n_layer=3, vocab_size=203, headdim=24, d_state=32, ngroups=2,
                                  chunk_size=32), **kw})
     torch.manual_seed(seed)
-    return randomize(Mamba2LM(cfg), seed).to("cuda", dtype), cfg
+    model = Mamba2LM(cfg)
+    return (randomize(model, seed) if random_weights else model.eval()).to("cuda", dtype), cfg
 
 
 def test_cuda_backend_off_gpu_names_the_extra():
@@ -83,22 +88,41 @@ def test_model_equals_mamba_ssm_lm_head_model(L):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("headdim", [24, 16])
 @pytest.mark.parametrize("L", [1, 63, 100])
-def test_dense_backend_matches_reference(backend, dtype, L):
-    model, cfg = _model(dtype)
+def test_dense_backend_matches_reference_fp32(backend, headdim, L):
+    model, cfg = _model(torch.float32, headdim=headdim)
     ids = torch.randint(0, cfg.vocab_size, (3, L), device="cuda")
     with torch.no_grad():
-        ref = model.set_backend("reference")(ids).float()
-        out = model.set_backend(backend)(ids).float()
+        ref = model.set_backend("reference")(ids)
+        out = model.set_backend(backend)(ids)
     # mamba_ssm's SSD runs its fp32 dots in TF32 (see above): the cuda backend is held to the bf16 bound in fp32.
-    assert_matches(out, ref, dtype=torch.bfloat16 if backend == "cuda" else dtype)
+    assert_matches(out, ref, dtype=torch.bfloat16 if backend == "cuda" else torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("L", [1, 63, 100])
+def test_dense_backend_bf16_is_as_close_to_fp32_as_the_reference(backend, L):
+    """In bf16 a whole model's logits carry the rounding of every layer: measured on the CPU, the bf16 reference is
+    already ~5.5e-3 (relative RMS) from the fp32 model, at the contract's bound, and any other order of the same
+    sums lands as far again. So each backend's bf16 logits are held to the fp32 model as closely as the bf16
+    reference is (with 25 % slack), rather than to the bf16 reference at 5e-3."""
+    model, cfg = _model(torch.float32, random_weights=False)
+    ids = torch.randint(0, cfg.vocab_size, (3, L), device="cuda")
+    with torch.no_grad():
+        exact = model.set_backend("reference")(ids)
+        low = model.to(torch.bfloat16)
+        ref = low.set_backend("reference")(ids).float()
+        out = low.set_backend(backend)(ids).float()
+    assert not torch.isnan(out).any()
+    assert rel_rms(out, exact) <= 1.25 * rel_rms(ref, exact) + 1e-4
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pruned_backend_keeps_the_reference_tokens(backend):
-    model, cfg = _model(torch.float32)
+    model, cfg = _model(torch.float32, random_weights=False)
     pm = PrunedMambaLM(model, PruningSpec([1.0, 0.6, 0.4], protect=5))
     ids = torch.randint(0, cfg.vocab_size, (2, 100), device="cuda")
     with torch.no_grad():

@@ -125,11 +125,11 @@ def test_ssd_scan_dispatch_dtype_and_errors():
 
 
 def test_ssd_scan_dispatches_to_triton_when_asked(monkeypatch):
-    """backend="triton" reaches ssd_triton's kernel (here under TRITON_INTERPRET=1, conftest.py) with the same
-    arguments; the kernel's own tests are in test_ssd_triton.py."""
+    """backend="triton" reaches ops/ssd/triton.py's kernel (here under TRITON_INTERPRET=1, conftest.py) with the
+    same arguments; the kernel's own tests are in test_ssd_triton.py."""
     from simba_convert.ops.backend import interpret_mode
 
-    ssd_triton = pytest.importorskip("simba_convert.ops.ssd_triton")
+    ssd_triton = pytest.importorskip("simba_convert.ops.ssd.triton")
     if not interpret_mode():
         pytest.skip("Triton's interpreter is off (TRITON_INTERPRET=1)")
     calls = []

@@ -29,7 +29,7 @@ from simba_convert.cli.main import main
 from simba_convert.errors import CheckpointError
 from simba_convert.io import load as load_mod
 from simba_convert.io.layout import inspect_checkpoint, parameter_count
-from simba_convert.ops.impact_score_ssd import impact_score_ssd
+from simba_convert.ops.score_ssd import impact_score_ssd
 from simba_convert.ops.ssd import ssd_scan_ref, step_size
 from simba_convert.pipeline import stages
 from simba_convert.pruning import flops, schedules

@@ -26,8 +26,8 @@ from simba_convert.export.functions import attach_reference_functions  # noqa: E
 from simba_convert.export.graph import PrefillGraph  # noqa: E402
 from simba_convert.export.runtime import ENV_VAR, session_options  # noqa: E402
 from simba_convert.ops.conv1d import causal_conv1d_ref  # noqa: E402
-from simba_convert.ops.impact_score import impact_score_ref  # noqa: E402
-from simba_convert.ops.selective_scan import selective_scan_ref  # noqa: E402
+from simba_convert.ops.score import impact_score_ref  # noqa: E402
+from simba_convert.ops.scan import selective_scan_ref  # noqa: E402
 from simba_convert.pruning.model import PrunedMambaLM  # noqa: E402
 from simba_convert.pruning.spec import PruningSpec, keep_counts  # noqa: E402
 from onnx_helpers import build_ops_library, tiny_dense  # noqa: E402

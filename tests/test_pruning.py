@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from simba_convert.errors import ConfigError
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM, MambaMixer
-from simba_convert.ops.impact_score import impact_score_ref
+from simba_convert.ops.score import impact_score_ref
 from simba_convert.pruning import flops, schedules
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.select import gather_rows, gather_slots, select_kept, select_kept_dense_rows

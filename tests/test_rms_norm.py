@@ -16,7 +16,7 @@ from simba_convert.ops.rms_norm import add_rms_norm, add_rms_norm_ref, gated_rms
 from tolerance import assert_matches, poison_like
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.rms_norm_triton"
+KERNEL_MODULE = "simba_convert.ops.rms_norm.triton"
 SHAPES = [(1, 1, 1), (3, 2, 7), (1, 3, 33), (3, 63, 130), (1, 100, 33), (5, 1000)]  # [..., d]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5

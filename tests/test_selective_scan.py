@@ -17,8 +17,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from simba_convert.errors import BackendError  # noqa: E402
-from simba_convert.ops import selective_scan as ss  # noqa: E402
-from simba_convert.ops.selective_scan_chunked import selective_scan_chunked  # noqa: E402
+from simba_convert.ops import scan as ss  # noqa: E402
+from simba_convert.ops.scan.chunked import selective_scan_chunked  # noqa: E402
 from tests.tolerance import assert_matches  # noqa: E402
 from tests.triton_helpers import no_launch  # noqa: E402
 
@@ -59,7 +59,7 @@ def cast(inputs, dtype):
 
 
 def triton_fn(*args):
-    from simba_convert.ops.selective_scan_triton import selective_scan_triton
+    from simba_convert.ops.scan.triton import selective_scan_triton
 
     return selective_scan_triton(*args)
 
@@ -171,8 +171,8 @@ def test_triton_writes_every_output_element(monkeypatch, fwd_kind):
 @pytest.mark.parametrize("kind", ["chunk", "seq", "split"])
 def test_a_forward_that_writes_nothing_is_caught(monkeypatch, kind):
     """After a real call, forward launches that write nothing leave y and the last state poisoned (conftest.py)."""
-    from simba_convert.ops import selective_scan_triton as sst
-    from simba_convert.ops import selective_scan_triton_seq as seq
+    from simba_convert.ops.scan import triton as sst
+    from simba_convert.ops.scan import triton_seq as seq
 
     cfg = split_config(3) if kind == "split" else sst.LaunchConfig(8, 1, 8, 4, kind, 3)
     x = cast(make_inputs(2, 40, 9, 4, h0=True, device=DEV), torch.float32)
@@ -194,7 +194,7 @@ def test_a_forward_that_writes_nothing_is_caught(monkeypatch, kind):
 def test_a_backward_that_writes_nothing_is_caught(monkeypatch):
     """After a real backward, a backward launch that writes nothing leaves every gradient NaN: the ones written
     directly (du, d delta, dz) and the ones reduced from poisoned partial buffers."""
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     monkeypatch.setenv("SIMBA_SCAN_CONFIG", SEQ_ENV)
     inp = make_inputs(1, 17, 5, 4, h0=True, device=DEV)
@@ -210,7 +210,7 @@ def test_a_backward_that_writes_nothing_is_caught(monkeypatch):
 
 def test_triton_no_checkpoints_without_grad(monkeypatch, fwd_kind):
     """Inference (no tensor needs a gradient) must not allocate the [B, L/CHUNK, D, N] checkpoints."""
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     made = allocations(monkeypatch)
     inp = cast(make_inputs(1, 40, 4, 4, device=DEV), torch.float32)
@@ -222,7 +222,7 @@ def test_triton_no_checkpoints_without_grad(monkeypatch, fwd_kind):
 @pytest.mark.parametrize("L,N", [(1, 16), (16, 3), (37, 16)])
 def test_seq_forward_matches_chunk(L, N, stages):
     """Outputs, last state and the checkpoints `_scan_bwd_kernel` reads agree between the two forwards."""
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     inp = cast(make_inputs(1, L, 11, N, h0=True, device=DEV), torch.float32)
     args = [inp[k] for k in NAMES[:8]] + [True, inp["initial_state"], True, True]
@@ -239,7 +239,7 @@ def test_seq_forward_matches_chunk(L, N, stages):
 
 def test_launch_config_from_env(monkeypatch):
     from simba_convert.errors import ConfigError
-    from simba_convert.ops.selective_scan_triton import LaunchConfig
+    from simba_convert.ops.scan.triton import LaunchConfig
 
     monkeypatch.setenv("SIMBA_SCAN_CONFIG", "32,8,16,4")  # the original four-value form
     assert LaunchConfig.from_env() == LaunchConfig(32, 8, 16, 4, "chunk")
@@ -260,7 +260,7 @@ def test_launch_config_from_env(monkeypatch):
 
 
 def test_auto_forward_picks_seq_only_with_enough_programs():
-    from simba_convert.ops.selective_scan_triton import SEQ_MIN_PROGRAMS, LaunchConfig, resolve_forward
+    from simba_convert.ops.scan.triton import SEQ_MIN_PROGRAMS, LaunchConfig, resolve_forward
 
     auto = LaunchConfig()
     small = resolve_forward(auto, 1, 32 * (SEQ_MIN_PROGRAMS - 1), 2048, save_checkpoints=True)
@@ -276,7 +276,7 @@ def test_auto_forward_picks_seq_only_with_enough_programs():
 
 # ----------------------------------------------------------------------------------- split forward
 def test_auto_forward_picks_split_only_with_few_programs_and_no_checkpoints():
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     auto = sst.LaunchConfig()
     # The 1.4B layer at B=1 (128 programs): 16 segments of 128 steps, the fastest measured.
@@ -301,7 +301,7 @@ def test_auto_forward_picks_split_only_with_few_programs_and_no_checkpoints():
 
 def test_auto_split_follows_gradients_end_to_end(monkeypatch):
     """Through the autograd entry point: split without gradients (and right), chunk when backward will follow."""
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     monkeypatch.setattr(sst, "SPLIT_MIN_LEN", 16)
     monkeypatch.setattr(sst, "SPLIT_MIN_STEPS", 8)
@@ -332,7 +332,7 @@ SPLIT_CASES = [
 
 
 def split_config(splits, stages=3):
-    from simba_convert.ops.selective_scan_triton import LaunchConfig
+    from simba_convert.ops.scan.triton import LaunchConfig
 
     return LaunchConfig(8, 1, 8, 4, "split", stages, splits)
 
@@ -345,7 +345,7 @@ def poisoned(monkeypatch):
 
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "B{}-L{}-D{}-N{}-S{}".format(*c[:5]))
 def test_split_forward_matches_reference_fp32(case, poisoned):
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     bsz, L, d, N, asked, made, D, z, bias, sp, h0, last, stages = case
     inp = make_inputs(bsz, L, d, N, D=D, z=z, bias=bias, h0=h0, device=DEV)
@@ -368,7 +368,7 @@ def test_split_forward_matches_reference_fp32(case, poisoned):
 
 
 def test_split_forward_bf16(poisoned):
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     inp = cast(make_inputs(1, 100, 7, 16, h0=True, device=DEV), torch.bfloat16)
     ref_in = {k: (v.double() if v is not None else None) for k, v in inp.items()}
@@ -412,7 +412,7 @@ def test_chunked_is_finite_with_large_decay():
 
 
 def test_reference_backend_uses_chunked_for_long_sequences_under_autograd(monkeypatch):
-    import simba_convert.ops.selective_scan_chunked as ssc
+    import simba_convert.ops.scan.chunked as ssc
 
     calls = []
     real = ssc.selective_scan_chunked
@@ -459,7 +459,7 @@ def test_import_does_not_load_triton():
     import subprocess
     import sys
 
-    code = "import sys, simba_convert.ops.selective_scan; assert 'triton' not in sys.modules"
+    code = "import sys, simba_convert.ops.scan; assert 'triton' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
@@ -502,7 +502,7 @@ def test_gpu_realistic_shapes_bf16(d, fwd_kind):
 @pytest.mark.gpu
 def test_gpu_split_forward_b1_bf16(monkeypatch):
     """The 1.4B layer at B=1 without gradients: `auto` picks split (16 segments), and it matches the reference."""
-    from simba_convert.ops import selective_scan_triton as sst
+    from simba_convert.ops.scan import triton as sst
 
     monkeypatch.delenv("SIMBA_SCAN_CONFIG", raising=False)
     bsz, L, d, N = 1, 2048, 4096, 16

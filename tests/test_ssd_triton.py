@@ -27,7 +27,7 @@ LOWP = {"x", "dt", "B", "C"}  # activations; A, D, dt_bias and the state stay fp
 
 @pytest.fixture(scope="module")
 def st():
-    return kernel_module("simba_convert.ops.ssd_triton")
+    return kernel_module("simba_convert.ops.ssd.triton")
 
 
 def brute_force(x, dt, A, B, C, D=None, dt_bias=None, initial_state=None, *, softplus=False):
@@ -236,7 +236,7 @@ def test_large_decays_stay_finite(st):
 
 
 def test_agrees_with_ssd_scan_ref_when_present(st):
-    """The project's fp32 reference (ops/ssd.py), when it exists, computes the same outputs and gradients."""
+    """The project's fp32 reference (ops/ssd/naive.py), when it exists, computes the same outputs and gradients."""
     try:
         from simba_convert.ops.ssd import ssd_scan_ref
     except ImportError:
@@ -306,6 +306,8 @@ def test_gpu_mamba2_layer_shape_bf16(st):
     y_ref, h_ref, g_ref = run(oracle(True), exact(inp), dy, dh)
     y, h, g = run(kernel(st, True, 64), inp, dy, dh)
     assert_matches(y, y_ref, torch.bfloat16)
-    assert_matches(h, h_ref, torch.float32)
+    # The forward's dots run on TF32 tensor cores for 16-bit inputs (ssd/triton.py, dot_precision), so the fp32
+    # final state carries TF32 rounding (~5e-4 relative): it is held to the bf16 bound.
+    assert_matches(h, h_ref, torch.bfloat16)
     for k in g_ref:
         assert_matches(g[k], g_ref[k], inp[k].dtype)

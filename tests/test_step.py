@@ -17,7 +17,7 @@ from simba_convert.ops.step import conv_step, conv_step_ref, ssm_step, ssm_step_
 from tolerance import LOWP_REL_RMS, assert_matches, poison_like, rel_rms
 from triton_helpers import kernel_module, no_launch
 
-KERNEL_MODULE = "simba_convert.ops.step_triton"
+KERNEL_MODULE = "simba_convert.ops.step.triton"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BS, DS, NS, KS = (1, 3), (1, 7, 33, 130), (1, 3, 16), (2, 4)
 
@@ -174,8 +174,8 @@ def test_ssm_kernel_bf16(kernels):
         assert torch.equal(inp["ssm_state"], before)
 
 
-# _delta_act's log1p form divides 0/0 where exp(x) underflows against 1, then discards that branch by tl.where;
-# the interpreter's numpy reports the discarded NaN.
+# delta_act's log1p form (ops/_triton_common.py) divides 0/0 where exp(x) underflows against 1, then discards that
+# branch by tl.where; the interpreter's numpy reports the discarded NaN.
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 def test_ssm_kernel_softplus_range(kernels):
     """dt + dt_bias across softplus's regimes: far negative, around 0, near and past the threshold 20."""

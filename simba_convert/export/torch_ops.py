@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..ops.conv1d import causal_conv1d_ref
-from ..ops.impact_score import impact_score
-from ..ops.selective_scan import selective_scan as _selective_scan
+from ..ops.score import impact_score
+from ..ops.scan import selective_scan as _selective_scan
 
 # The criteria with a kernel in the `simba` domain; `delta` and `output` export as standard ONNX ops.
 KERNEL_CRITERIA = ("last", "global")

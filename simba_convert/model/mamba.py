@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..ops.backend import MODEL_BACKENDS, resolve_model
 from ..ops.conv1d import causal_conv1d, conv_state_from
-from ..ops.impact_score import impact_score
-from ..ops.selective_scan import selective_scan, step_size
+from ..ops.score import impact_score
+from ..ops.scan import selective_scan, step_size
 from ..ops.step import conv_step, ssm_step
 from .config import MambaConfig
 from .lm import LayerNorm, PreNormBlock, RMSNorm, StackedLM, make_norm  # noqa: F401  (re-exported)
@@ -85,7 +85,7 @@ class MambaMixer(nn.Module):
         Formed once and reused while the parameters keep their storage and version and no gradient flows to
         them (inference): forming them costs ~5 small launches a layer, about 1 ms of a 1.4B forward at B=1 on
         the H200 (benchmarks/kernel_profile.py). A carries A·log2 e transposed, [N, D], for the Triton scan
-        (`selective_scan_triton.log2e_transposed`)."""
+        (`ops._triton_common.log2e_transposed`)."""
         params = (self.A_log, self.D, self.dt_proj.bias)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self.A(), self.D.float(), self.dt_proj.bias.float()

@@ -3,8 +3,8 @@
 
 Notation (config.py): d = d_model, D = expand·d = H·P, H heads of P channels, G groups of N states,
 K = d_conv, Cd = D + 2·G·N (the conv's channels: x, B, C), E = 2·D + 2·G·N + H (in_proj's outputs), T = chunk_size.
-The scan is counted as the SSD algorithm runs it (ssd.py's docstring, the Mamba-2 paper §6; mamba_ssm's kernels),
-chunk by chunk over the layer's n tokens: n // T full chunks of T tokens and one of r = n % T, so
+The scan is counted as the SSD algorithm runs it (ops/ssd/naive.py's docstring, the Mamba-2 paper §6; mamba_ssm's
+kernels), chunk by chunk over the layer's n tokens: n // T full chunks of T tokens and one of r = n % T, so
     S = (n // T)·T² + r²        the in-chunk (t, s) pairs, each chunk's T×T block computed whole
     c = ceil(n / T)             chunks.
 One layer over n tokens, by part:
@@ -65,7 +65,7 @@ def layer_parts(cfg: Mamba2Config, n: int = 1) -> dict[str, int]:
 
 
 def score_flops(cfg: Mamba2Config, criterion: str) -> int:
-    """FLOPs per scored token of `impact_score_ssd` (ops/impact_score_ssd.py), δ taken as formed by the layer."""
+    """FLOPs per scored token of `impact_score_ssd` (ops/score_ssd/), δ taken as formed by the layer."""
     d, D, H, G, N = cfg.d_model, cfg.d_inner, cfg.nheads, cfg.ngroups, cfg.d_state
     if criterion == "last":
         # reverse cumsum of δ (H); per head A·R, exp, ×(C_T·B_t), ×δ (4H); C_T·B_t per group (2GN);

@@ -51,7 +51,10 @@ def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: b
     z, xBC, dt = mixer._split(mixer.in_proj(h))
     w = mixer.conv1d.weight.squeeze(1)
     if conv_state is None:  # channels-last: xBC [B, L, C] seen as [B, C, L] with unit channel stride, no copy
-        xBC_c = conv_fn(xBC.transpose(1, 2), w, mixer.conv1d.bias, activation="silu").transpose(1, 2)
+        xt = xBC.transpose(1, 2)
+        if xt.shape[1] % 8 or xt.stride(0) % 8 or xt.stride(2) % 8:  # what causal_conv1d's channels-last path needs
+            xt = xt.contiguous()  # channels-first [B, C, L]: any size (real Mamba-2 shapes never get here)
+        xBC_c = conv_fn(xt, w, mixer.conv1d.bias, activation="silu").transpose(1, 2)
     else:  # continuing a sequence: causal_conv1d's initial states want a layout we do not keep; ours reads any
         xBC_c = causal_conv1d(xBC, w, mixer.conv1d.bias, initial_state=conv_state, activation="silu", backend="auto")
     x, B, C = mixer._heads(xBC_c)

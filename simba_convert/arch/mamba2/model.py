@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ...model.lm import PreNormBlock, StackedLM
 from ...ops.backend import MODEL_BACKENDS, resolve_model
 from ...ops.conv1d import causal_conv1d, conv_state_from
-from ...ops.impact_score_ssd import impact_score_ssd
+from ...ops.score_ssd import impact_score_ssd
 from ...ops.rms_norm import gated_rms_norm
 from ...ops.ssd import ssd_scan, ssd_step_ref, step_size
 from ...ops.step import conv_step

@@ -1,4 +1,4 @@
-"""Simba's token impact score for Mamba-2 (SSD) layers: readable fp32 reference and the dispatching entry point.
+"""Simba's token impact score for Mamba-2 (SSD) layers: the readable fp32 reference `impact_score_ssd_ref`.
 
 Shapes: x [B, L, H, P] (the scan's input, after the conv); dt [B, L, H]; A [H] (< 0, one scalar per head);
 B, C [B, L, G, N] (G groups, H a multiple of G: head h reads group h // (H // G), as mamba_ssm's Mamba2);
@@ -17,7 +17,7 @@ which is the case H = D, P = 1, G = 1 with A[d, n] = A[d]):
           R_t[h] = Σ_{k=t+1..T} delta_k[h] (reverse exclusive cumsum: every exponent is ≤ 0).
   global  s(t) = max_{h,p} |delta_t[h]·x_t[h,p]·(B_t[g]·G_t[h])|, the contribution to all outputs y_t..y_T,
           with the reverse scan G_t[h] = C_t[g] + exp(delta_{t+1}[h]·A[h])·G_{t+1}[h], G_T = C_T (G: [B, H, N]).
-  delta, output, random: the architecture-free baselines of ops/impact_score.py (delta: ‖delta_t‖₂ over heads).
+  delta, output, random: the architecture-free baselines of ops/_score_common.py (delta: ‖delta_t‖₂ over heads).
 `signed=True` drops the |·| of `last` and `global`.
 
 The factor of x in Δy is one scalar per (t, h), so a score costs O(G·N + H·P) per token (`global`: O(H·N + H·P)),
@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendError, ConfigError, ShapeError
-from .backend import BACKENDS
-from .impact_score import CRITERIA, _check_mask, _finish, impact_score_ref, last_real_index, reverse_exclusive_cumsum
-from .selective_scan import one_cpu_thread, step_size
+from ...errors import ShapeError
+from .._common import one_cpu_thread, step_size
+from .._score_common import (
+    baseline_score_ref, check_criterion, check_mask, finish, formed_delta, last_real_index, reverse_exclusive_cumsum,
+)
 
 
 def _shape(t) -> str:
@@ -62,17 +63,12 @@ def check_ssd_inputs(x, dt, A, B, C, mask=None, dt_bias=None, out=None) -> None:
         raise ShapeError(f"B has G = {G} groups, which must divide the H = {H} heads of x")
     if dt_bias is not None and tuple(dt_bias.shape) != (H,):
         raise ShapeError(f"dt_bias must be [H] = [{H}], got {_shape(dt_bias)}")
-    _check_mask(mask, bsz, L)
+    check_mask(mask, bsz, L)
     if out is not None and (tuple(out.shape) != (bsz, L) or out.dtype != torch.float32):
         raise ShapeError(f"out must be float32 [B, L] = [{bsz}, {L}], got {out.dtype} {_shape(out)}")
     for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("mask", mask), ("dt_bias", dt_bias), ("out", out)):
         if t is not None and t.device != x.device:
             raise ShapeError(f"{name} is on {t.device}, x on {x.device}: all tensors must be on one device")
-
-
-def _check_criterion(criterion: str) -> None:
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown impact-score criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
 
 
 def _ssd_fp32(x, dt, A, B, C, mask, dt_bias, dt_softplus):
@@ -128,47 +124,18 @@ def impact_score_ssd_ref(
     output) is read by `output` only and `generator` by `random` only; those two accept None for x, dt, A, B, C
     (`random` needs x or y for [B, L]), `delta` needs only dt.
     """
-    _check_criterion(criterion)
+    check_criterion(criterion)
     if criterion not in ("last", "global"):
-        # The baselines do not depend on the architecture: ops/impact_score.py's, with delta [B, L, H].
-        return impact_score_ref(x, dt, None, None, None, criterion=criterion, mask=mask, out=out,
-                                generator=generator, y=y, delta_bias=dt_bias, delta_softplus=dt_softplus)
+        # The baselines do not depend on the architecture (ops/_score_common.py), with delta [B, L, H].
+        return baseline_score_ref(criterion, x, formed_delta(dt, dt_bias, dt_softplus), mask=mask, out=out,
+                                  generator=generator, y=y)
     check_ssd_inputs(x, dt, A, B, C, mask, dt_bias, out)
     bsz, L = x.shape[:2]
     if bsz == 0 or L == 0:
-        return _finish(x.new_zeros(bsz, L, dtype=torch.float32), mask, out)
+        return finish(x.new_zeros(bsz, L, dtype=torch.float32), mask, out)
     xs, delta, A, B, C = _ssd_fp32(x, dt, A, B, C, mask, dt_bias, dt_softplus)
     if criterion == "last":
         scores = last_score_ssd_ref(xs, delta, A, B, C, signed=signed, mask=mask)
     else:
         scores = global_score_ssd_ref(xs, delta, A, B, C, signed=signed)
-    return _finish(scores, mask, out)
-
-
-def impact_score_ssd(
-    x, dt, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, dt_bias=None,
-    dt_softplus: bool = False, out=None, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Same contract as `impact_score_ssd_ref`; `backend` is auto | triton | reference (see ops.backend).
-
-    Only `last` and `global` have kernels; `delta`, `output` and `random` are single PyTorch ops on any device.
-    The kernels read dt raw (often bf16) and form softplus(dt + dt_bias) in registers. Like Mamba-1's score,
-    the result carries no gradient on the Triton path: it only chooses tokens.
-    """
-    kw = dict(criterion=criterion, signed=signed, mask=mask, dt_bias=dt_bias, dt_softplus=dt_softplus, out=out,
-              y=y, generator=generator)
-    _check_criterion(criterion)
-    if criterion not in ("last", "global"):
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown backend {backend!r} for impact_score_ssd; choose one of {', '.join(BACKENDS)}")
-        return impact_score_ssd_ref(x, dt, A, B, C, **kw)
-    from . import backend as _backend
-
-    check_ssd_inputs(x, dt, A, B, C, mask, dt_bias, out)
-    if _backend.resolve("impact_score_ssd", backend, x.device) == "triton":
-        from .impact_score_ssd_triton import impact_score_ssd_triton
-
-        return impact_score_ssd_triton(x, dt, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out,
-                                       dt_bias=dt_bias, dt_softplus=dt_softplus)
-    return impact_score_ssd_ref(x, dt, A, B, C, **kw)
+    return finish(scores, mask, out)

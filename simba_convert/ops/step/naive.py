@@ -1,10 +1,10 @@
-"""One decoding step of the Mamba mixer: the conv window update and the SSM state update, fused.
+"""One decoding step of the Mamba mixer, the conv window update and the SSM state update: the references.
 
 Shapes: x, u, dt, z, y [B, D]; conv_state [B, D, K-1] (the last K-1 inputs, oldest first); weight [D, K];
 bias [D]; A [D, N] fp32 (= -exp(A_log)); Bm, Cm [B, N]; D skip, dt_bias [D] fp32; ssm_state [B, D, N] fp32.
 
 The references copy `MambaMixer.step`'s arithmetic operation for operation (same casts, same order), so
-they give bit-identical results; the Triton kernels (step_triton.py) compute the same in fp32 registers in
+they give bit-identical results; the Triton kernels (step/triton.py) compute the same in fp32 registers in
 one launch each. Derivation and cost: ops/README.md, "Decoding step".
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ...errors import ShapeError
 
 
 def _check_activation(activation: str | None) -> None:
@@ -79,59 +79,3 @@ def ssm_step_ref(
     y = (h * Cm.float()[:, None, :]).sum(-1) + D.float() * u.float()
     y = (y * F.silu(z.float())).to(u.dtype)
     return _into(out, y), _into(state_out, h)
-
-
-def conv_step(
-    x: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = "silu",
-    *,
-    out: torch.Tensor | None = None,
-    state_out: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `conv_step_ref`; `backend` is auto | triton | reference (see ops.backend).
-
-    `triton` runs `conv_step_triton` (one launch; x may be any [B, D] view, e.g. the first half of in_proj's
-    output). The kernel is forward-only: when autograd needs gradients the reference runs, whatever the backend.
-    """
-    from . import backend as _backend
-
-    chosen = _backend.resolve("conv_step", backend, x.device)
-    if chosen == "triton" and not _backend.needs_grad(x, conv_state, weight, bias):
-        from .step_triton import conv_step_triton
-
-        return conv_step_triton(x, conv_state, weight, bias, activation, out=out, state_out=state_out)
-    return conv_step_ref(x, conv_state, weight, bias, activation, out=out, state_out=state_out)
-
-
-def ssm_step(
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    Bm: torch.Tensor,
-    Cm: torch.Tensor,
-    D: torch.Tensor,
-    z: torch.Tensor,
-    dt_bias: torch.Tensor,
-    ssm_state: torch.Tensor,
-    *,
-    out: torch.Tensor | None = None,
-    state_out: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as `ssm_step_ref`; `backend` is auto | triton | reference (see ops.backend).
-
-    `triton` runs `ssm_step_triton` (one launch; u, dt, z, Bm, Cm may be strided views). Forward-only: when
-    autograd needs gradients the reference runs, whatever the backend.
-    """
-    from . import backend as _backend
-
-    chosen = _backend.resolve("ssm_step", backend, u.device)
-    if chosen == "triton" and not _backend.needs_grad(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state):
-        from .step_triton import ssm_step_triton
-
-        return ssm_step_triton(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, out=out, state_out=state_out)
-    return ssm_step_ref(u, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, out=out, state_out=state_out)

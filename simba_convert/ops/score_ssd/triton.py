@@ -21,10 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _alloc
-from .impact_score import last_real_index
-from .impact_score_triton import LOG2E, _step
-from .selective_scan_triton import _channel_vector
+from .. import _alloc
+from .._score_common import last_real_index
+from .._triton_common import LOG2E, channel_vector, delta_from_raw
 
 # Programs wanted for `last` before the sequence is split into chunks: ~4 per SM of an H200 (132 SMs).
 _TARGET_PROGRAMS = 528
@@ -52,7 +51,7 @@ def _delta_tile(dt_ptr, s_db, s_dl, s_dh, base_b, offs_t, offs_h, ok, h_ok, bias
     """delta [BLOCK_T, BLOCK_H] in fp32 from the raw dt, 0 for absent tokens and heads past the group."""
     both = ok[:, None] & h_ok[None, :]
     raw = tl.load(dt_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_h[None, :] * s_dh, mask=both, other=0.0)
-    return _step(raw, bias[None, :], both, HAS_BIAS, SOFTPLUS)
+    return delta_from_raw(raw, bias[None, :], both, HAS_BIAS, SOFTPLUS)
 
 
 @triton.jit
@@ -99,7 +98,7 @@ def _ssd_delta_chunk_sums_kernel(
     pid_b, pid_k, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     base_b = pid_b.to(tl.int64)
     _, offs_h, h_ok = _heads(pid_k, NHB, HPG, BLOCK_H)
-    bias = _channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
     rows = tl.arange(0, BLOCK_T)
     acc = tl.zeros([BLOCK_H], tl.float32)
     for j in range(0, CHUNK, BLOCK_T):
@@ -130,7 +129,7 @@ def _ssd_last_kernel(
     rows = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
     offs_p = tl.arange(0, BLOCK_P)
-    bias = _channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
     a2 = tl.load(a2_ptr + offs_h, mask=h_ok, other=0.0)  # A·log2(e)
     if HAS_CARRY:
         carry = tl.load(carry_ptr + base_b * s_cb + pid_c * s_cc + offs_h, mask=h_ok, other=0.0)
@@ -184,7 +183,7 @@ def _ssd_global_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_p = tl.arange(0, BLOCK_P)
     n_ok = offs_n < N
-    bias = _channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_h, h_ok, HAS_BIAS)
     a2 = tl.load(a2_ptr + offs_h, mask=h_ok, other=0.0)
     state = tl.zeros([BLOCK_H, BLOCK_N], tl.float32)
     d_next = tl.zeros([BLOCK_H], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}

@@ -7,7 +7,7 @@ Layout of the work: one program per (batch, block of BLOCK_D channels). It walks
 chunks of CHUNK steps; inside a chunk the recurrence h_t = a_t ⊙ h_{t-1} + b_t over the [CHUNK,
 BLOCK_D·N] tile is one `tl.associative_scan` (all states live in registers, fp32), and the state
 is carried from chunk to chunk. A second forward, `_scan_fwd_seq_kernel` (LaunchConfig.fwd_kind =
-"seq", in selective_scan_triton_seq.py), walks the same programs one step at a time with the state
+"seq", in triton_seq.py), walks the same programs one step at a time with the state
 [N, BLOCK_D] in registers; "split" runs it in two passes over segments of the sequence, for launches
 with too few programs (inference only). Either of the first two forwards stores the state entering
 every chunk when a backward will follow; the backward walks the chunks in reverse, recomputes the
@@ -19,7 +19,6 @@ gradients are deterministic.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 
@@ -27,12 +26,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ConfigError
-from . import _alloc
-from .backend import needs_grad
+from ...errors import ConfigError
+from .. import _alloc
+from .._triton_common import channel_vector, delta_act, log2e_transposed
+from ..backend import needs_grad
+from . import triton_seq
+from .naive import selective_scan_ref
 
 CHUNK = 16  # time steps per scan tile; fixes the checkpoint spacing, so it is not tuned per call
-_LOG2E = math.log2(math.e)
 
 
 FWD_KINDS = ("auto", "chunk", "seq", "split")
@@ -118,29 +119,9 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _delta_act(x, SOFTPLUS: tl.constexpr):
-    """delta = softplus(x) in fp32 (x itself without SOFTPLUS) and d delta / dx; any shape."""
-    if SOFTPLUS:
-        e = tl.exp(tl.minimum(x, 20.0))
-        w = 1.0 + e
-        # log1p(e) without log1p (Goldberg): exact where w rounds to 1, accurate elsewhere.
-        lp = tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0))
-        return tl.where(x > 20.0, x, lp), tl.where(x > 20.0, 1.0, e / w)
-    return x, tl.full(x.shape, 1.0, tl.float32)
-
-
-@triton.jit
-def _channel_vector(ptr, d, ok, PRESENT: tl.constexpr):
-    """An optional per-channel vector (D skip, delta_bias) as fp32 [BD]: zeros when the tensor is absent."""
-    if PRESENT:
-        return tl.load(ptr + d, mask=ok, other=0.0).to(tl.float32)
-    return tl.zeros(d.shape, tl.float32)
-
-
-@triton.jit
 def _delta(raw, bias, SOFTPLUS: tl.constexpr):
     """delta = softplus(raw + bias) in fp32 and d delta / d raw. Shapes: raw [T, BD], bias [BD]."""
-    return _delta_act(raw + bias[None, :], SOFTPLUS)
+    return delta_act(raw + bias[None, :], SOFTPLUS)
 
 
 @triton.jit
@@ -186,8 +167,8 @@ def _scan_fwd_kernel(
     dn_mask = (d[:, None] < Dm) & (n[None, :] < N)
     dn_off = d[:, None] * N + n[None, :]  # offsets into [D, N]-shaped fp32 buffers
     A2 = tl.load(a_ptr + dn_off, mask=dn_mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    dskip = _channel_vector(dskip_ptr, d, d < Dm, HAS_D)
-    bias = _channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
+    dskip = channel_vector(dskip_ptr, d, d < Dm, HAS_D)
+    bias = channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
     state_off = pid_b * Dm * N + dn_off
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0)
@@ -238,8 +219,8 @@ def _scan_bwd_kernel(
     dn_off = d[:, None] * N + n[None, :]
     A = tl.load(a_ptr + dn_off, mask=dn_mask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    dskip = _channel_vector(dskip_ptr, d, d < Dm, HAS_D)
-    bias = _channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
+    dskip = channel_vector(dskip_ptr, d, d < Dm, HAS_D)
+    bias = channel_vector(bias_ptr, d, d < Dm, HAS_BIAS)
     carry = tl.zeros([BD * NP], tl.float32)  # a_{t+1} ⊙ G_{t+1} for the step after the chunk
     dA_acc = tl.zeros([BD, NP], tl.float32)
     dD_acc = tl.zeros([BD], tl.float32)
@@ -368,15 +349,6 @@ def resolve_forward(cfg: LaunchConfig, bsz: int, dm: int, seqlen: int, save_chec
     return replace(cfg, fwd_kind="chunk" if kind == "auto" else "seq", fwd_splits=0)
 
 
-def log2e_transposed(A: torch.Tensor) -> torch.Tensor:
-    """A·log2 e transposed, [N, D] fp32 contiguous: the seq kernels' layout. A model's cached A carries it
-    (`MambaMixer.fp32_params`), which saves two launches a layer."""
-    cached = getattr(A, "_simba_log2e_t", None)
-    if cached is not None and not A.requires_grad:
-        return cached
-    return (A.float() * _LOG2E).t().contiguous()
-
-
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                  return_last_state, save_checkpoints, config: LaunchConfig | None = None):
     """Launch the forward kernel `config.fwd_kind` names. Returns y [B, L, D] (u's dtype), last [B, D, N]
@@ -413,8 +385,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
             *u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *y.stride(), **flags,
         )
         return y, last, chk
-    # Imported here: that module uses this one's `_delta_act`.
-    from .selective_scan_triton_seq import _scan_fwd_seq_kernel as kernel
+    kernel = triton_seq._scan_fwd_seq_kernel  # looked up per call, so tests can stub it
 
     # A·log2 e transposed, [N, D] (see the kernel's docstring). B and C in fp32: in bf16 every lane
     # converts both whole rows each step, ~2N extra instructions; the copy is small ([B, L, N]).
@@ -535,8 +506,6 @@ def selective_scan_triton(
     model never back-propagates through the returned state). An empty sequence is delegated.
     """
     if u.shape[1] == 0:
-        from .selective_scan import selective_scan_ref
-
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # Checkpoints cost memory; keep them only when autograd will call backward.

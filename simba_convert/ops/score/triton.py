@@ -25,21 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _alloc
-from .impact_score import last_real_index
-from .selective_scan_triton import _channel_vector, _delta_act, log2e_transposed
-
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e)
-
-
-@triton.jit
-def _step(raw, bias, ok, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """The step size delta in fp32 from the loaded raw tile (any shape ending in BLOCK_D), 0 where not `ok`."""
-    x = raw.to(tl.float32)
-    if HAS_BIAS:
-        x = x + bias
-    x, _ = _delta_act(x, SOFTPLUS)  # the scan's softplus, so both see the same delta; the unused slope is dropped
-    return tl.where(ok, x, 0.0)
+from .. import _alloc
+from .._score_common import last_real_index
+from .._triton_common import channel_vector, delta_from_raw, log2e_transposed
 
 
 @triton.jit
@@ -55,14 +43,14 @@ def _delta_chunk_sums_kernel(
     d_ok = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     base_b = pid_b.to(tl.int64)
-    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     acc = tl.zeros([BLOCK_D], tl.float32)
     for j in range(0, CHUNK, BLOCK_T):
         offs_t = L - 1 - (pid_c * CHUNK + j + rows)
         ok = offs_t >= 0
         x = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
                     mask=ok[:, None] & d_ok[None, :], other=0.0)
-        x = _step(x, bias[None, :], ok[:, None] & d_ok[None, :], HAS_BIAS, SOFTPLUS)
+        x = delta_from_raw(x, bias[None, :], ok[:, None] & d_ok[None, :], HAS_BIAS, SOFTPLUS)
         if HAS_MASK:
             m = tl.load(mask_ptr + base_b * s_mb + offs_t * s_ml, mask=ok, other=0) != 0
             x = tl.where(m[:, None], x, 0.0)
@@ -101,7 +89,7 @@ def _last_kernel(
     else:
         t_last = L - 1
     c_row = c_ptr + base_b * s_cb + t_last * s_cl
-    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     for j in range(CHUNK_TILES):
         offs_t = L - 1 - ((pid_c * CHUNK_TILES + j) * BLOCK_T + rows)
         t_ok = offs_t >= 0
@@ -111,7 +99,7 @@ def _last_kernel(
             dmask = dmask & m[:, None]
         dt = tl.load(delta_ptr + base_b * s_db + offs_t[:, None] * s_dl + offs_d[None, :] * s_dd,
                      mask=dmask, other=0.0)
-        dt = _step(dt, bias[None, :], dmask, HAS_BIAS, SOFTPLUS)
+        dt = delta_from_raw(dt, bias[None, :], dmask, HAS_BIAS, SOFTPLUS)
         # Σ_{k>t} delta_k: the inclusive cumsum over the (time-reversed) rows less the row's own delta. The
         # subtraction costs at most ~eps·(R + delta_t) in R, i.e. a relative error |A|·eps·(R + delta_t) in
         # a decay; delta is read and (with softplus) computed once per token instead of twice.
@@ -151,7 +139,7 @@ def _global_kernel(
     d_ok, n_ok = offs_d < D, offs_n < N
     base_b = pid_b.to(tl.int64)
     a2t = tl.load(a2t_ptr + offs_n[:, None] * D + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    bias = _channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
+    bias = channel_vector(bias_ptr, offs_d, d_ok, HAS_BIAS)
     G = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     d_next = tl.zeros([BLOCK_D], tl.float32)  # delta_{t+1}; 0 past the end so G_{L-1} = C_{L-1}
     for j in range(L):
@@ -166,7 +154,7 @@ def _global_kernel(
             m = tl.load(mask_ptr + base_b * s_mb + t * s_ml) != 0
             ct = tl.where(m, ct, 0.0)
             ok = ok & m
-        dt = _step(dt, bias, ok, HAS_BIAS, SOFTPLUS)
+        dt = delta_from_raw(dt, bias, ok, HAS_BIAS, SOFTPLUS)
         G = ct[:, None] + tl.exp2(a2t * d_next[None, :]) * G
         dy = ut * dt * tl.sum(G * bt[:, None], axis=0)
         if not SIGNED:

@@ -1,6 +1,6 @@
 """Sequential-in-time forward of the Triton selective scan (LaunchConfig.fwd_kind = "seq" and "split").
 
-Same contract and launch as `_scan_fwd_kernel` in selective_scan_triton.py (which launches it from
+Same contract and launch as `_scan_fwd_kernel` in triton.py (which launches it from
 `scan_forward`), but one time step per loop iteration instead of an associative scan over CHUNK-step
 tiles: per step and channel N exp2 and ~4N multiply-adds (the log-depth scan does ~4x the
 multiply-adds and shuffles along time). It writes the same checkpoints, so `_scan_bwd_kernel` follows
@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import _channel_vector, _delta_act
+from .._triton_common import channel_vector, delta_act
 
 
 @triton.jit
@@ -99,8 +99,8 @@ def _scan_fwd_seq_kernel(
     dd = tl.max_contiguous(d, 1)
     nd_off = tl.max_contiguous(d[None, :] * N + n[:, None], [1, 1])  # hT's elements in [D, N] buffers
     A2 = tl.load(a2t_ptr + tl.max_contiguous(n[:, None] * Dm + d[None, :], [1, 1]), mask=nd_mask, other=0.0)
-    dskip = _channel_vector(dskip_ptr, d, d_ok, HAS_D)
-    bias = _channel_vector(bias_ptr, d, d_ok, HAS_BIAS)
+    dskip = channel_vector(dskip_ptr, d, d_ok, HAS_D)
+    bias = channel_vector(bias_ptr, d, d_ok, HAS_BIAS)
     state_off = pid_b * Dm * N + nd_off
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=nd_mask, other=0.0)
@@ -154,7 +154,7 @@ def _scan_fwd_seq_kernel(
         if SAVE_CHK:
             if t % T == 0:  # the state entering chunk t // T, where `_scan_bwd_kernel` expects it
                 tl.store(chk_ptr + (pid_b * n_chunks + t // T) * Dm * N + nd_off, h, mask=nd_mask)
-        delta, _ = _delta_act(raw + bias, SOFTPLUS)
+        delta, _ = delta_act(raw + bias, SOFTPLUS)
         h = tl.exp2(delta[None, :] * A2) * h + bt[:, None] * (delta * u)[None, :]
         if READOUT:
             y = tl.sum(h * ct[:, None], axis=0) + dskip * u

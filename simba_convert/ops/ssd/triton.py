@@ -1,7 +1,7 @@
 """Triton Mamba-2 SSD (state-space duality) chunked scan, forward and backward, through `torch.autograd.Function`.
 
 Shapes: x [B, L, H, P]; dt [B, L, H]; A, D, dt_bias [H] (A fp32, negative); B, C [B, L, G, N] with head h
-reading group h // (H // G); initial and final state [B, H, P, N] fp32. Contract: `ssd.ssd_scan_ref`.
+reading group h // (H // G); initial and final state [B, H, P, N] fp32. Contract: `ssd_scan_ref` (naive.py).
 Derivation of the forward and the backward: ops/README.md, "SSD scan (Mamba-2)".
 
 Forward, per sample, head and chunk of T = chunk_size steps (δ = step size, s = in-chunk cumsum of δ·A):
@@ -27,10 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ConfigError, ShapeError
-from . import _alloc
-from .backend import needs_grad
-from .selective_scan_triton import _delta_act
+from ...errors import ConfigError, ShapeError
+from .. import _alloc
+from .._triton_common import delta_act
+from ..backend import needs_grad
 
 _DOT: tl.constexpr = tl.constexpr("ieee")  # fp32 matmuls; tf32 would break the fp32 contract (~1e-3)
 
@@ -76,7 +76,7 @@ def _step(dt_ptr, bias_ptr, b, t, h, H, m, sdt_b, sdt_l, sdt_h, HAS_BIAS: tl.con
     raw = tl.load(dt_ptr + b * sdt_b + t[:, None] * sdt_l + h[None, :] * sdt_h, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + h, mask=h < H, other=0.0).to(tl.float32)[None, :]
-    delta, _ = _delta_act(raw, SOFTPLUS)
+    delta, _ = delta_act(raw, SOFTPLUS)
     return tl.where(m, delta, 0.0)
 
 
@@ -264,7 +264,7 @@ def _chunk_scan_bwd_kernel(
     raw = tl.load(dt_ptr + b * sdt_b + t * sdt_l + h * sdt_h, mask=tv, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + h).to(tl.float32)
-    delta, ddelta_draw = _delta_act(raw, SOFTPLUS)
+    delta, ddelta_draw = delta_act(raw, SOFTPLUS)
     delta = tl.where(tv, delta, 0.0)
     A = tl.load(a_ptr + h).to(tl.float32)
     cbase = ((b * H + h) * nc + c) * T
@@ -497,7 +497,7 @@ def _check(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size):
 
 def ssd_scan_triton(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus=False, initial_state=None,
                     return_final_state=False, chunk_size=64):
-    """Triton SSD chunked scan with the contract of `ssd.ssd_scan_ref`; differentiable in every tensor input,
+    """Triton SSD chunked scan with the contract of `ssd_scan_ref` (naive.py); differentiable in every tensor input,
     the final state included. Returns y [B, L, H, P] in x's dtype (and the final state [B, H, P, N] fp32)."""
     _check(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size)
     bsz, L, H, P = x.shape

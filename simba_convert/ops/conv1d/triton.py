@@ -1,4 +1,4 @@
-"""Fused Triton forward of the causal depthwise conv1d (contract: `conv1d.causal_conv1d_ref`), token-major.
+"""Fused Triton forward of the causal depthwise conv1d (contract: `causal_conv1d_ref`, naive.py), token-major.
 
 Shapes: x [B, L, D] with any strides (in the mixer, the first half of in_proj's output: strides
 (L·2D, 2D, 1)); weight [D, K]; bias [D]; initial_state [B, D, K-1]; out [B, L, D] contiguous, x's dtype.
@@ -13,7 +13,8 @@ Floor: read x once and write out once, 2·B·L·D·elem bytes (weight, bias and 
 O(B·D·K)). At the 1.4B shape B=4, L=2048, D=4096 in bf16 that is 134 MB, ≈ 0.033 ms at ~4.1 TB/s.
 Arithmetic is K FMAs (plus a SiLU) per element: memory-bound.
 
-Forward only: there is no backward; `conv1d.causal_conv1d` runs the reference when autograd needs gradients.
+Forward only: there is no backward; the dispatcher `causal_conv1d` runs the reference when autograd needs
+gradients.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
+from ...errors import ShapeError
+from .. import _alloc
+from .._triton_common import cast_rne
 
 
 @dataclass(frozen=True)
@@ -44,21 +46,6 @@ class LaunchConfig:
 
 def default_config() -> LaunchConfig:
     return LaunchConfig()
-
-
-@triton.jit
-def cast_rne(x, dtype: tl.constexpr):
-    """fp32 x in `dtype`, rounded to nearest even, as torch rounds.
-
-    For bf16 the rounding is done on the bits. The compiled cast (cvt.rn.bf16.f32) already rounds to nearest
-    even, but the interpreter (TRITON_INTERPRET=1, triton 3.9) truncates, and the tests compare bits on the
-    CPU; the few integer operations are free in these memory-bound kernels.
-    """
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit

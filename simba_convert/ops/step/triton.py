@@ -1,4 +1,4 @@
-"""Fused Triton kernels for one decoding step (contracts: `step.conv_step_ref`, `step.ssm_step_ref`).
+"""Fused Triton kernels for one decoding step (contracts: `conv_step_ref`, `ssm_step_ref`, naive.py).
 
 Shapes: x, u, dt, z [B, D] with any strides (in the mixer x and z are the halves of in_proj's [B, 2D]
 output, Bm and Cm split views of x_proj's [B, R+2N] output); conv_state [B, D, K-1]; weight [D, K];
@@ -13,24 +13,21 @@ Floor: the state read + write, B·D·N·8 bytes (plus O(B·D) vectors): 0.5 MB a
 0.12 µs at ~4.1 TB/s. Both kernels are therefore launch-bound (a few µs a launch); their worth is replacing
 ~30 launches by 2, not bandwidth.
 
-Forward only: `step.conv_step` / `step.ssm_step` run the references when autograd needs gradients.
+Forward only: the dispatchers `conv_step` / `ssm_step` run the references when autograd needs gradients.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
-from .conv1d_triton import cast_rne
-from .selective_scan_triton import _delta_act
-
-_LOG2E = math.log2(math.e)
+from ...errors import ShapeError
+from .. import _alloc
+from .._triton_common import LOG2E as _LOG2E  # named apart from the kernel's constexpr argument LOG2E
+from .._triton_common import cast_rne, delta_act
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ def _ssm_step_kernel(
     Bv = tl.load(B_ptr + b * s_Bb + n * s_Bn, mask=n_ok, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * s_Cb + n * s_Cn, mask=n_ok, other=0.0).to(tl.float32)
     h = tl.load(state_ptr + b * s_hb + d[:, None] * s_hd + n[None, :] * s_hn, mask=dn_ok, other=0.0)
-    delta, _ = _delta_act(dt + dt_bias, True)
+    delta, _ = delta_act(dt + dt_bias, True)
     dA = tl.exp2(delta[:, None] * (A * LOG2E))
     h = dA * h.to(tl.float32) + (delta * u)[:, None] * Bv[None, :]
     y = tl.sum(h * Cv[None, :], axis=1) + dskip * u

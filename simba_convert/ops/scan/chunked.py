@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .selective_scan import scan_inputs_fp32, scan_output
+from .naive import scan_inputs_fp32, scan_output
 
 CHUNK = 32  # fastest of 16/32/64 on a 2-core CPU at D = 64..768 (ops/README.md)
 

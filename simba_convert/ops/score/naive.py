@@ -1,4 +1,4 @@
-"""Simba's token impact score (SIMBA.md §3): readable fp32 reference and the dispatching entry point.
+"""Simba's token impact score (SIMBA.md §3): the readable fp32 reference `impact_score_ref`.
 
 Shapes: u, delta [B, L, D]; A [D, N]; B, C [B, L, N]; mask [B, L] bool (True = real token); y [B, L, d]
 (the layer output, for `output` only); delta_bias [D]; scores [B, L] fp32.
@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError, ShapeError
-from ..names import CRITERIA  # noqa: F401  (re-exported: the criteria this op implements)
-from .selective_scan import one_cpu_thread, step_size
+from ...errors import ShapeError
+from .._common import one_cpu_thread
+from .._score_common import (
+    baseline_score_ref, check_criterion, check_mask, finish, formed_delta, last_real_index, reverse_exclusive_cumsum,
+)
 
 # The reference never materialises more than this many fp32 [B, l, D, N] elements at once (512 MiB);
 # the chunk length l over the sequence is at most 256.
@@ -59,47 +61,7 @@ def _check_ssm_inputs(u, delta, A, B, C, mask):
             f"impact score shapes: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
             f"B {tuple(B.shape)}, C {tuple(C.shape)}; expected [B, L, D], [B, L, D], [D, N], [B, L, N], [B, L, N]"
         )
-    _check_mask(mask, bsz, L)
-
-
-def _check_mask(mask, bsz, L):
-    if mask is not None and (mask.shape != (bsz, L) or mask.dtype != torch.bool):
-        raise ShapeError(f"mask must be bool [B, L] = [{bsz}, {L}], got {mask.dtype} {tuple(mask.shape)}")
-
-
-def last_real_index(mask: torch.Tensor | None, bsz: int, L: int, device) -> torch.Tensor:
-    """T per sample [B] (int64): the last position whose mask is True (L-1 without a mask, 0 if none is)."""
-    if mask is None:
-        return torch.full((bsz,), L - 1, dtype=torch.long, device=device)
-    pos = torch.arange(L, device=device).expand(bsz, L)
-    return torch.where(mask, pos, 0).amax(dim=1) if L else torch.zeros(bsz, dtype=torch.long, device=device)
-
-
-def reverse_exclusive_cumsum(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """R_t = Σ_{k>t} x_k along `dim`, summed from the end so the terms nearest t are added first.
-
-    Taken as the inclusive reverse cumsum shifted by one (not inclusive minus x_t) so no cancellation occurs.
-    """
-    incl = x.flip(dim).cumsum(dim).flip(dim)
-    shifted = incl.narrow(dim, 1, x.shape[dim] - 1) if x.shape[dim] > 0 else incl
-    pad_shape = list(x.shape)
-    pad_shape[dim] = min(1, x.shape[dim])
-    return torch.cat([shifted, x.new_zeros(pad_shape)], dim=dim)
-
-
-def _check_delta_bias(delta_bias, d):
-    if delta_bias is not None and tuple(delta_bias.shape) != (d,):
-        raise ShapeError(f"delta_bias must be [D] = [{d}], got {tuple(delta_bias.shape)}")
-
-
-def _finish(scores: torch.Tensor, mask, out):
-    """Masked tokens score -inf; the result goes into `out` when given."""
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    if out is None:
-        return scores
-    out.copy_(scores)
-    return out
+    check_mask(mask, bsz, L)
 
 
 def _reduce_channels(dy: torch.Tensor, signed: bool) -> torch.Tensor:
@@ -160,25 +122,6 @@ def global_score_ref(u, delta, A, B, C, *, signed=False, mask=None) -> torch.Ten
     return scores
 
 
-def delta_score_ref(delta: torch.Tensor, *, mask=None, out=None) -> torch.Tensor:
-    """`delta`: ‖delta_t‖₂ over the D channels (DeciMamba). delta [B, L, D] -> [B, L] fp32 (masked: -inf)."""
-    _check_mask(mask, delta.shape[0], delta.shape[1])
-    return _finish(torch.linalg.vector_norm(delta.float(), dim=-1), mask, out)
-
-
-def output_score_ref(y: torch.Tensor, *, mask=None, out=None) -> torch.Tensor:
-    """`output`: Σ_channels max(y_t, 0) of the layer output y [B, L, d] -> [B, L] fp32 (masked: -inf)."""
-    _check_mask(mask, y.shape[0], y.shape[1])
-    return _finish(y.float().clamp_min(0).sum(dim=-1), mask, out)
-
-
-def random_score_ref(bsz: int, L: int, device, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`random`: uniform [0, 1) scores [B, L] fp32, drawn on the generator's device so a seed gives the same
-    scores on any device (the global RNG when `generator` is None)."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(bsz, L, generator=generator, device=gen_device).to(device)
-
-
 def impact_score_ref(
     u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None,
     generator: torch.Generator | None = None, y: torch.Tensor | None = None,
@@ -188,49 +131,10 @@ def impact_score_ref(
 
     Computes in fp32 whatever the input dtypes (fp32/bf16/fp16); `out` [B, L] fp32 receives the result if given.
     """
-    if delta is not None:
-        _check_delta_bias(delta_bias, delta.shape[-1])
-        if delta_bias is not None or delta_softplus:
-            delta = step_size(delta, delta_bias, delta_softplus)
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown impact-score criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if criterion == "output":
-        if y is None:
-            raise ShapeError("criterion 'output' needs the layer output: pass y=[B, L, d]")
-        return output_score_ref(y, mask=mask, out=out)
-    if criterion == "random":
-        ref = u if u is not None else y
-        if ref is None:
-            raise ShapeError("criterion 'random' needs u or y to know [B, L]")
-        _check_mask(mask, ref.shape[0], ref.shape[1])
-        return _finish(random_score_ref(ref.shape[0], ref.shape[1], ref.device, generator=generator), mask, out)
-    if criterion == "delta":
-        return delta_score_ref(delta, mask=mask, out=out)
+    delta = formed_delta(delta, delta_bias, delta_softplus)
+    check_criterion(criterion)
+    if criterion not in ("last", "global"):
+        return baseline_score_ref(criterion, u, delta, mask=mask, out=out, generator=generator, y=y)
     _check_ssm_inputs(u, delta, A, B, C, mask)
     fn = last_score_ref if criterion == "last" else global_score_ref
-    return _finish(fn(u, delta, A, B, C, signed=signed, mask=mask), mask, out)
-
-
-def impact_score(
-    u, delta, A, B, C, *, criterion: str = "last", signed: bool = False, mask=None, out=None,
-    generator: torch.Generator | None = None, y: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False, backend: str = "auto",
-) -> torch.Tensor:
-    """Same contract as `impact_score_ref`; `backend` is auto | triton | reference (see ops.backend).
-
-    Only `last` and `global` have kernels; `delta`, `output` and `random` are single PyTorch ops on any device.
-    """
-    kw = dict(criterion=criterion, signed=signed, mask=mask, out=out, generator=generator, y=y,
-              delta_bias=delta_bias, delta_softplus=delta_softplus)
-    if criterion not in ("last", "global"):
-        return impact_score_ref(u, delta, A, B, C, **kw)
-    from . import backend as _backend
-
-    _check_ssm_inputs(u, delta, A, B, C, mask)
-    _check_delta_bias(delta_bias, u.shape[-1])
-    if _backend.resolve("impact_score", backend, u.device) == "triton":
-        from .impact_score_triton import impact_score_triton
-
-        return impact_score_triton(u, delta, A, B, C, criterion=criterion, signed=signed, mask=mask, out=out,
-                                   delta_bias=delta_bias, delta_softplus=delta_softplus)
-    return impact_score_ref(u, delta, A, B, C, **kw)
+    return finish(fn(u, delta, A, B, C, signed=signed, mask=mask), mask, out)

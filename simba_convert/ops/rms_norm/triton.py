@@ -1,5 +1,5 @@
-"""Fused Triton forwards of the residual add + RMSNorm (contract: `rms_norm.add_rms_norm_ref`) and of Mamba-2's
-gated RMSNorm (contract: `rms_norm.gated_rms_norm_ref`; below).
+"""Fused Triton forwards of the residual add + RMSNorm (contract: `add_rms_norm_ref`, naive.py) and of Mamba-2's
+gated RMSNorm (contract: `gated_rms_norm_ref`, naive.py; below).
 
 Shapes: hidden, residual [..., d] (each row contiguous along d; other strides are taken as they are);
 weight [d]; normed [..., d] in weight's dtype; new residual [..., d] in fp32 (residual_in_fp32) or in
@@ -9,7 +9,7 @@ One program per row holds the whole row in registers (BLOCK = next_power_of_2(d)
 and residual once, forms the residual sum with the reference's roundings, reduces Σx² over the row, and
 writes normed and the new residual. Floor: those reads and writes once, rows·d·(2 + 4 + 2 + 4) bytes for
 bf16 hidden and fp32 residual in, bf16 normed and fp32 residual out (1.4B at B=4, L=2048: 8192 rows of
-d = 2048, 201 MB, ≈ 0.049 ms at ~4.1 TB/s). Forward only: `rms_norm.add_rms_norm` runs the reference when
+d = 2048, 201 MB, ≈ 0.049 ms at ~4.1 TB/s). Forward only: the dispatcher `add_rms_norm` runs the reference when
 autograd needs gradients.
 """
 
@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ShapeError
-from . import _alloc
-from .conv1d_triton import cast_rne
+from ...errors import ShapeError
+from .. import _alloc
+from .._triton_common import cast_rne
 
 MAX_D = 16384  # widest row held in one block (64 fp32 registers a thread at 8 warps)
 
