@@ -82,7 +82,7 @@ def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
     return rows
 
 
-def ssd_rows(cfg, bsz, L, dev, bw) -> list[dict]:
+def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
     """One layer's SSD scan at B×L: ours by chunk length against mamba_ssm's, with the memory floor."""
     from triton.testing import do_bench_cudagraph
 
@@ -99,6 +99,14 @@ def ssd_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     floor = (x.numel() * 2 + dt.numel() + B.numel() + C.numel()) * 2 / bw * 1e3
     runs = [(f"ours chunk {T}", lambda T=T: ssd_scan_triton(x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True,
                                                              chunk_size=T)) for T in (32, 64, 128)]
+    if sweep:
+        from simba_convert.ops.ssd.triton import LaunchConfig, ssd_forward
+
+        for T, bp, w in ((64, 32, 4), (64, 64, 8), (64, 32, 8), (128, 32, 4), (128, 32, 8), (128, 64, 8),
+                         (128, 16, 4), (256, 32, 8)):
+            cfg_ = LaunchConfig(block_p=bp, num_warps=w)
+            runs.append((f"ours chunk {T} block_p {bp} warps {w}", lambda T=T, c=cfg_: ssd_forward(
+                x, dt, A, B, C, D, bias, True, None, False, T, c)[0]))
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
@@ -143,6 +151,7 @@ def main():
     ap.add_argument("--profile", default="", help="BxL cases to profile by stage (graph replay)")
     ap.add_argument("--profile-backend", default="auto")
     ap.add_argument("--ssd", default="", help="BxL cases for the SSD kernel table")
+    ap.add_argument("--ssd-sweep", action="store_true", help="also time launch configs of our SSD forward")
     ap.add_argument("--skip-models", action="store_true", help="only the profile")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script runs")
     ap.add_argument("--out", default=None, help="JSON path; a .md table is written beside it")
@@ -169,7 +178,7 @@ def main():
         bw = bvm.copy_bandwidth(dev)
         meta["copy_bandwidth_TBps"] = bw / 1e12
         for bsz, L in parse(args.ssd):
-            srows += ssd_rows(cfg, bsz, L, dev, bw)
+            srows += ssd_rows(cfg, bsz, L, dev, bw, args.ssd_sweep)
     if not args.skip_models:
         for bsz, L in cases:
             rows += bvm.model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, dev.type == "cuda",
