@@ -102,11 +102,12 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
     if sweep:
         from simba_convert.ops.ssd.triton import LaunchConfig, ssd_forward
 
-        for T, bp, w in ((64, 32, 4), (64, 64, 8), (64, 32, 8), (128, 32, 4), (128, 32, 8), (128, 64, 8),
-                         (128, 16, 4), (256, 32, 8)):
+        for T, bp, w, exact in ((64, 64, 4, True), (64, 32, 4, False), (64, 64, 8, False), (64, 32, 8, False),
+                                (128, 32, 4, False), (128, 32, 8, False), (128, 64, 8, False), (128, 16, 4, False)):
             cfg_ = LaunchConfig(block_p=bp, num_warps=w)
-            runs.append((f"ours chunk {T} block_p {bp} warps {w}", lambda T=T, c=cfg_: ssd_forward(
-                x, dt, A, B, C, D, bias, True, None, False, T, c)[0]))
+            name = f"ours chunk {T} block_p {bp} warps {w}" + (" fp32 dots (as under autograd)" if exact else "")
+            runs.append((name, lambda T=T, c=cfg_, e=exact: ssd_forward(
+                x, dt, A, B, C, D, bias, True, None, False, T, c, exact=e)[0]))
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 

@@ -35,11 +35,12 @@ from ..backend import needs_grad
 _DOT: tl.constexpr = tl.constexpr("ieee")  # fp32 matmuls; tf32 would break the fp32 contract (~1e-3)
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """The forward's matmul precision: exact fp32 ("ieee", CUDA cores) for fp32 inputs, as the contract asks; tf32
-    tensor cores for bf16 / fp16 inputs, whose 8 / 11-bit mantissas tf32's 11 bits hold exactly (only the fp32
-    decay weights and the sums round, at ~5e-4 relative, far inside those dtypes' own error)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def dot_precision(dtype: torch.dtype, exact: bool) -> str:
+    """The forward's matmul precision: exact fp32 ("ieee", CUDA cores) for fp32 inputs, as the contract asks, and
+    whenever a backward will follow (its gradients, fp32 for A, D and dt_bias, are held to the fp32 contract); for
+    inference on bf16 / fp16 inputs, tf32 tensor cores, whose 11-bit mantissa holds those inputs exactly (only the
+    fp32 decay weights, the states and the sums round, at ~5e-4 relative, inside those dtypes' own error)."""
+    return "ieee" if exact or dtype == torch.float32 else "tf32"
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,7 @@ def _chunk_tensors(dt, A, dt_bias, dt_softplus, H, nc, T):
     return delta, cum, to_end
 
 
-def _chunk_outer(X, Y, delta, cum, to_end, hpg, state: bool, cfg: LaunchConfig):
+def _chunk_outer(X, Y, delta, cum, to_end, hpg, state: bool, cfg: LaunchConfig, exact: bool = True):
     bsz, L, H, P = X.shape
     N = Y.shape[-1]
     nc, T = cum.shape[2], cum.shape[3]
@@ -351,14 +352,14 @@ def _chunk_outer(X, Y, delta, cum, to_end, hpg, state: bool, cfg: LaunchConfig):
     BP = min(_p2(P), cfg.block_p)
     _chunk_outer_kernel[(nc, bsz * H, triton.cdiv(P, BP))](
         X, Y, delta, cum, to_end, out, L, H, P, N, nc, hpg, *X.stride(), *Y.stride(),
-        STATE=state, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(X.dtype) if state else "ieee",
+        STATE=state, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(X.dtype, exact),
         num_warps=cfg.num_warps,
     )
     return out
 
 
 def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_final_state, chunk_size,
-                config: LaunchConfig | None = None):
+                config: LaunchConfig | None = None, exact: bool = True):
     """Launch the forward kernels. Returns y [B, L, H, P] (x's dtype), final state [B, H, P, N] or None,
     and what the backward needs: `chunk` = (delta, cum, to_end), each [B, H, nc, T] (δ, s_t = Σ_{k≤t} a_k and
     Σ_{k>t} a_k inside the chunk), and the states entering each chunk [B, nc, H, P, N]."""
@@ -371,7 +372,7 @@ def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_f
     f32 = dict(device=x.device, dtype=torch.float32)
     chunk = _chunk_tensors(dt, A, dt_bias, dt_softplus, H, nc, T)
     delta, cum, _ = chunk
-    states = _chunk_outer(x, B, *chunk, hpg, True, cfg)
+    states = _chunk_outer(x, B, *chunk, hpg, True, cfg, exact)
     hin = _alloc.empty(bsz, nc, H, P, N, **f32)
     final = _alloc.empty(bsz, H, P, N, **f32) if return_final_state else None
     h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -386,7 +387,7 @@ def ssd_forward(x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_f
     _chunk_scan_fwd_kernel[(nc, bsz * H, triton.cdiv(P, BP))](
         x, B, C, A, delta, cum, hin, D if D is not None else A, y, L, H, P, N, nc, hpg,
         *x.stride(), *B.stride(), *C.stride(), *y.stride(),
-        HAS_D=D is not None, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(x.dtype), num_warps=cfg.num_warps,
+        HAS_D=D is not None, T=T, BP=BP, BN=_p2(N), DOT=dot_precision(x.dtype, exact), num_warps=cfg.num_warps,
     )
     return y, final, chunk, hin
 
@@ -445,7 +446,7 @@ class SsdScanFn(torch.autograd.Function):
         ctx.a_dtype = A.dtype
         A = A.float().contiguous()
         y, final, chunk, hin = ssd_forward(
-            x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_final_state, chunk_size
+            x, dt, A, B, C, D, dt_bias, dt_softplus, initial_state, return_final_state, chunk_size, exact=save
         )
         if save:
             ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, *chunk, hin)
