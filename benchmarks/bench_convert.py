@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import environment
 
 from simba_convert.io.checkpoint import save_checkpoint
 from simba_convert.model.config import MambaConfig
@@ -57,8 +58,7 @@ def main():
                   device=dev, dtype=dtype, force=True, progress=False)
     total = time.perf_counter() - t1
     result = {
-        "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-        "torch": torch.__version__, "config": cfg.to_dict(), "samples": samples, "seq_len": seq_len, "dtype": dtype,
+        **environment(dev), "config": cfg.to_dict(), "samples": samples, "seq_len": seq_len, "dtype": dtype,
         "checkpoint_write_s": make_s, "convert_total_s": total, "timings": rep["timings"],
         "achieved_flops_ratio": rep["simba"]["achieved_flops_ratio"], "evaluations": rep["calibration"]["evaluations"],
         "kl": {k: rep["calibration"][k]["kl"] for k in ("best", "linear", "uniform")},

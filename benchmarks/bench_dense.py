@@ -17,16 +17,14 @@ depend on them); the logits of each implementation are compared with transformer
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import elapsed_ms, environment, loadavg, rel_rms
 
 from simba_convert.io.layout import canonical_name
 from simba_convert.model.config import MambaConfig
@@ -64,25 +62,6 @@ def build_pair(shape: str, device: str, dtype: torch.dtype):
     if cfg.tie_embeddings:
         ours.lm_head.weight = ours.backbone.embedding.weight
     return hf, ours.eval()
-
-
-def time_once(fn, device: str) -> float:
-    """Milliseconds of one call (CUDA events on the GPU)."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
 
 
 def run_case(shape, bsz, seq_len, device, dtype, backends, warmup, repeats) -> list[dict]:
@@ -123,7 +102,7 @@ def run_case(shape, bsz, seq_len, device, dtype, backends, warmup, repeats) -> l
             repeats = min(repeats, 3)
         for _ in range(repeats):
             for row, fn in fns:
-                row["runs_ms"].append(time_once(fn, device))
+                row["runs_ms"].append(elapsed_ms(fn, device))
     for row, _ in fns:
         med = statistics.median(row["runs_ms"])
         row.update(median_ms=med, min_ms=min(row["runs_ms"]), tokens_per_s=bsz * seq_len / (med * 1e-3))
@@ -136,7 +115,7 @@ def run_case(shape, bsz, seq_len, device, dtype, backends, warmup, repeats) -> l
 
 
 def markdown(results: dict) -> str:
-    head = (f"Dense forward, {results['device_name']}, torch {results['torch']}, transformers "
+    head = (f"Dense forward, {results['device']}, torch {results['torch']}, transformers "
             f"{results['transformers']}, {results['date']}\n\n`{results['command']}`\n\n")
     lines = ["| shape | B×L | dtype | impl | backend | median ms | min ms | tokens/s | × transformers | rel RMS vs transformers |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,29 +160,15 @@ def main(argv=None):
     # auto = Triton on CUDA, reference elsewhere: on the CPU both name the same path, so time it once
     backends = ["auto", "reference"] if device == "cuda" else ["reference"]
 
-    import transformers
-
     results = {
         "benchmark": "bench_dense",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name if argv is None else "bench_dense.py", *(sys.argv[1:] if argv is None else argv)]),
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine()),
+        **environment(device, None if argv is None else ["benchmarks/bench_dense.py", *argv]),
         "cpu_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # CPU runs: was the box quiet?
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "loadavg": loadavg(),  # CPU runs: was the box quiet?
         "warmup": warmup,
         "repeats": repeats,
         "rows": [],
     }
-    try:
-        import triton
-
-        results["triton"] = triton.__version__
-    except ImportError:
-        results["triton"] = None
     for shape, bsz, seq_len in cases:
         results["rows"] += run_case(shape, bsz, seq_len, device, dtype, backends, warmup, repeats)
         if device == "cuda":  # the models of the case are gone with run_case's frame

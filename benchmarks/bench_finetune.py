@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -246,17 +246,8 @@ def main(argv=None) -> int:
         tasks = load_tasks(args.tasks, args.max_examples)
         t0 = time.perf_counter()
         models = [bench_model(m, args, tasks, dev) for m in args.model]
-        meta = {
-            "device": torch.cuda.get_device_name() if dev == "cuda" else f"cpu ({platform.processor() or 'unknown'})",
-            "torch": torch.__version__, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(sys.argv), "total_s": time.perf_counter() - t0,
-        }
-        try:
-            import triton
-
-            meta["triton"] = triton.__version__
-        except ImportError:
-            pass
+        meta = {**environment(dev, None if argv is None else ["benchmarks/bench_finetune.py", *argv]),
+                "total_s": time.perf_counter() - t0}
         res = {"meta": meta, "args": vars(args), "models": models}
     md = table(res)
     print(md)

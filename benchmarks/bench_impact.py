@@ -12,19 +12,16 @@ config and with every config of a small sweep, each checked against the referenc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 if "--smoke" in sys.argv:  # triton decides interpreter vs compiler when it is first imported
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from common import bench_ms, copy_bandwidth, environment, median_ms  # noqa: E402
 
 from simba_convert.ops.score import naive as isc  # noqa: E402
 from simba_convert.ops.score.triton import default_config, impact_score_triton  # noqa: E402
@@ -55,30 +52,11 @@ def sweep_configs(criterion: str, smoke: bool, quick: bool = False) -> list[dict
 
 
 def timer(device: str, smoke: bool):
-    """fn -> median milliseconds. On CUDA triton's do_bench (flushes L2 between runs)."""
+    """fn -> median milliseconds. On CUDA triton's do_bench (flushes L2 between runs); on the CPU one warm-up
+    call, then the median of 5 (smoke: 1)."""
     if device == "cuda":
-        from triton.testing import do_bench
-
-        return lambda fn: float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-    def cpu_time(fn, reps=1 if smoke else 5):
-        fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-
-    return cpu_time
-
-
-def copy_bandwidth(device: str, ms) -> float:
-    """Bytes per second of a device-to-device copy (read + write counted), the achievable bandwidth."""
-    n = (1 << 28) if device == "cuda" else (1 << 22)
-    src = torch.empty(n, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / (ms(lambda: dst.copy_(src)) * 1e-3)
+        return lambda fn: bench_ms(fn, warmup=25, rep=100)
+    return lambda fn: median_ms(fn, device, reps=1 if smoke else 5, warmup=1)
 
 
 def make_inputs(bsz, L, D, N, device):
@@ -217,17 +195,14 @@ def main():
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA device (use --smoke for the CPU check)")
     ms = timer(device, args.smoke)
-    bw = copy_bandwidth(device, ms)
+    bw = copy_bandwidth(device, 2 * ((1 << 28) if device == "cuda" else (1 << 22)), ms)  # bf16 elements
     rows = []
     for name, shape in (SMOKE_SHAPES if args.smoke else SHAPES).items():
         for criterion in ("last", "global"):
             rows.append(bench_case(name, shape, criterion, device, ms, bw, args.smoke, args.quick))
             print(f"{name} {criterion}: done", file=sys.stderr, flush=True)
     result = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        versions=dict(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__),
-        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        **environment(device),
         smoke=args.smoke,
         copy_bandwidth_Bps=bw,
         sfu_rate_per_s=SFU_RATE,

@@ -39,6 +39,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import loadavg as _loadavg, wall_ms as timed  # noqa: E402  the shared helper (this folder is on sys.path)
 
 from simba_convert.model.config import MambaConfig  # noqa: E402
 from simba_convert.model.mamba import MambaLM  # noqa: E402
@@ -70,16 +71,6 @@ def build_model(name: str, device: str, dtype: torch.dtype):
         for layer in model.backbone.layers:
             layer.mixer.dt_proj.bias.uniform_(-4.6, -2.3)
     return model.to(device=device, dtype=dtype).eval(), f"random weights of {name}'s shape ({why})"
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) * 1e3
 
 
 def make_session(path, library, providers, threads):
@@ -135,14 +126,6 @@ CATEGORIES = {  # ORT op type -> where its time goes (the profile's groups)
 
 def category(op: str) -> str:
     return next((c for c, ops in CATEGORIES.items() if op in ops), "other (elementwise, shapes)")
-
-
-def _loadavg() -> list[float] | None:
-    """The machine's 1/5/15-minute load (other processes share the CPU: timings move with it)."""
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
 
 
 def git_commit() -> str | None:

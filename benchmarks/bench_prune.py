@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from common import environment, timeit
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
@@ -27,30 +26,6 @@ from simba_convert.pruning import schedules
 from simba_convert.pruning.flops import flops_report
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
-
-
-def timeit(fn, device, warmup=2, reps=5) -> tuple[float, float]:
-    """(median ms per call, median host ms to enqueue a call); on the CPU both are the wall time."""
-    for _ in range(warmup):
-        fn()
-    times, host = [], []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-            host.append(times[-1])
-    return statistics.median(times), statistics.median(host)
 
 
 def graph_ms(model, bsz, L, P, ids, device) -> float | None:
@@ -108,8 +83,7 @@ def main():
             rows.append({"B": bsz, "L": L, "budget": budget, "flops_ratio": fr, "ms": ms, "host_ms": host,
                          "graph_ms": g, "speedup": dense_ms / ms, "graph_speedup": dense_graph / g if g else None,
                          "ideal": 1 / fr, "variant": "pruned-linear"})
-    meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-            "dtype": str(dtype), "config": cfg.to_dict(), "protect": P, "date": time.strftime("%Y-%m-%d")}
+    meta = {**environment(dev), "dtype": str(dtype), "config": cfg.to_dict(), "protect": P}
     print("| B | L | budget | FLOPs ratio | eager ms | host ms | speed-up | graph ms | graph speed-up | ideal |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
-import time
 
 SFU_EX2_PER_S = 132 * 16 * 1.98e9
 
@@ -37,6 +34,7 @@ if ARGS.smoke:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels pick the interpreter at definition
 
 import torch  # noqa: E402
+from common import copy_bandwidth as _copy_bandwidth, environment, median_ms, rel_rms  # noqa: E402
 
 from simba_convert.model.config import MambaConfig  # noqa: E402
 from simba_convert.model.mamba import MambaLM  # noqa: E402
@@ -51,30 +49,12 @@ def timed(fn, iters, warmup=2):
     """Median milliseconds of fn() (CUDA events on the GPU, perf_counter on the CPU)."""
     if ARGS.smoke:  # the interpreter compiles nothing: one untimed-warm-up-free run checks the code path
         iters, warmup = 1, 0
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        if DEV == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            out.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(out)
+    return median_ms(fn, DEV, reps=iters, warmup=warmup)
 
 
 def copy_bandwidth(nbytes):
     """Device-to-device copy rate in bytes/s (read + write counted)."""
-    src = torch.empty(nbytes // 4, device=DEV, dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    ms = timed(lambda: dst.copy_(src), ARGS.iters)
-    return 2 * nbytes / (ms * 1e-3)
+    return _copy_bandwidth(DEV, nbytes, lambda fn: timed(fn, ARGS.iters), torch.float32)
 
 
 def scan_inputs(bsz, L, d, N, dtype, requires_grad=False):
@@ -111,10 +91,6 @@ def scan_floor(bsz, L, d, N, elt, bw):
 
 def seq_agreement(ins, seq_cfg):
     """Relative RMS differences, seq forward vs chunk forward, of y and of the checkpoints the backward reads."""
-    def rel_rms(a, b):
-        a, b = a.double(), b.double()
-        return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
-
     y0, _, chk0 = sst.scan_forward(*ins, True, None, False, True, config=sst.LaunchConfig(fwd_kind="chunk"))
     y1, _, chk1 = sst.scan_forward(*ins, True, None, False, True, config=seq_cfg)
     return {"seq_vs_chunk_y_rel_rms": rel_rms(y1, y0), "seq_vs_chunk_checkpoints_rel_rms": rel_rms(chk1, chk0)}
@@ -218,12 +194,8 @@ def bench_training(cfg, bsz, L, iters):
 def main():
     LC = sst.LaunchConfig
     meta = {
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
-        "python": sys.version.split()[0],
-        "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu (TRITON_INTERPRET=1)",
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
+        **environment(DEV),
+        "triton_interpret": bool(ARGS.smoke),
         "sfu_ex2_per_s_assumed": SFU_EX2_PER_S,
         "chunk": sst.CHUNK,
     }

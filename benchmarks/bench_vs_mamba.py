@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
-from bench_prune import timeit  # the benchmarks' shared timer (this script's folder is on sys.path)
+from common import commit, copy_bandwidth, rel_rms, timeit, versions  # the shared helper (this folder is on sys.path)
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
@@ -38,22 +36,6 @@ from simba_convert.pruning.spec import PruningSpec
 
 P = 64
 SFU_EXP2_PER_S = 132 * 16 * 1.98e9
-
-
-def commit() -> str | None:
-    """SIMBA_BENCH_COMMIT if set (a copied tree's git metadata can be stale), else `git describe --always --dirty`."""
-    if os.environ.get("SIMBA_BENCH_COMMIT"):
-        return os.environ["SIMBA_BENCH_COMMIT"]
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except Exception:
-        return None
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
 
 
 def time_ms(fn, reps: int, warmup: int = 1) -> tuple[float, float]:
@@ -206,16 +188,6 @@ def generation_rows(cfg, ours, impls, bsz, L, budgets, backends, new: int, dev) 
     return rows
 
 
-def copy_bandwidth(dev) -> float:
-    """Bytes per second of a large device copy, counting bytes read and written."""
-    from triton.testing import do_bench
-
-    x = torch.empty(2 * 2**30 // 2, dtype=torch.bfloat16, device=dev)
-    y = torch.empty_like(x)
-    ms = do_bench(lambda: y.copy_(x), return_mode="median")
-    return 2 * x.numel() * 2 / (ms * 1e-3)
-
-
 def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     """One layer's kernels at the 1.4B layer shape: ours against mamba_ssm / causal_conv1d and the floor.
 
@@ -341,18 +313,6 @@ def markdown(meta, rows, krows, grows) -> str:
             out.append(f"| {r['B']}×{r['L']} | {r['impl']} | {r['backend']} | {f(r.get('ttft_ms'))} | "
                        f"{f(r.get('decode_tok_s'), '{:.0f}')} | {r.get('error', '')}")
     return "\n".join(out)
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    v = {}
-    for pkg in ("triton", "mamba_ssm", "causal_conv1d", "transformers"):
-        try:
-            v[pkg] = md.version(pkg.replace("_", "-"))
-        except md.PackageNotFoundError:
-            v[pkg] = None
-    return v
 
 
 @torch.no_grad()

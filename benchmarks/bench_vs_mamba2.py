@@ -26,6 +26,7 @@ from pathlib import Path
 
 import bench_vs_mamba as bvm
 import torch
+from common import commit, copy_bandwidth, rel_rms, versions  # the shared helper (this folder is on sys.path)
 
 from simba_convert.arch.mamba2.config import Mamba2Config
 from simba_convert.arch.mamba2.model import Mamba2LM
@@ -122,7 +123,7 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
         try:
             out = fn().float()
             ref = out if ref is None else ref
-            row["rel_rms_vs_ours_32"] = bvm.rel_rms(out, ref)
+            row["rel_rms_vs_ours_32"] = rel_rms(out, ref)
             row["ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -169,14 +170,14 @@ def main():
     budgets = [float(b) for b in ("0.8,0.6" if args.smoke else args.budgets).split(",")]
     meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev.type == "cuda" else
                 platform.processor() or "cpu", torch=torch.__version__, dtype=str(dtype), protect=bvm.P,
-                config=cfg.to_dict(), commit=bvm.commit(), command="benchmarks/bench_vs_mamba2.py " + " ".join(
-                    a for a in sys.argv[1:] if not a.startswith("/")), **bvm.versions())
+                config=cfg.to_dict(), commit=commit(), command="benchmarks/bench_vs_mamba2.py " + " ".join(
+                    a for a in sys.argv[1:] if not a.startswith("/")), **versions())
     ours, impls = build_models(cfg, dev, dtype)
     if args.smoke:
         impls = {}
     rows, prows, srows = [], [], []
     if dev.type == "cuda" and args.ssd:
-        bw = bvm.copy_bandwidth(dev)
+        bw = copy_bandwidth(dev)
         meta["copy_bandwidth_TBps"] = bw / 1e12
         for bsz, L in parse(args.ssd):
             srows += ssd_rows(cfg, bsz, L, dev, bw, args.ssd_sweep)

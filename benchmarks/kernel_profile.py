@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import commit, versions  # the shared helper (this folder is on sys.path)
 
 # (stage, substrings of the kernel name), first match wins; kernel names of ours, mamba_ssm's, cuBLAS and torch's.
 STAGES = (
@@ -130,7 +131,7 @@ def main():
             print(f"  {ms:8.3f} {n:6.0f}  {k[:110]}")
     if args.out:
         meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name(), torch=torch.__version__,
-                    commit=bvm.commit(), backend=args.backend, **bvm.versions())
+                    commit=commit(), backend=args.backend, **versions())
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         Path(args.out).with_suffix(".md").write_text(md + "\n")
 

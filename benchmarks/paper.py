@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import environment, timeit
 
 import simba_convert
 from simba_convert.calibrate import data as cdata
@@ -111,8 +112,7 @@ def fmt(x, nd=2):
 def run(args):
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     b = Bench(args, dev)
-    R = {"meta": {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-                  "date": time.strftime("%Y-%m-%d"), "L": L, "P": P, "dtype": args.dtype, "argv": sys.argv[1:]}}
+    R = {"meta": {**environment(dev), "L": L, "P": P, "dtype": args.dtype}}
     fs, fl = dense_flops(b.small.config, L, P), dense_flops(b.large.config, L, P)
     equal = fs / fl
     log("A dense")
@@ -162,16 +162,14 @@ def run(args):
 
 @torch.no_grad()
 def speed(b, args):
-    from bench_prune import timeit
-
     bsz, n = (4, 256) if args.smoke else (16, 2048)
     ids = torch.randint(0, b.large.config.vocab_size, (bsz, n), device=b.dev)
-    dense_ms = timeit(lambda: b.large(ids, num_last=P), b.dev)
+    dense_ms = timeit(lambda: b.large(ids, num_last=P), b.dev)[0]
     rows = [{"budget": 1.0, "ms": dense_ms, "tokens_per_s": bsz * n / dense_ms * 1e3, "speedup": 1.0}]
     for budget in (0.8, 0.6, 0.4):
         r = schedules.schedule_for_budget("linear", b.large.config, budget, n, P)
         pm = b.pruned(b.large, r)
-        ms = timeit(lambda: pm(ids, num_last=P), b.dev)
+        ms = timeit(lambda: pm(ids, num_last=P), b.dev)[0]
         rows.append({"budget": budget, "ms": ms, "tokens_per_s": bsz * n / ms * 1e3, "speedup": dense_ms / ms,
                      "flops_ratio": flops_report(b.large.config, r, n, P).ratio})
     return {"B": bsz, "L": n, "rows": rows}
@@ -279,5 +277,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from tables_render import regions as other_regions  # the other sections' tables (this folder is on sys.path)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "BENCHMARKS.md"
@@ -116,6 +118,7 @@ def regions() -> dict[str, str]:
         "vs_mamba_kernels": vs_mamba_kernels(runs),
         "vs_mamba_generation": vs_mamba_generation(runs),
         "stage_profile": stage_profile(),
+        **other_regions(),
     }
 
 

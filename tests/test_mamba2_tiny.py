@@ -1,7 +1,8 @@
 """The bundled `mamba2-tiny`: found by its short name offline, a trained (not random) Mamba-2 model on the bundled
 calibration text, the 8192-token tokenizer of `mamba-tiny`, within the 16 MB budget, and converted end to end by
-the command line. And the recipe that trained it (benchmarks/train.py --arch mamba2): a tiny run learns and writes
-a loadable mamba_ssm-layout checkpoint, and a run stopped and resumed ends bit for bit where an uninterrupted one does.
+the command line. And the recipe that trained it (simba_convert.recipes.train --arch mamba2): a tiny run learns and
+writes a loadable mamba_ssm-layout checkpoint, and a run stopped and resumed ends bit for bit where an uninterrupted
+one does.
 
 The calibration text (calibration/default.txt) is excerpts from the middle of the training works, so its loss is
 in-distribution, not held out; the held-out numbers (the corpus' validation split) are in the model's
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,10 @@ from simba_convert.arch.mamba2 import Mamba2LM
 from simba_convert.cli.main import main
 from simba_convert.io.layout import inspect_checkpoint
 from simba_convert.io.resolve import bundled_root, resolve
+from simba_convert.model.init import init_mamba2_weights
 from simba_convert.pruning.model import PrunedMambaLM
+from simba_convert.recipes import tokenize_corpus, train
+from simba_convert.recipes import tokenizer as bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = ROOT / "calibration" / "default.txt"
@@ -119,21 +122,7 @@ TINY_TEXT = "the cat sat on the mat. the dog sat on the log. " * 200
 
 
 @pytest.fixture(scope="module")
-def train_mod():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import train
-
-        yield train
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, train_mod):
-    import tokenize_corpus
-    import tokenizer as bpe
-
+def tiny_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("m2data")
     tj = bpe.train_tokenizer([TINY_TEXT], 300)
     (d / "tokenizer.json").write_text(tj, encoding="utf-8")
@@ -143,18 +132,18 @@ def tiny_data(tmp_path_factory, train_mod):
     return d
 
 
-def _train(train_mod, data: Path, out: Path, *extra: str):
-    args = train_mod.parse_args([
+def _train(data: Path, out: Path, *extra: str):
+    args = train.parse_args([
         "--arch", "mamba2", "--smoke", "--quiet", "--out", str(out), "--tokens", str(data / "tokens"),
         "--tokenizer", str(data / "tokenizer.json"), "--d-model", "32", "--n-layer", "2", "--headdim", "16",
         "--d-state", "8", "--chunk-size", "8", "--seq-len", "24", "--steps", "24", "--log-every", "5",
         "--eval-every", "12", "--dtype-save", "float32", "--threads", "1", *extra,
     ])
-    return train_mod.run(args)
+    return train.run(args)
 
 
-def test_mamba2_recipe_learns_and_writes_a_loadable_checkpoint(train_mod, tiny_data, tmp_path):
-    model, summary = _train(train_mod, tiny_data, tmp_path / "a")
+def test_mamba2_recipe_learns_and_writes_a_loadable_checkpoint(tiny_data, tmp_path):
+    model, summary = _train(tiny_data, tmp_path / "a")
     losses = [e["loss"] for e in map(json.loads, (tmp_path / "a" / "train_log.jsonl").read_text().splitlines())
               if "loss" in e]
     assert losses[-1] < losses[0] - 1.0, losses  # a repeated text: the loss must drop clearly
@@ -169,28 +158,28 @@ def test_mamba2_recipe_learns_and_writes_a_loadable_checkpoint(train_mod, tiny_d
         assert torch.equal(loaded(x), model.eval()(x))
 
 
-def test_mamba2_recipe_init_follows_mamba_ssm(train_mod):
+def test_mamba2_recipe_init_follows_mamba_ssm():
     from simba_convert.arch.mamba2 import Mamba2Config
 
     cfg = Mamba2Config(d_model=64, n_layer=4, vocab_size=128, d_state=16, headdim=16)
-    m = train_mod.init_mamba2_weights(Mamba2LM(cfg), seed=3)
+    m = init_mamba2_weights(Mamba2LM(cfg), seed=3)
     mix = m.backbone.layers[0].mixer
     dt = torch.nn.functional.softplus(mix.dt_bias)
     assert dt.min() >= 1e-4 * 0.999 and dt.max() <= 0.1 * 1.001
     assert (-mix.A()).min() >= 1 and (-mix.A()).max() <= 16 and torch.equal(mix.D, torch.ones(cfg.nheads))
     assert mix.out_proj.weight.abs().max() <= 1 / math.sqrt(cfg.d_inner) / math.sqrt(cfg.n_layer)
     assert abs(m.backbone.embedding.weight.std().item() - 0.02) < 0.002 and m.lm_head.weight is m.backbone.embedding.weight
-    again = train_mod.init_mamba2_weights(Mamba2LM(cfg), seed=3)
+    again = init_mamba2_weights(Mamba2LM(cfg), seed=3)
     assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), again.state_dict().values()))
 
 
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one(train_mod, tiny_data, tmp_path):
-    _train(train_mod, tiny_data, tmp_path / "full")
-    _, stopped = _train(train_mod, tiny_data, tmp_path / "split", "--stop-at", "13")  # mid log interval
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp_path):
+    _train(tiny_data, tmp_path / "full")
+    _, stopped = _train(tiny_data, tmp_path / "split", "--stop-at", "13")  # mid log interval
     assert stopped["stopped_early"] and stopped["steps"] == 13 and (tmp_path / ".split.resume.pt").is_file()
     with pytest.raises(SystemExit, match="lr was 0.01"):  # the optimiser may not change under a resume
-        _train(train_mod, tiny_data, tmp_path / "split", "--resume", "--force", "--lr", "0.02")
-    _, resumed = _train(train_mod, tiny_data, tmp_path / "split", "--resume", "--force")
+        _train(tiny_data, tmp_path / "split", "--resume", "--force", "--lr", "0.02")
+    _, resumed = _train(tiny_data, tmp_path / "split", "--resume", "--force")
     full = tmp_path / "full"
     split = tmp_path / "split"
     assert (split / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()

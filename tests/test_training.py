@@ -1,4 +1,4 @@
-"""The data, tokenizer and training scripts of benchmarks/: split rule, readers, determinism, checkpoints."""
+"""The data, tokenizer and training recipe (simba_convert/recipes/): split rule, readers, determinism, checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -14,15 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import corpus  # noqa: E402
-import corpus_rdata  # noqa: E402
-import corpus_sources  # noqa: E402
-import tokenize_corpus  # noqa: E402
-import tokenizer as bpe  # noqa: E402
-import train  # noqa: E402
+from simba_convert.recipes import corpus, corpus_rdata, corpus_sources, family, tokenize_corpus, train
+from simba_convert.recipes import tokenizer as bpe
 
 TINY_TEXT = "the cat sat on the mat. the dog sat on the log. " * 200
 
@@ -184,8 +176,6 @@ def test_training_init_follows_mamba_ssm():
 def test_family_pack_splits_and_reassembles(tmp_path, monkeypatch):
     import io
     import tarfile
-
-    import family
 
     src = tmp_path / "mamba-tiny"
     src.mkdir()

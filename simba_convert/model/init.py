@@ -1,4 +1,4 @@
-"""The training initialisation of a Mamba-1 LM, as mamba_ssm does it (a seeded, device-independent draw).
+"""The training initialisation of a Mamba-1 or Mamba-2 LM, as mamba_ssm does it (a seeded, device-independent draw).
 
 `MambaLM(cfg)` leaves PyTorch's default layer initialisation in place (plus A_log = log(1..N) and
 D = 1): fine for a model whose weights are about to be loaded, but not the recipe Mamba models are
@@ -17,6 +17,11 @@ initialisation (`Mamba.__init__` plus `MambaLMHeadModel`'s `_init_weights` with
 | other Linear biases | 0 |
 | embedding | N(0, 0.02²) |
 | norms | weight 1, bias 0 |
+
+`init_mamba2_weights(model, seed)` does the same for a `Mamba2LM` from mamba_ssm's `Mamba2.__init__`: the
+same embedding, in_proj, conv1d, out_proj and norms; per head dt_bias = softplus⁻¹(dt) as above, A_log =
+log(U[1, 16]) and D = 1; the gated norm's weight 1. Both run one skeleton (`_init_lm`) and differ only in the
+mixer's SSM parameters.
 
 Draws come from one CPU `torch.Generator` seeded with `seed`, parameter by parameter in a fixed
 order, and are then copied to each parameter's device and dtype: the same seed gives the same model
@@ -51,6 +56,17 @@ def _set(param: torch.Tensor, value: torch.Tensor) -> None:
 
 def init_mamba_weights(model, seed: int):
     """Re-initialise a dense `MambaLM` in place with mamba_ssm's training init; returns the model."""
+    return _init_lm(model, seed, _mamba1_ssm)
+
+
+def init_mamba2_weights(model, seed: int):
+    """Re-initialise a dense `Mamba2LM` in place with mamba_ssm's Mamba2 training init; returns the model."""
+    return _init_lm(model, seed, _mamba2_ssm)
+
+
+def _init_lm(model, seed: int, init_ssm):
+    """The init both architectures share, in draw order: embedding; per layer in_proj, conv1d, the mixer's SSM
+    parameters (`init_ssm(mixer, config, gen)`), out_proj, the block norm; the final norm; an untied head."""
     cfg = model.config
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     bb = model.backbone
@@ -62,18 +78,31 @@ def init_mamba_weights(model, seed: int):
         _set(m.conv1d.weight, _uniform(m.conv1d.weight.shape, 1 / math.sqrt(K), gen))
         if m.conv1d.bias is not None:
             _set(m.conv1d.bias, _uniform(m.conv1d.bias.shape, 1 / math.sqrt(K), gen))
-        _init_linear(m.x_proj, gen)
-        _set(m.dt_proj.weight, _uniform(m.dt_proj.weight.shape, cfg.dt_rank ** -0.5, gen))
-        _set(m.dt_proj.bias, _dt_bias(cfg.d_inner, gen))
-        # fp32 like mamba_ssm, so A_log is bit-identical to its (and MambaLM's constructor) values
-        _set(m.A_log, torch.arange(1, cfg.d_state + 1, dtype=torch.float32).log().repeat(cfg.d_inner, 1))
-        _set(m.D, torch.ones(cfg.d_inner, dtype=torch.float64))
+        init_ssm(m, cfg, gen)
         _init_linear(m.out_proj, gen, scale=1 / math.sqrt(cfg.n_layer))
         _init_norm(layer.norm)
     _init_norm(bb.norm_f)
     if not cfg.tie_embeddings:
         _init_linear(model.lm_head, gen)
     return model
+
+
+def _mamba1_ssm(m, cfg, gen: torch.Generator) -> None:
+    _init_linear(m.x_proj, gen)
+    _set(m.dt_proj.weight, _uniform(m.dt_proj.weight.shape, cfg.dt_rank ** -0.5, gen))
+    _set(m.dt_proj.bias, _dt_bias(cfg.d_inner, gen))
+    # fp32 like mamba_ssm, so A_log is bit-identical to its (and MambaLM's constructor) values
+    _set(m.A_log, torch.arange(1, cfg.d_state + 1, dtype=torch.float32).log().repeat(cfg.d_inner, 1))
+    _set(m.D, torch.ones(cfg.d_inner, dtype=torch.float64))
+
+
+def _mamba2_ssm(m, cfg, gen: torch.Generator) -> None:
+    _set(m.dt_bias, _dt_bias(cfg.nheads, gen))
+    a = 1 + 15 * torch.rand(cfg.nheads, generator=gen, dtype=torch.float32)  # A_init_range (1, 16), fp32
+    _set(m.A_log, torch.log(a))
+    _set(m.D, torch.ones(m.D.shape, dtype=torch.float64))
+    if cfg.gated_rmsnorm:
+        _set(m.norm.weight, torch.ones(m.norm.weight.shape, dtype=torch.float64))
 
 
 def _init_linear(lin: torch.nn.Linear, gen: torch.Generator, scale: float = 1.0) -> None:

@@ -35,8 +35,8 @@ class LaunchConfig:
     """Time steps and channels per program, and warps.
 
     32 steps × 128 channels with 2 warps was the fastest of 36 configs (or tied, within 0.1 µs) at every shape of
-    benchmarks/sweep_conv_launch.py (1.4B layer, bf16, H200: 1×2048 21.8 µs, 4×2048 58.4, 16×2048 205.1,
-    1×8192 59.0; results/sweep_conv_launch_h200.json); 4 warps, the first guess, was 3–11 % slower.
+    benchmarks/investigations/sweep_conv_launch.py (1.4B layer, bf16, H200: 1×2048 21.8 µs, 4×2048 58.4,
+    16×2048 205.1, 1×8192 59.0; results/sweep_conv_launch_h200.json); 4 warps, the first guess, was 3–11 % slower.
     """
 
     block_l: int = 32

@@ -46,7 +46,7 @@ SEQ_MIN_PROGRAMS = 384
 SEQ_AUTO = dict(fwd_block_d=32, fwd_warps=1, fwd_stages=3)
 # "auto" runs the split forward when no checkpoints are needed, L >= SPLIT_MIN_LEN and the launch has fewer
 # than SPLIT_BELOW_PROGRAMS programs: S segments with B·⌈D/32⌉·S ≈ SPLIT_TARGET_PROGRAMS, each at least
-# SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS. H200, bf16, 1.4B layer (benchmarks/sweep_scan_split.py,
+# SPLIT_MIN_STEPS long, at most SPLIT_MAX_SEGMENTS. H200, bf16, 1.4B layer (benchmarks/investigations/sweep_scan_split.py,
 # BENCHMARKS.md): S = 16 was the fastest or tied at 128, 256 and 512 programs (1x2048: 0.250 ms against chunk
 # 0.505; 4x2048: 0.835 against seq 1.090; 1x8192: 0.892 against chunk 1.986); at 1024 programs (8x2048) seq
 # was faster than every split (1.276 against 1.585 ms at S = 8).

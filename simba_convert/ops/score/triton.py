@@ -169,7 +169,7 @@ def _global_kernel(
 def default_config(criterion: str, programs: int | None = None, fused_softplus: bool = False,
                    seqlen: int | None = None) -> dict:
     """Block sizes, sequence chunks and warps: the fastest of the H200 sweeps (BENCHMARKS.md), timed as graph
-    replays (benchmarks/sweep_impact_launch.py, `results/sweep_impact_graph_h200.json`).
+    replays (benchmarks/investigations/sweep_impact_launch.py, `results/sweep_impact_graph_h200.json`).
 
     `last`, by programs = B·⌈D/32⌉ and whether the kernel forms the softplus itself:
     - at most 256 programs and L ≥ 128 (B = 1 at the 1.4B and 130m shapes): the sequence split into

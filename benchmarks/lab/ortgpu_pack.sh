@@ -12,7 +12,7 @@
 #     export PYTHONPATH=/root/ortgpu_site:.
 # (bench_onnx.py --cuda calls onnxruntime.preload_dlls() itself, which finds torch's CUDA libraries.)
 #
-#   benchmarks/ortgpu_pack.sh [VERSION] [PART]
+#   benchmarks/lab/ortgpu_pack.sh [VERSION] [PART]
 set -euo pipefail
 VER=${1:-1.31.1}
 PART=${2:-40600000}

@@ -1,10 +1,10 @@
 """Train the bundled `mamba-tiny` and its larger sibling `family-l` with one command (GPU, ~10 minutes).
 
-    PYTHONPATH=. python3 benchmarks/family.py --out $OUT/family_train.json --models /tmp/models --pack-to $OUT
-    PYTHONPATH=. python3 benchmarks/family.py --smoke --out /tmp/family.json --models /tmp/models  # CPU check
+    python3 -m simba_convert.recipes.family --out $OUT/family_train.json --models /tmp/models --pack-to $OUT
+    python3 -m simba_convert.recipes.family --smoke --out /tmp/family.json --models /tmp/models  # CPU check
 
-Needs `.data/tokens/{train,valid}.u16.npy` and `.data/tokenizer.json` (benchmarks/README.md says how to
-make them). Both models share data, tokenizer and recipe (benchmarks/train.py: batch 32 x 512 tokens,
+Needs `.data/tokens/{train,valid}.u16.npy` and `.data/tokenizer.json` (simba_convert/recipes/README.md says how to
+make them). Both models share data, tokenizer and recipe (train.py beside this file: batch 32 x 512 tokens,
 peak LR 3e-3, warm-up 100, cosine to 10%, AdamW wd 0.1, seed 0) and differ only in depth:
 
 | model | d_model | n_layer | role |
@@ -28,8 +28,7 @@ import tarfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train  # noqa: E402
+from . import train
 
 MODELS = {"mamba-tiny": 8, "family-l": 16}
 BUNDLE_LIMIT_BYTES = 16_000_000

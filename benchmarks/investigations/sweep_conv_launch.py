@@ -3,7 +3,7 @@ first half of in_proj's token-major output [B, L, 2D] as the model passes it. Ea
 against the default's; with causal_conv1d importable, `causal_conv1d_fn` on the channels-first layout mamba_ssm
 uses is timed beside it. Floor: x read once and u written once over the copy bandwidth measured here.
 
-    PYTHONPATH=. python3 benchmarks/sweep_conv_launch.py --out $OUT/sweep_conv.json     # H200
+    PYTHONPATH=. python3 benchmarks/investigations/sweep_conv_launch.py --out $OUT/sweep_conv.json     # H200
 """
 
 from __future__ import annotations
@@ -11,19 +11,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
+from pathlib import Path
 
 import torch
 
-from bench_vs_mamba import copy_bandwidth  # this script's folder is on sys.path
-
 from simba_convert.ops.conv1d.triton import LaunchConfig, causal_conv1d_triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import bench_ms, copy_bandwidth, environment  # noqa: E402
 
 CASES = ((1, 2048), (4, 2048), (16, 2048), (1, 8192))
 
 
 def main():
-    from triton.testing import do_bench
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -48,12 +49,12 @@ def main():
             out = causal_conv1d_triton(x, w, b, config=cfg).float()
             row = dict(B=bsz, L=L, block_l=bl, block_d=bd, num_warps=nw, floor_ms=floor,
                        equal_default=bool(torch.equal(out, ref)),
-                       ms=do_bench(lambda: causal_conv1d_triton(x, w, b, config=cfg), return_mode="median"))
+                       ms=bench_ms(lambda: causal_conv1d_triton(x, w, b, config=cfg)))
             rows.append(row)
         if causal_conv1d_fn is not None:
             xt = xz.reshape(bsz * L, 2 * D).t().contiguous().view(2 * D, bsz, L).transpose(0, 1)[:, :D]
             rows.append(dict(B=bsz, L=L, kernel="causal_conv1d_fn", floor_ms=floor,
-                             ms=do_bench(lambda: causal_conv1d_fn(xt, w, b, activation="silu"), return_mode="median")))
+                             ms=bench_ms(lambda: causal_conv1d_fn(xt, w, b, activation="silu"))))
         case = [r for r in rows if r["B"] == bsz and r["L"] == L and "block_l" in r]
         best = min(case, key=lambda r: r["ms"])
         dflt = next(r for r in case if (r["block_l"], r["block_d"], r["num_warps"]) == (32, 128, 4))
@@ -63,8 +64,7 @@ def main():
               f"floor {floor:.4f} ms, all equal: {all(r['equal_default'] for r in case)}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}, f,
-                      indent=1)
+            json.dump({**environment(dev), "copy_bandwidth_TBps": bw / 1e12, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

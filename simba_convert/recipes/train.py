@@ -1,10 +1,10 @@
 """Train a small Mamba-1 or Mamba-2 LM on the token files and save it in the mamba_ssm checkpoint layout.
 
-    PYTHONPATH=. python3 benchmarks/train.py --out DIR [--d-model 256 --n-layer 8 --steps 600
+    python3 -m simba_convert.recipes.train --out DIR [--d-model 256 --n-layer 8 --steps 600
         --batch 32 --seq-len 512 --lr 3e-3 --warmup 100 --seed 0 --max-minutes 3]
-    PYTHONPATH=. python3 benchmarks/train.py --arch mamba2 --out DIR [--headdim 64 --d-state 32 --chunk-size 64
+    python3 -m simba_convert.recipes.train --arch mamba2 --out DIR [--headdim 64 --d-state 32 --chunk-size 64
         --threads 1 --ckpt FILE] [--resume] [--compare mamba-tiny]
-    PYTHONPATH=. python3 benchmarks/train.py --smoke --out /tmp/smoke --tokens DIR --tokenizer FILE
+    python3 -m simba_convert.recipes.train --smoke --out /tmp/smoke --tokens DIR --tokenizer FILE
 
 Recipe: `init_mamba_weights` (mamba_ssm's init), AdamW (betas 0.9/0.95, weight decay 0.1 on matrices
 and the embedding only; norms, biases, A_log and D are not decayed), linear warm-up then cosine
@@ -15,8 +15,8 @@ fixed, non-overlapping windows at the start of the validation tokens. Same seed,
 device -> same weights (deterministic algorithms are switched on).
 
 `--arch mamba2` trains a `Mamba2LM` (ngroups, headdim, chunk_size; d_state defaults to 64) from
-mamba_ssm's Mamba2 initialisation (`init_mamba2_weights`) with the same recipe, and writes it with
-`write_mamba2`. Mamba-1 training is unchanged by the Mamba-2 and resume options.
+mamba_ssm's Mamba2 initialisation (`init_mamba2_weights`, simba_convert/model/init.py) with the same
+recipe, and writes it with `write_mamba2`. Mamba-1 training is unchanged by the Mamba-2 and resume options.
 
 Resuming: the training state (weights, AdamW state, step, the window generator, the open log
 interval, elapsed time, evals) is saved to `--ckpt` (default `<out parent>/.<out name>.resume.pt`)
@@ -196,43 +196,9 @@ def evaluate(model, windows: torch.Tensor, device: torch.device, batch: int) -> 
     return {"valid_loss": loss, "valid_ppl": math.exp(loss), "valid_tokens": count}
 
 
-def init_mamba2_weights(model, seed: int):
-    """Re-initialise a dense `Mamba2LM` in place with mamba_ssm's Mamba2 training init; returns the model.
-
-    As mamba_ssm's `Mamba2.__init__` and `MambaLMHeadModel._init_weights` (rescale_prenorm_residual, one residual
-    per layer): in_proj U(±1/√d) (Linear default), conv1d U(±1/√K) (Conv1d default, conv_init None), dt_bias =
-    softplus⁻¹(dt) with dt ~ logU[1e-3, 0.1] clamped ≥ 1e-4 per head, A_log = log(U[1, 16]) per head, D = 1,
-    gated-norm and block-norm weights 1, out_proj U(±1/√D)/√n_layer, Linear biases 0, embedding N(0, 0.02²).
-    Draws come from one seeded CPU generator in a fixed order (the same seed gives the same model anywhere).
-    """
-    from simba_convert.model.init import EMBED_STD, _dt_bias, _init_linear, _init_norm, _set, _uniform
-
-    cfg = model.config
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    bb = model.backbone
-    _set(bb.embedding.weight, torch.randn(bb.embedding.weight.shape, generator=gen, dtype=torch.float64) * EMBED_STD)
-    for layer in bb.layers:
-        m = layer.mixer
-        _init_linear(m.in_proj, gen)
-        K = m.conv1d.weight.shape[-1]
-        _set(m.conv1d.weight, _uniform(m.conv1d.weight.shape, 1 / math.sqrt(K), gen))
-        if m.conv1d.bias is not None:
-            _set(m.conv1d.bias, _uniform(m.conv1d.bias.shape, 1 / math.sqrt(K), gen))
-        _set(m.dt_bias, _dt_bias(cfg.nheads, gen))
-        a = 1 + 15 * torch.rand(cfg.nheads, generator=gen, dtype=torch.float32)  # A_init_range (1, 16), fp32
-        _set(m.A_log, torch.log(a))
-        _set(m.D, torch.ones(m.D.shape, dtype=torch.float64))
-        if cfg.gated_rmsnorm:
-            _set(m.norm.weight, torch.ones(m.norm.weight.shape, dtype=torch.float64))
-        _init_linear(m.out_proj, gen, scale=1 / math.sqrt(cfg.n_layer))
-        _init_norm(layer.norm)
-    _init_norm(bb.norm_f)
-    if not cfg.tie_embeddings:
-        _init_linear(model.lm_head, gen)
-    return model
-
-
 def build_model(args, vocab_size: int, device: torch.device):
+    from simba_convert.model.init import init_mamba2_weights, init_mamba_weights
+
     if getattr(args, "arch", "mamba1") == "mamba2":
         from simba_convert.arch.mamba2 import Mamba2Config, Mamba2LM
 
@@ -240,7 +206,6 @@ def build_model(args, vocab_size: int, device: torch.device):
                            expand=args.expand, headdim=args.headdim, ngroups=args.ngroups, chunk_size=args.chunk_size)
         return init_mamba2_weights(Mamba2LM(cfg), args.seed).to(device).set_backend(args.backend)
     from simba_convert.model.config import MambaConfig
-    from simba_convert.model.init import init_mamba_weights
     from simba_convert.model.mamba import MambaLM
 
     cfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=vocab_size,

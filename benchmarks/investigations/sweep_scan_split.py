@@ -5,25 +5,28 @@ inference forward). Times `chunk`, `seq` and `split` with several segment counts
 every output is compared with the chunk kernel's. With mamba_ssm importable, its `selective_scan_fn` on the
 same data (channels-first copies) is timed too.
 
-    PYTHONPATH=. python3 benchmarks/sweep_scan_split.py --out $OUT/sweep_scan_split.json     # H200
+    PYTHONPATH=. python3 benchmarks/investigations/sweep_scan_split.py --out $OUT/sweep_scan_split.json     # H200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
 from simba_convert.ops.scan.triton import LaunchConfig, resolve_forward, scan_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import bench_ms, environment  # noqa: E402
 
 CASES = ((1, 2048), (1, 8192), (1, 1229), (2, 2048), (4, 2048))
 SPLITS = (2, 4, 8, 16, 32)
 
 
 def main():
-    from triton.testing import do_bench
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--cases", default=None, help="BxL list (default: the module's CASES)")
@@ -53,7 +56,7 @@ def main():
         for name, cfg in configs:
             y = scan_forward(*args_, config=cfg)[0].float()
             err = float((y - ref).norm() / ref.norm())
-            ms = do_bench(lambda: scan_forward(*args_, config=cfg), return_mode="median")
+            ms = bench_ms(lambda: scan_forward(*args_, config=cfg))
             chosen = resolve_forward(cfg, bsz, D, L, False)
             row = dict(B=bsz, L=L, kind=name, resolved=f"{chosen.fwd_kind}/{chosen.fwd_splits}", ms=ms,
                        rel_vs_chunk=err)
@@ -62,7 +65,7 @@ def main():
         if selective_scan_fn is not None:
             ut, dtt, zt = (t.transpose(1, 2).contiguous() for t in (u, dt, z))
             Bt, Ct = Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()
-            ms = do_bench(lambda: selective_scan_fn(ut, dtt, A, Bt, Ct, Dsk, zt, bias, True), return_mode="median")
+            ms = bench_ms(lambda: selective_scan_fn(ut, dtt, A, Bt, Ct, Dsk, zt, bias, True))
             y = selective_scan_fn(ut, dtt, A, Bt, Ct, Dsk, zt, bias, True).transpose(1, 2).float()
             rows.append(dict(B=bsz, L=L, kind="mamba_ssm", ms=ms, rel_vs_chunk=float((y - ref).norm() / ref.norm())))
             print(json.dumps(rows[-1]), flush=True)
@@ -71,7 +74,7 @@ def main():
         print(f"| {r_['B']}×{r_['L']} | {r_['kind']} | {r_.get('resolved', '-')} | {r_['ms']:.3f} | {r_['rel_vs_chunk']:.1e} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({**environment(dev), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

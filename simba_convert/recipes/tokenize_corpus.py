@@ -1,7 +1,7 @@
 """Tokenize the train/valid splits into uint16 token files for training.
 
-    python3 benchmarks/tokenize_corpus.py [--corpus .data/corpus] [--tokenizer .data/tokenizer.json]
-                                          [--out .data/tokens]
+    python3 -m simba_convert.recipes.tokenize_corpus [--corpus .data/corpus] [--tokenizer .data/tokenizer.json]
+                                                     [--out .data/tokens]
 
 Writes `<out>/{train,valid}.u16.npy` (numpy .npy, dtype uint16, 1-D) and `<out>/tokens.json`
 (counts, tokenizer SHA256). Each source is encoded on its own and followed by `<|endoftext|>`
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenizer import EOT, documents  # noqa: E402
+from .tokenizer import EOT, documents
 
 
 def encode_documents(tokenizer_json: str, docs: list[str]) -> np.ndarray:

@@ -68,7 +68,7 @@ def bible_kjv(root: Path) -> str:
 
 
 def jane_austen(root: Path) -> str:
-    from corpus_rdata import STRSXP, read_lazyload_db
+    from .corpus_rdata import STRSXP, read_lazyload_db
 
     stem = next(root.glob("usr/lib/R/site-library/janeaustenr/data/Rdata.rdx")).with_suffix("")
     novels = {k: v for k, v in read_lazyload_db(stem).items() if v.type == STRSXP}

@@ -5,7 +5,7 @@ Triton specialises integer arguments divisible by 16 and cuBLAS picks tiles by s
 not aligned may cost more per token. This times one Mamba-1.4B mixer (and its scan, score and in_proj
 alone), bf16, at lengths around aligned values, and reports microseconds per token.
 
-    PYTHONPATH=. python3 benchmarks/bench_alignment.py --out $OUT/alignment.json     # H200
+    PYTHONPATH=. python3 benchmarks/investigations/bench_alignment.py --out $OUT/alignment.json     # H200
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from pathlib import Path
 
 import torch
-from triton.testing import do_bench
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaMixer
 from simba_convert.ops.score import impact_score
 from simba_convert.ops.scan import selective_scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import bench_ms, environment  # noqa: E402
 
 LENGTHS = (2048, 2047, 2041, 2032, 1232, 1229, 1216, 1024, 1023)
 
@@ -46,18 +48,18 @@ def main():
                 x, z = mixer.in_proj(h).chunk(2, dim=-1)
                 scan_args = (it.u, it.dt, it.A, it.Bm, it.Cm, mixer.D.float(), z, it.delta_bias, True)
                 args_, fused = it.score_inputs()
+                bench = {"return_mode": "mean", "warmup": 5, "rep": 30}
                 t = {
-                    "mixer": do_bench(lambda: mixer(h), warmup=5, rep=30),
-                    "scan": do_bench(lambda: selective_scan(*scan_args), warmup=5, rep=30),
-                    "score": do_bench(lambda: impact_score(*args_, criterion="last", **fused), warmup=5, rep=30),
-                    "in_proj": do_bench(lambda: mixer.in_proj(h), warmup=5, rep=30),
+                    "mixer": bench_ms(lambda: mixer(h), **bench),
+                    "scan": bench_ms(lambda: selective_scan(*scan_args), **bench),
+                    "score": bench_ms(lambda: impact_score(*args_, criterion="last", **fused), **bench),
+                    "in_proj": bench_ms(lambda: mixer.in_proj(h), **bench),
                 }
                 per_tok = {k: v * 1e3 / (bsz * L) for k, v in t.items()}
                 rows.append({"B": bsz, "L": L, "ms": t, "us_per_token": per_tok})
                 print(f"| {bsz} | {L} | {L % 16} | {per_tok['mixer']:.4f} | {per_tok['scan']:.4f} | "
                       f"{per_tok['score']:.4f} | {per_tok['in_proj']:.4f} |", flush=True)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(sys.argv)}
+    meta = environment("cuda")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

@@ -1,7 +1,7 @@
 """Train the byte-level BPE tokenizer of the bundled models on the training split.
 
-    python3 benchmarks/tokenizer.py [--train .data/corpus/train.txt] [--out .data/tokenizer.json]
-                                    [--vocab-size 8192] [--check-determinism]
+    python3 -m simba_convert.recipes.tokenizer [--train .data/corpus/train.txt] [--out .data/tokenizer.json]
+                                               [--vocab-size 8192] [--check-determinism]
 
 Byte-level BPE (GPT-2 style pre-tokenizer, no prefix space), vocabulary 8192 with `<|endoftext|>`
 as id 0. Why not the GPT-NeoX tokenizer of the state-spaces checkpoints: its 50k vocabulary would

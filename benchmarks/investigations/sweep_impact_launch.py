@@ -5,8 +5,8 @@ programs over sequences shorter than bench_impact.py's B=8, L=2048. This sweeps 
 (more programs, one extra pass for the per-chunk sums) and warps per program at such shapes, with raw bf16
 dt and the fused softplus as the model calls it. Every config's scores are checked against the default's.
 
-    PYTHONPATH=. python3 benchmarks/sweep_impact_launch.py --out $OUT/sweep.json    # H200
-    PYTHONPATH=. python3 benchmarks/sweep_impact_launch.py --smoke                   # CPU, interpreter
+    PYTHONPATH=. python3 benchmarks/investigations/sweep_impact_launch.py --out $OUT/sweep.json    # H200
+    PYTHONPATH=. python3 benchmarks/investigations/sweep_impact_launch.py --smoke                   # CPU, interpreter
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-import time
+from pathlib import Path
 
 if "--smoke" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -23,6 +23,9 @@ if "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 from simba_convert.ops.score.triton import default_config, impact_score_triton  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared helper `common`
+from common import bench_ms, elapsed_ms, environment  # noqa: E402
 
 CASES = ((1, 2048), (1, 1229), (1, 8192), (4, 2048), (4, 1229), (16, 1229))
 
@@ -40,12 +43,8 @@ def inputs(bsz, L, D, N, dev, g):
 
 def time_ms(fn, dev) -> float:
     if dev.type == "cuda":
-        from triton.testing import do_bench_cudagraph
-
-        return do_bench_cudagraph(fn, rep=40, return_mode="median")  # the host's launch path is not the kernel's time
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+        return bench_ms(fn, graph=True, rep=40)  # graph replay: the host's launch path is not the kernel's time
+    return elapsed_ms(fn, dev)
 
 
 def main():
@@ -85,8 +84,7 @@ def main():
         for c in case["configs"]:
             print(f"    chunks {c['chunks']:2d} warps {c['num_warps']} block_d {c['block_d']} -> {c['ms']:.3f} ms "
                   f"(rel {c['max_rel_vs_default']:.1e})")
-    meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "D": D, "N": N, "command": " ".join(sys.argv)}
+    meta = {**environment(dev), "D": D, "N": N}
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
