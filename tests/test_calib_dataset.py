@@ -1,7 +1,7 @@
 """`--calib <dataset name>`: read through the `datasets` package (extra `[datasets]`).
 
-CI does not install `datasets` (it brings pyarrow and pandas, tens of MB, for one code path), so these tests
-put a small in-memory stand-in for the package in `sys.modules`; it implements the two calls the reader makes
+These tests never reach the Hub: they put a small in-memory stand-in for the package in `sys.modules` (CI has
+the real one only as a dependency of lm-eval, in the [test] extra); it implements the two calls the reader makes
 (`load_dataset(name, split=...)`, then `.column_names` and `["text"]`).
 """
 

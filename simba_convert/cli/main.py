@@ -118,6 +118,7 @@ def main(ctx: click.Context, **opts):
     simba-convert --in state-spaces/mamba-1.4b --budget 0.6 --device cuda
     simba-convert eval --in OUT_DIR --text FILE --seq-len 512 --protect 64 --json
     simba-convert info OUT_DIR
+    simba-convert lm-eval --model simba --model_args pretrained=OUT_DIR --device cuda --tasks hellaswag
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -130,9 +131,11 @@ def main(ctx: click.Context, **opts):
 def _register():
     from .eval_cmd import eval_command
     from .info_cmd import info_command
+    from .lm_eval_cmd import lm_eval_command
 
     main.add_command(eval_command, "eval")
     main.add_command(info_command, "info")
+    main.add_command(lm_eval_command, "lm-eval")
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import torch
 
@@ -37,8 +38,13 @@ def generate(
     eos_token_id: int | None = None,
     seed: int | None = None,
     cuda_graph: bool | None = None,
+    stop: Callable[[torch.Tensor], torch.Tensor | bool] | None = None,
 ) -> torch.Tensor:
     """Greedy (default) or sampled decoding; input_ids [B, L] -> [B, L + new] (stops early when all hit eos).
+
+    stop: called after each new token with the tokens generated so far [B, new]; returns which rows are done
+    (a bool tensor [B], or one bool for all). Decoding ends when every row is done, by eos or by `stop`; after
+    that a row's tokens are eos_token_id when one is given (lm-eval's stop strings: `evaluate.lm_eval_adapter`).
 
     cuda_graph (default: when the model is on CUDA and its dense LM does not set `graphed_step = False`) replays
     the decoding step as a CUDA graph captured once per batch size and kept on the model (`cuda_graph.GraphedStep`),
@@ -65,7 +71,9 @@ def generate(
             nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
             finished |= nxt == eos_token_id
         out = torch.cat([out, nxt[:, None]], dim=1)
-        if (eos_token_id is not None and bool(finished.all())) or i == max_new_tokens - 1:
+        if stop is not None:
+            finished |= torch.as_tensor(stop(out[:, input_ids.shape[1]:]), dtype=torch.bool, device=finished.device)
+        if i == max_new_tokens - 1 or ((eos_token_id is not None or stop is not None) and bool(finished.all())):
             break
         if stepper is not None:
             logits = stepper(nxt)
