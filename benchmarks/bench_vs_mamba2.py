@@ -138,8 +138,9 @@ def ssd_table(rows) -> str:
     for r in rows:
         ms, fl = r.get("ms"), r["floor_ms"]
         t, ratio = ("-", "-") if ms is None else (f"{ms:.3f}", f"{ms / fl:.1f}x")
+        err = r.get("rel_rms_vs_ours_32")
         out.append(f"| {r['B']}×{r['L']} | {r['kernel']} | {t} | {fl:.3f} | {ratio} | "
-                   f"{r.get('rel_rms_vs_ours_32', r.get('error'))} |")
+                   f"{r.get('error') if err is None else f'{err:.1e}'} |")
     return "\n".join(out)
 
 

@@ -24,7 +24,8 @@ from common import commit, versions  # the shared helper (this folder is on sys.
 STAGES = (
     ("score", ("_last_kernel", "_global_kernel", "_delta_chunk_sums", "impact")),
     ("selection", ("_select_kept", "topk", "sort", "radix", "bitonic", "gatherTopK")),
-    ("scan", ("scan", "_ssm_", "selective")),
+    ("scan", ("scan", "_ssm_", "selective", "_chunk_outer", "_state_pass", "_chunk_cumsum", "_chunk_state",
+              "_bmm_chunk")),  # Mamba-2's SSD kernels, ours and mamba_ssm's
     ("conv", ("conv1d", "_conv_", "causal_conv")),
     ("norm", ("rms_norm", "_norm_", "layer_norm", "_layer_norm")),
     ("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "gemv", "_mm_", "matmul")),

@@ -22,7 +22,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "BENCHMARKS.md"
 
-VS_MAMBA_FILES = ("vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json", "vs_mamba_h200_16x8192.json")
+# A case measured in several files is taken from the first that has it: re-runs come first.
+VS_MAMBA_FILES = ("vs_mamba_h200_4x8192.json", "vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json",
+                  "vs_mamba_h200_16x8192.json")
+GRAPHED_TTFT_FILES = ("vs_mamba_h200_generation_graphed.json",)
+VS_MAMBA2_FILES = ("vs_mamba2_h200_triton.json",)
+VS_MAMBA2_PROFILE_FILES = ("vs_mamba2_h200_profile.json",)
+SSD_SWEEP_FILES = ("ssd_sweep_h200.json",)
 BUDGETS = (0.8, 0.6, 0.4)
 
 
@@ -111,12 +117,52 @@ def stage_profile(names=("kernel_profile_h200.json",)) -> str:
         f"commit {r['meta'].get('commit')}" for r in runs)
 
 
+def vs_mamba2(runs: list[dict]) -> str:
+    """Mamba-2 prefill: graph-replay ms per case of mamba_ssm (when it ran), our dense and our pruned models."""
+    rows = [r for run in runs for r in run["rows"]]
+    keys = [(r["impl"], r["backend"]) for r in rows if "graph_ms" in r]
+    cols = list(dict.fromkeys(keys))
+    out = ["| B×L | " + " | ".join(f"{i} ({b})" if b != "-" else i for i, b in cols)
+           + " | FLOPs ratio at 0.6 | pruned 0.6 / 0.4 vs our dense |", "|---" * (len(cols) + 3) + "|"]
+    for case in dict.fromkeys((r["B"], r["L"]) for r in rows):
+        got = {(r["impl"], r["backend"]): r for r in rows if (r["B"], r["L"]) == case}
+        cells = [_f(got.get(c, {}).get("graph_ms")) for c in cols]
+        p6 = next((r for k, r in got.items() if k[0] == "ours-pruned-0.6"), {})
+        ratios = " / ".join(_f(r.get("graph_vs_ours_dense"), "{:.2f}×") for k, r in got.items()
+                            if k[0] in ("ours-pruned-0.6", "ours-pruned-0.4"))
+        out.append(f"| {case[0]}×{case[1]} | " + " | ".join(cells) + f" | {_f(p6.get('flops_ratio'), '{:.3f}')} | "
+                   f"{ratios} |")
+    skipped = sorted({r["skipped"] for r in rows if "skipped" in r})
+    return "\n".join(out) + ("\n\nNot run: " + "; ".join(skipped) if skipped else "") + "\n\nSources:\n" + _sources(runs)
+
+
+def ssd_kernels(runs: list[dict]) -> str:
+    from bench_vs_mamba2 import ssd_table
+
+    rows = [r for run in runs for r in run.get("ssd", [])]
+    return ssd_table(rows) + "\n\nSources:\n" + _sources(runs) if rows else "(no SSD rows in the results files)"
+
+
+def mamba2_profile(runs: list[dict]) -> str:
+    from kernel_profile import table
+
+    rows = [r for run in runs for r in run.get("profile", [])]
+    return table(rows) + "\n\nSources:\n" + _sources(runs) if rows else "(no profile rows in the results files)"
+
+
 def regions() -> dict[str, str]:
     runs = _load(VS_MAMBA_FILES)
+    m2 = _load(VS_MAMBA2_FILES)
     return {
         "vs_mamba_prefill": vs_mamba_prefill(runs),
         "vs_mamba_kernels": vs_mamba_kernels(runs),
         "vs_mamba_generation": vs_mamba_generation(runs),
+        "vs_mamba_generation_graphed": vs_mamba_generation(_load(GRAPHED_TTFT_FILES)) + "\n\nSources:\n"
+        + _sources(_load(GRAPHED_TTFT_FILES)),
+        "vs_mamba2": vs_mamba2(m2),
+        "vs_mamba2_ssd": ssd_kernels(m2),
+        "ssd_sweep": ssd_kernels(_load(SSD_SWEEP_FILES)),
+        "vs_mamba2_profile": mamba2_profile(_load(VS_MAMBA2_PROFILE_FILES)),
         "stage_profile": stage_profile(),
         **other_regions(),
     }
