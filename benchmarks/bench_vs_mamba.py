@@ -315,6 +315,19 @@ def markdown(meta, rows, krows, grows) -> str:
     return "\n".join(out)
 
 
+def parse_cases(spec: str) -> list[tuple[int, int]]:
+    """"1x2048,4x8192" -> [(1, 2048), (4, 8192)]."""
+    return [tuple(int(v) for v in c.split("x")) for c in spec.split(",") if c]
+
+
+def run_meta(script: str, dev, dtype, cfg) -> dict:
+    """What a results file of these comparisons records about its run."""
+    return dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev.type == "cuda" else
+                platform.processor() or "cpu", torch=torch.__version__, dtype=str(dtype), protect=P,
+                config=cfg.to_dict(), commit=commit(), command=f"benchmarks/{script} " + " ".join(
+                    a for a in __import__("sys").argv[1:] if not a.startswith("/")), **versions())
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -332,7 +345,7 @@ def main():
     ap.add_argument("--out", default=None, help="JSON path; a .md table is written beside it")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    parse = lambda s: [tuple(int(v) for v in c.split("x")) for c in s.split(",") if c]  # noqa: E731
+    parse = parse_cases
     if args.smoke:
         cfg, dtype, cases, kcases = MambaConfig(d_model=64, n_layer=4, vocab_size=512), torch.float32, [(1, 256)], []
         backends = ["reference"]
@@ -342,10 +355,7 @@ def main():
         cfg, dtype = MambaConfig(d_model=2048, n_layer=48, vocab_size=50277), torch.bfloat16
         cases, kcases, backends = parse(args.cases), parse(args.kernel_cases), args.backends.split(",")
     budgets = [float(b) for b in args.budgets.split(",")]
-    meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev.type == "cuda" else
-                platform.processor() or "cpu", torch=torch.__version__, dtype=str(dtype), protect=P,
-                config=cfg.to_dict(), commit=commit(), command="benchmarks/bench_vs_mamba.py " + " ".join(
-                    a for a in __import__("sys").argv[1:] if not a.startswith("/")), **versions())
+    meta = run_meta("bench_vs_mamba.py", dev, dtype, cfg)
     rows, krows, grows = [], [], []
     if not args.skip_models:
         ours, impls = build_models(cfg, dev, dtype)

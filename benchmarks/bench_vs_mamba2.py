@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
-import time
 from pathlib import Path
 
 import bench_vs_mamba as bvm
 import torch
-from common import commit, copy_bandwidth, rel_rms, versions  # the shared helper (this folder is on sys.path)
+from common import copy_bandwidth, rel_rms  # the shared helper (this folder is on sys.path)
 
 from simba_convert.arch.mamba2.config import Mamba2Config
 from simba_convert.arch.mamba2.model import Mamba2LM
@@ -160,7 +157,7 @@ def main():
     ap.add_argument("--out", default=None, help="JSON path; a .md table is written beside it")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
-    parse = lambda s: [tuple(int(v) for v in c.split("x")) for c in s.split(",") if c]  # noqa: E731
+    parse = bvm.parse_cases
     if args.smoke:
         cfg, dtype, cases, backends = Mamba2Config(d_model=64, n_layer=3, vocab_size=512, headdim=16, d_state=16,
                                                    chunk_size=32), torch.float32, [(1, 256)], ["reference"]
@@ -169,10 +166,7 @@ def main():
         cfg, dtype = Mamba2Config(**SHAPE_2P7B), torch.bfloat16
         cases, backends = parse(args.cases), args.backends.split(",")
     budgets = [float(b) for b in ("0.8,0.6" if args.smoke else args.budgets).split(",")]
-    meta = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev.type == "cuda" else
-                platform.processor() or "cpu", torch=torch.__version__, dtype=str(dtype), protect=bvm.P,
-                config=cfg.to_dict(), commit=commit(), command="benchmarks/bench_vs_mamba2.py " + " ".join(
-                    a for a in sys.argv[1:] if not a.startswith("/")), **versions())
+    meta = bvm.run_meta("bench_vs_mamba2.py", dev, dtype, cfg)
     ours, impls = build_models(cfg, dev, dtype)
     if args.smoke:
         impls = {}

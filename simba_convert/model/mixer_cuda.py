@@ -37,7 +37,11 @@ def available() -> bool:
 
 
 def kernels():
-    k = _kernels()
+    return required(_kernels())
+
+
+def required(k):
+    """The imported kernels `k`, or the one-line error naming the extra when they did not import (None)."""
     if k is None:
         raise BackendError("backend 'cuda' needs mamba_ssm and causal_conv1d: pip install 'simba-convert[cuda]'")
     return k

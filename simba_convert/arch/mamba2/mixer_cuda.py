@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from ...errors import BackendError
+from ...model.mixer_cuda import required
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,10 +35,7 @@ def available() -> bool:
 
 
 def kernels():
-    k = _kernels()
-    if k is None:
-        raise BackendError("backend 'cuda' needs mamba_ssm and causal_conv1d: pip install 'simba-convert[cuda]'")
-    return k
+    return required(_kernels())
 
 
 def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: bool, return_internals: bool):
