@@ -11,6 +11,13 @@ no restoring) so "after N steps" means exactly N steps.
     PYTHONPATH=. python3 benchmarks/bench_finetune.py --model /tmp/models/mamba-tiny --model /tmp/models/family-l \\
         --tasks shared/data/eval/bigbench --out $OUT/finetune.json                     # H200
     PYTHONPATH=. python3 benchmarks/bench_finetune.py --smoke --out /tmp/finetune.json  # CPU, tiny, random
+    PYTHONPATH=. python3 benchmarks/bench_finetune.py --autocast-check --samples 8 \
+        --out benchmarks/results/finetune_autocast_cpu.json                             # CPU, seconds
+
+--autocast-check answers one question instead (does bf16 autocast limit what distillation can reach?): on --samples
+windows of the calibration text, KL(dense fp32 ‖ the same dense model under bf16 autocast) at the protected
+positions, against KL(dense ‖ pruned) at --budget with the `linear` schedule (no schedule fitted to these windows);
+the model is --model (default: the bundled mamba-tiny), on the CPU unless CUDA is available.
 
 Defaults: training text `.data/corpus/train.txt` (first --train-chars characters), held-out text
 `.data/corpus/valid.txt`, calibration text: the bundled one. Writes JSON (--out) and a markdown table
@@ -72,7 +79,47 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
     ap.add_argument("--md", default=None)
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny random models and data")
+    ap.add_argument("--autocast-check", action="store_true",
+                    help="KL of bf16 autocast against KL of pruning on calibration windows (module docstring)")
     return ap.parse_args(argv)
+
+
+# --- the autocast check -----------------------------------------------------------------------------
+@torch.no_grad()
+def autocast_check(args, dev: str) -> dict:
+    """KL(dense fp32 ‖ dense under bf16 autocast) and KL(dense ‖ pruned, linear at --budget) at the protected
+    positions of --samples calibration windows, summed in fp64 in window order."""
+    from simba_convert.calibrate.data import make_windows, read_calibration_text
+    from simba_convert.finetune.objective import amp_context, protected_logp
+    from simba_convert.pruning.model import PrunedMambaLM
+    from simba_convert.pruning.schedules import family, solve_budget
+    from simba_convert.pruning.spec import PruningSpec
+
+    src = args.model[0] if args.model else "mamba-tiny"
+    cfg = ConvertConfig(src=src, budget=args.budget, samples=args.samples, seq_len=args.seq_len, protect=args.protect,
+                        calib=args.calib, seed=args.seed, device=dev, dtype="float32", progress=False)
+    loaded = stages.load_stage(cfg)
+    dense = loaded.model.eval()
+    text, source = read_calibration_text(args.calib)
+    windows = make_windows(encode(loaded.tokenizer, text), args.samples, args.seq_len, args.seed)
+    ratios = solve_budget(family("linear", dense.config.n_layer), dense.config, args.budget, args.seq_len, args.protect)
+    pruned = PrunedMambaLM(dense, PruningSpec(tuple(ratios), protect=args.protect))
+    P, device = args.protect, torch.device(dev)
+    kl = {"autocast_bf16": 0.0, "pruned_linear": 0.0}
+    n = 0
+    for batch in windows.split(args.eval_batch_size):
+        inputs = batch[:, :-1].to(dev)
+        ref = protected_logp(dense(inputs, num_last=P), P)
+        with amp_context(device, True):
+            amp = protected_logp(dense(inputs, num_last=P), P)
+        sparse = protected_logp(pruned(inputs, num_last=P), P)
+        for key, s in (("autocast_bf16", amp), ("pruned_linear", sparse)):
+            kl[key] += float((ref.exp() * (ref - s)).sum(-1).double().sum())
+        n += inputs.shape[0] * P
+    fl = flops_report(dense.config, tuple(ratios), args.seq_len, args.protect)
+    return {"model": src, "text": source, "windows": int(windows.shape[0]), "seq_len": args.seq_len, "protect": P,
+            "budget": args.budget, "schedule": "linear", "keep_ratios": list(ratios), "flops_ratio": fl.ratio,
+            "kl": {k: v / n for k, v in kl.items()}}
 
 
 # --- smoke-mode inputs ------------------------------------------------------------------------------
@@ -237,6 +284,16 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    if args.autocast_check:
+        t0 = time.perf_counter()
+        check = autocast_check(args, dev)
+        meta = {**environment(dev, None if argv is None else ["benchmarks/bench_finetune.py", *argv]),
+                "total_s": time.perf_counter() - t0}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "autocast_check": check}, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(check["kl"]))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
             smoke_inputs(args, Path(tmp))

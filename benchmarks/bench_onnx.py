@@ -39,7 +39,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import loadavg as _loadavg, wall_ms as timed  # noqa: E402  the shared helper (this folder is on sys.path)
+from common import environment, loadavg as _loadavg, wall_ms as timed  # noqa: E402  the shared helper (this folder is on sys.path)
 
 from simba_convert.model.config import MambaConfig  # noqa: E402
 from simba_convert.model.mamba import MambaLM  # noqa: E402
@@ -245,8 +245,10 @@ def profile(path, library, feed, runs: int, threads) -> dict:
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     nodes = nodes[len(nodes) // (runs + 1):]  # drop the warm-up run's nodes
     by_op, by_node, by_cat = collections.Counter(), collections.Counter(), collections.Counter()
+    executed = collections.Counter()  # nodes run per op type and run, those ORT inserted (e.g. Casts) included
     for e in nodes:
         op, ms = e["args"]["op_name"], e["dur"] / 1e3 / runs
+        executed[op] += 1 / runs
         by_op[op] += ms
         by_cat[category(op)] += ms
         by_node[f"{e['name'][:-len('_kernel_time')]} ({op})"] += ms
@@ -254,7 +256,17 @@ def profile(path, library, feed, runs: int, threads) -> dict:
     return {"runs": runs, "wall_ms": round(wall, 2),
             "model_run_ms": round(statistics.mean(e["dur"] for e in model_runs) / 1e3, 2) if model_runs else None,
             "nodes_ms": round(sum(by_op.values()), 2), "node_count": len(nodes) // runs,
-            "by_category": r2(by_cat), "by_op": r2(by_op), "top_nodes": dict(list(r2(by_node).items())[:20])}
+            "by_category": r2(by_cat), "by_op": r2(by_op), "nodes_by_op": r2(executed),
+            "top_nodes": dict(list(r2(by_node).items())[:20])}
+
+
+def file_op_counts(path) -> dict:
+    """{op type: nodes} of an ONNX file's main graph (what the exporter wrote; function bodies not counted)."""
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
 
 def cuda_kernel_parity(lib_path, args) -> list[dict]:
     """The library's raw CUDA launchers (ctypes, torch tensors and stream) against the PyTorch ops."""
@@ -398,7 +410,7 @@ def main(argv=None):
     specs = {L: budget_ratios(dense.config, args.budget, L, args.protect) for L in args.lengths}
     models = {"dense": dense, "sparse": {L: PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
                                          for L, (r, _) in specs.items()}}
-    res = dict(date=datetime.date.today().isoformat(), command=" ".join(sys.argv), commit=git_commit(),
+    res = dict(date=datetime.date.today().isoformat(), commit=git_commit(),
                platform=platform.platform(),
                device=torch.cuda.get_device_name() if args.cuda else
                f"CPU ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)",
@@ -408,6 +420,7 @@ def main(argv=None):
                library=str(lib) if lib else None, baseline=str(args.baseline) if args.baseline else None,
                loadavg_start=_loadavg(),
                rows=[], exports={}, profile={})
+    res = {**environment(device), **res}  # the versions and command it records; commit and device refined above
     run_ort = not args.cuda or "CUDAExecutionProvider" in ort.get_available_providers()
     with tempfile.TemporaryDirectory() as tmp:
         if not run_ort:  # no onnxruntime-gpu: only the raw kernels below
@@ -419,7 +432,8 @@ def main(argv=None):
             t0 = time.perf_counter()
             rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False, step=False)
             res["exports"][f"{variant}{L or ''}"] = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
-                                                         export_seconds=round(time.perf_counter() - t0, 1))
+                                                         export_seconds=round(time.perf_counter() - t0, 1),
+                                                         op_counts=file_op_counts(path))
             files[(variant, L)] = {"portable": (path, False)}
             if lib:
                 files[(variant, L)]["library"] = (path, lib)

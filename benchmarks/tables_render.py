@@ -324,6 +324,82 @@ def precision() -> str:
         sources(PRECISION)
 
 
+# --- numbers quoted in prose, rendered from the files that back them ----------------------------------------------
+def _sci(v: float) -> str:
+    return f"{v:.1e}".replace("e-0", "e-")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _load(run: dict) -> str:
+    a, b = run.get("loadavg_start"), run.get("loadavg_end")
+    return "load not recorded" if not (a and b) else f"machine load average {a[0]:.1f} → {b[0]:.1f} over the run"
+
+
+CONVERT_CPU = "bench_convert_cpu.json"
+
+
+def convert_cpu() -> str:
+    """The README's conversion command on the CPU: wall time, stages, and the KL of every schedule."""
+    run = load(CONVERT_CPU)
+    t, s, h = run["timings"], run["schedules"], run["holdout"]
+    held = ("the search chose `linear`, so no held-out check was made" if h is None else
+            f"on the {h['windows']} held-out windows {h['best_kl']:.4f} against {h['linear_kl']:.4f} for `linear` "
+            f"({'fell back to `linear`' if h['fell_back'] else 'kept'})")
+    return (f"On the CPU, the README's command `{run['readme_command']}` (CPU defaults: {run['samples']} windows of "
+            f"{run['seq_len']} tokens, {run['max_evals']} candidates) took **{_minutes(run['wall_s'])}** wall in a fresh "
+            f"process on the shared 2-core VM ({_load(run)}): load {t['load']:.1f} s, score {t['score']:.1f} s, "
+            f"calibrate {t['calibrate']:.1f} s, save {t['save']:.1f} s, the rest start-up and imports. FLOPs ratio "
+            f"{run['achieved_flops_ratio']:.4f}; calibration KL **{s['best']['kl']:.4f}** against {s['linear']['kl']:.4f} "
+            f"for `linear` and {s['uniform']['kl']:.3f} for `uniform`; {held}.\n\n" + sources(CONVERT_CPU))
+
+
+AUTOCAST = "finetune_autocast_cpu.json"
+
+
+def finetune_autocast() -> str:
+    """KL of bf16 autocast against KL of pruning, same windows."""
+    c = load(AUTOCAST)["autocast_check"]
+    kl = c["kl"]
+    return (f"bf16 autocast is not what limits the KL: on {c['windows']} windows of {c['seq_len']} tokens of the "
+            f"calibration text (`{c['text']}`), {c['model']}'s fp32 logits and its logits under bf16 autocast differ by "
+            f"KL **{_sci(kl['autocast_bf16'])}** at the {c['protect']} protected positions, against "
+            f"{kl['pruned_linear']:.3f} for pruning it at budget {c['budget']:g} (`linear` schedule, FLOPs "
+            f"{c['flops_ratio']:.3f}) on the same windows; CPU.\n\n" + sources(AUTOCAST))
+
+
+ONNX_FP16, ONNX_QUIET = "bench_onnx_cpu_fp16.json", "bench_onnx_cpu_quiet.json"
+
+
+def onnx_fp16() -> str:
+    """fp16 files: agreement with PyTorch fp16, the Casts onnxruntime's CPU EP adds, and their time."""
+    run = load(ONNX_FP16)
+    ort = [r for r in run["rows"] if r["runtime"] == "onnxruntime"]
+    L = min(r["seq_len"] for r in ort)
+    rms = sorted(r["rel_rms_vs_pytorch"] for r in ort)
+    kept = "the same kept tokens" if all(r["kept_match"] for r in ort) else "**different kept tokens**"
+    in_file = {v: run["exports"]["dense" if v == "dense" else f"sparse{L}"]["op_counts"].get("Cast", 0)
+               for v in ("dense", "sparse")}
+    executed = {v: round(run["profile"][f"L={L} {v} library"]["nodes_by_op"].get("Cast", 0)) for v in ("dense", "sparse")}
+
+    def lib_ms(rows, variant):
+        return next(r["median_ms"] for r in rows if r["seq_len"] == L and r["batch"] == 1 and r["threads"] == "default"
+                    and r["variant"] == variant and r["runtime"] == "onnxruntime" and r["path"] == "library")
+
+    quiet = load(ONNX_QUIET)["rows"]
+    return (f"fp16 files pass the same checks: on the bundled {run['model']} (B = 1, L = {L}, budget {run['budget']:g}) "
+            f"their logits are within {_sci(rms[0])}–{_sci(rms[-1])} relative RMS of PyTorch fp16, with {kept}, in stock "
+            f"onnxruntime and with our library. onnxruntime's CPU EP runs part of them in fp32 behind Casts it inserts: "
+            f"with the library it executes {executed['dense']} (dense) and {executed['sparse']} (sparse) Cast nodes a "
+            f"run against the {in_file['dense']} and {in_file['sparse']} in the files. A correctness path: with the "
+            f"library these prefills took {lib_ms(run['rows'], 'dense'):.1f} (dense) and "
+            f"{lib_ms(run['rows'], 'sparse'):.1f} ms (sparse), {_load(run)}, against {lib_ms(quiet, 'dense'):.1f} and "
+            f"{lib_ms(quiet, 'sparse'):.1f} ms for the fp32 files in the quiet rerun above (another run, at lower load)."
+            f"\n\n" + sources(ONNX_FP16, ONNX_QUIET))
+
+
 def regions() -> dict[str, str]:
     return {
         "dense": dense(), "scan": scan(), "impact": impact(), "impact_fused": impact_fused(),
@@ -331,4 +407,5 @@ def regions() -> dict[str, str]:
         "finetune": finetune(), "paper_dense": paper_dense(), "paper_schedules": paper_schedules(),
         "paper_criteria": paper_criteria(), "paper_equal_flops": paper_equal_flops(),
         "paper_context": paper_context(), "paper_speed": paper_speed(), "precision": precision(),
+        "convert_cpu": convert_cpu(), "finetune_autocast": finetune_autocast(), "onnx_fp16": onnx_fp16(),
     }
