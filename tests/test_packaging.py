@@ -23,7 +23,8 @@ def test_wheel_ships_bundled_model_and_calibration_text(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for need in ("simba_convert/_calibration/default.txt", "simba_convert/models/mamba-tiny/model.safetensors",
                  "simba_convert/models/mamba-tiny/config.json", "simba_convert/models/mamba-tiny/tokenizer.json",
-                 "simba_convert/cli/main.py", "simba_convert/recipes/corpus_manifest.json"):
+                 "simba_convert/cli/main.py", "simba_convert/recipes/corpus_manifest.json",
+                 "simba_convert/recipes/corpus_manifest_large.json"):
         assert need in names, need
     assert not any(n.startswith(("kernels/", "calibration/", "tests/", "benchmarks/")) for n in names)
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "simba_convert").rglob("*.py") if "__pycache__" not in p.parts}

@@ -186,3 +186,26 @@ def test_family_pack_splits_and_reassembles(tmp_path, monkeypatch):
     assert len(parts) > 2 and all(p.stat().st_size <= 4096 for p in parts)
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in sorted(parts)))) as tar:
         assert tar.extractfile("mamba-tiny/model.safetensors").read() == payload
+
+
+def test_scaling_family_smoke_resumes_across_calls(tiny_data, tmp_path):
+    from simba_convert.recipes import family_scaling
+
+    base = ["--suite", "scaling", "--smoke", "--tokens", str(tiny_data / "tokens"), "--tokenizer",
+            str(tiny_data / "tokenizer.json"), "--models", str(tmp_path / "m"), "--out", str(tmp_path / "s.json"),
+            "--steps", "6"]
+    assert family.main(base + ["--only", "mamba1-s,mamba2-s", "--stop-at", "4"]) == 0  # a call cut short
+    first = json.loads((tmp_path / "s.json").read_text())
+    assert first["calls"][0]["trained"] == [{"model": "mamba1-s", "from_step": 0, "to_step": 4}]
+    assert (tmp_path / "m" / ".mamba1-s.resume.pt").is_file() and first["complete"] == []
+    assert family.main(base + ["--only", "mamba1-s,mamba2-s"]) == 0  # the next call continues it
+    second = json.loads((tmp_path / "s.json").read_text())
+    assert second["calls"][1]["trained"] == [{"model": "mamba1-s", "from_step": 4, "to_step": 6},
+                                             {"model": "mamba2-s", "from_step": 0, "to_step": 6}]
+    assert second["complete"] == ["mamba1-s", "mamba2-s"] and not list((tmp_path / "m").glob(".*.resume.pt"))
+    assert second["models"]["mamba2-s"]["architecture"] == "mamba2"
+    assert second["models"]["mamba1-s"]["resumes"][0]["step"] == 4
+    assert family.main(base + ["--only", "mamba1-s,mamba2-s"]) == 0  # nothing left: a call trains nothing
+    assert json.loads((tmp_path / "s.json").read_text())["calls"][2]["trained"] == []
+    args = family_scaling.parse_args(base[2:])
+    assert args.names == list(family_scaling.SCALING)  # all six by default, in table order

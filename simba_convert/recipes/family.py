@@ -2,6 +2,8 @@
 
     python3 -m simba_convert.recipes.family --out $OUT/family_train.json --models /tmp/models --pack-to $OUT
     python3 -m simba_convert.recipes.family --smoke --out /tmp/family.json --models /tmp/models  # CPU check
+    python3 -m simba_convert.recipes.family --suite scaling ...   # Mamba-1 and Mamba-2 families of three sizes each
+                                                                 # on the large corpus: family_scaling.py
 
 Needs `.data/tokens/{train,valid}.u16.npy` and `.data/tokenizer.json` (simba_convert/recipes/README.md says how to
 make them). Both models share data, tokenizer and recipe (train.py beside this file: batch 32 x 512 tokens,
@@ -104,7 +106,15 @@ def choose_steps(args) -> tuple[int, float | None]:
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite", choices=("bundled", "scaling"), default="bundled")
+    if pre.parse_known_args(argv)[0].suite == "scaling":
+        from . import family_scaling
+
+        return family_scaling.main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("bundled", "scaling"), default="bundled",
+                   help="bundled: mamba-tiny and family-l (this file); scaling: family_scaling.py's six models")
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     p.add_argument("--models", type=Path, required=True, help="folder for the checkpoints (<models>/<name>/)")
     p.add_argument("--tokens", type=Path, default=Path(".data/tokens"))
@@ -140,7 +150,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"\n| model | layers | params | steps | train loss | valid ppl | tok/s | checkpoint MB |")
+    print("\n| model | layers | params | steps | train loss | valid ppl | tok/s | checkpoint MB |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results["models"].items():
         print(f"| {name} | {r['config']['n_layer']} | {r['parameters'] / 1e6:.2f} M | {r['steps']}"

@@ -463,7 +463,8 @@ def run(args: argparse.Namespace):
     save(model, args, log_path, summary, compare_heldout(args, vwin, device) if args.compare else None)
     if not stopped_early:
         args.ckpt.unlink(missing_ok=True)  # the run is complete: nothing left to resume
-    print(f"{args.out}: {step} steps, train loss {summary['final_train_loss']:.3f}, "
+    loss = summary["final_train_loss"]  # None when the run stopped before its first log point
+    print(f"{args.out}: {step} steps, train loss {'n/a' if loss is None else f'{loss:.3f}'}, "
           f"valid ppl {summary['valid_ppl']:.2f}, {summary['tokens_per_s']:,.0f} tok/s, "
           f"{summary['checkpoint_bytes'] / 1e6:.2f} MB")
     return model, summary
