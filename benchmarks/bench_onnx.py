@@ -128,7 +128,8 @@ def rel_rms(out, ref) -> float:
 
 
 CATEGORIES = {  # ORT op type -> where its time goes (the profile's groups)
-    "simba kernels": ("SelectiveScan", "SelectiveScanScore", "ImpactScore", "SsdScan", "SsdScanScore"),
+    "simba kernels": ("SelectiveScan", "SelectiveScanScore", "ImpactScore",  # Mamba-1
+                      "SsdScan", "SsdScanScore"),  # Mamba-2
     "Scan (portable reference bodies)": ("Scan", "Softplus", "Exp", "CumSum", "ReduceSum", "ReduceMax", "Abs", "Pad"),
     "MatMul": ("MatMul", "Gemm", "FusedMatMul"),
     "conv + layout": ("Conv", "Transpose", "QuickGelu", "Sigmoid"),
