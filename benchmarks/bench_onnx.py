@@ -17,7 +17,8 @@ rounds; --profile RUNS records ORT's profiler per op type, per category and per 
 --cuda: the same with onnxruntime-gpu's CUDAExecutionProvider (needs the library built with
 `kernels/build.sh --cuda`, carried as kernels/build) next to PyTorch on the GPU; plus the raw CUDA
 kernels called through ctypes against the PyTorch ops (parity and time), which needs no onnxruntime-gpu.
-Weights: the bundled mamba-tiny when it is installed, else random weights of its shape (recorded).
+Weights: the bundled mamba-tiny when it is installed, else random weights of its shape (recorded); --model
+mamba2-tiny: the bundled Mamba-2 (no fallback).
 """
 
 from __future__ import annotations
@@ -53,14 +54,19 @@ SHAPES = {  # d_model, n_layer, vocab
 }
 
 
+BUNDLED = ("mamba-tiny", "mamba2-tiny")  # loaded by name; mamba2-tiny has no random-weight fallback
+
+
 def build_model(name: str, device: str, dtype: torch.dtype):
-    """(dense MambaLM, weights description): the bundled model if loadable, else random weights of its shape."""
-    if name == "mamba-tiny":
+    """(dense LM, weights description): the bundled model if loadable, else random weights of its shape."""
+    if name in BUNDLED:
         try:
             from simba_convert.io.load import load
 
-            return load("mamba-tiny", offline=True, device=device, dtype=dtype).eval(), "bundled mamba-tiny"
+            return load(name, offline=True, device=device, dtype=dtype).eval(), f"bundled {name}"
         except Exception as e:  # noqa: BLE001 - fall back to random weights and record why
+            if name not in SHAPES:
+                raise
             why = str(e).splitlines()[0]
     else:
         why = "shape only"
@@ -113,7 +119,8 @@ def rel_rms(out, ref) -> float:
 
 
 CATEGORIES = {  # ORT op type -> where its time goes (the profile's groups)
-    "simba kernels": ("SelectiveScan", "SelectiveScanScore", "ImpactScore"),
+    "simba kernels": ("SelectiveScan", "SelectiveScanScore", "ImpactScore",  # Mamba-1
+                      "SsdScan", "SsdScanScore"),  # Mamba-2
     "Scan (portable reference bodies)": ("Scan", "Softplus", "Exp", "CumSum", "ReduceSum", "ReduceMax", "Abs", "Pad"),
     "MatMul": ("MatMul", "Gemm", "FusedMatMul"),
     "conv + layout": ("Conv", "Transpose", "QuickGelu", "Sigmoid"),
@@ -366,8 +373,8 @@ def markdown(res: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON results (a .md table is written beside it)")
-    ap.add_argument("--model", default=None, choices=sorted(SHAPES),
-                    help="default: mamba-tiny (mamba-130m takes ~2 min per export: 24 layers)")
+    ap.add_argument("--model", default=None, choices=sorted(set(SHAPES) | set(BUNDLED)),
+                    help="default: mamba-tiny (mamba-130m takes ~2 min per export: 24 layers); mamba2-tiny: Mamba-2")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="default: 512 2048")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--threads", type=int, nargs="+", default=[0],

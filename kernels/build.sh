@@ -74,15 +74,18 @@ ORT_INC="$(fetch_headers)"
 if [[ $check == 1 ]]; then out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT; fi
 mkdir -p "$out/obj"
 CXXFLAGS=(-std=c++17 -O3 -fno-trapping-math -fPIC -fvisibility=hidden -fvisibility-inlines-hidden -Wall -Wextra -Wno-unused-parameter -Wno-psabi -I"$ORT_INC")
-objs=("$out/obj/simba_ort_ops.o" "$out/obj/cpu_kernels.o")
-g++ "${CXXFLAGS[@]}" -c "$HERE/cpu_kernels.cc" -o "$out/obj/cpu_kernels.o"
-if [[ "$(uname -m)" == x86_64 ]]; then
-  # the same kernels for AVX2+FMA and AVX-512 CPUs, chosen at run time (simba_ort_ops.cc, cpu_kernels<K>())
-  g++ "${CXXFLAGS[@]}" -mavx2 -mfma -DSIMBA_CPU_ISA=avx2 -c "$HERE/cpu_kernels.cc" -o "$out/obj/cpu_kernels_avx2.o"
-  g++ "${CXXFLAGS[@]}" -mavx2 -mfma -mavx512f -DSIMBA_CPU_ISA=avx512 -c "$HERE/cpu_kernels.cc" -o "$out/obj/cpu_kernels_avx512.o"
-  objs+=("$out/obj/cpu_kernels_avx2.o" "$out/obj/cpu_kernels_avx512.o")
-  CXXFLAGS+=(-DSIMBA_HAVE_AVX2)
-fi
+objs=("$out/obj/simba_ort_ops.o")
+for src in cpu_kernels cpu_kernels_ssd; do  # Mamba-1's kernels, Mamba-2's
+  g++ "${CXXFLAGS[@]}" -c "$HERE/$src.cc" -o "$out/obj/$src.o"
+  objs+=("$out/obj/$src.o")
+  if [[ "$(uname -m)" == x86_64 ]]; then
+    # the same kernels for AVX2+FMA and AVX-512 CPUs, chosen at run time (simba_ort_ops.cc, cpu_kernels<K>())
+    g++ "${CXXFLAGS[@]}" -mavx2 -mfma -DSIMBA_CPU_ISA=avx2 -c "$HERE/$src.cc" -o "$out/obj/${src}_avx2.o"
+    g++ "${CXXFLAGS[@]}" -mavx2 -mfma -mavx512f -DSIMBA_CPU_ISA=avx512 -c "$HERE/$src.cc" -o "$out/obj/${src}_avx512.o"
+    objs+=("$out/obj/${src}_avx2.o" "$out/obj/${src}_avx512.o")
+  fi
+done
+if [[ "$(uname -m)" == x86_64 ]]; then CXXFLAGS+=(-DSIMBA_HAVE_AVX2); fi
 g++ "${CXXFLAGS[@]}" -c "$HERE/simba_ort_ops.cc" -o "$out/obj/simba_ort_ops.o"
 # Export RegisterCustomOps only: nothing of ours or of the static libraries can clash with the host process.
 # (and the extern "C" CUDA launchers, simba_cuda_*, for ctypes tests)

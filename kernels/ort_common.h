@@ -1,4 +1,4 @@
-// Glue shared by the CPU and CUDA registrations: ORT headers, shape checks, ImpactScore attributes.
+// Glue shared by the CPU and CUDA registrations: ORT headers, shape checks, the ops' attributes.
 #pragma once
 
 // Every translation unit initialises the ORT API by hand in RegisterCustomOps; the library links no
@@ -112,6 +112,30 @@ inline std::string check_conv(const std::vector<int64_t>& x, const std::vector<i
   if (!same(bias, {x[2]})) return "CausalConv1d: bias must be [D]";
   return {};
 }
+
+// SsdScan / SsdScanScore: x [B, L, H, P], dt [B, L, H], A, D, dt_bias [H], B and C [B, L, G, N] with H a multiple of G.
+inline std::string check_ssd(const char* op, const std::vector<int64_t>& x, const std::vector<int64_t>& dt,
+                             const std::vector<int64_t>& A, const std::vector<int64_t>& Bm,
+                             const std::vector<int64_t>& Cm, const std::vector<int64_t>& D,
+                             const std::vector<int64_t>& bias, simba::SsdDims* s) {
+  const std::string name(op);
+  if (x.size() != 4 || Bm.size() != 4) return name + ": x must be [B, L, H, P] and B, C [B, L, G, N]";
+  *s = simba::SsdDims{x[0], x[1], x[2], x[3], Bm[2], Bm[3]};
+  if (Cm != Bm || Bm[0] != x[0] || Bm[1] != x[1]) return name + ": B and C must be [B, L, G, N] with x's B and L";
+  if (s->groups < 1 || s->heads % s->groups) return name + ": the H heads must be a multiple of the G >= 1 groups";
+  if (!same(dt, {x[0], x[1], x[2]})) return name + ": dt must be [B, L, H]";
+  if (!same(A, {x[2]}) || !same(D, {x[2]}) || !same(bias, {x[2]})) return name + ": A, D and dt_bias must be [H]";
+  return {};
+}
+
+// SsdScan's attribute dt_softplus (0 | 1), and SsdScanScore's score attributes besides.
+struct SsdAttrs : ImpactScoreAttrs {
+  bool dt_softplus = false;
+
+  SsdAttrs(const OrtApi* api, const OrtKernelInfo* info) : ImpactScoreAttrs(api, info) {
+    try { dt_softplus = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("dt_softplus") != 0; } catch (const Ort::Exception&) {}
+  }
+};
 
 using OpList = std::vector<std::unique_ptr<OrtCustomOp>>;
 

@@ -1,4 +1,5 @@
 // Kernels of the `simba` ONNX domain, free of ONNX Runtime types (the ORT glue is simba_ort_ops.cc).
+// Mamba-1 ops in cpu_kernels.cc, Mamba-2's in cpu_kernels_ssd.cc.
 //
 // Layout is that of the PyTorch ops (CONTRIBUTING.md "Shapes"), row-major:
 //   u, delta, z, y [B, L, D];  A [D, N];  Bm, Cm [B, L, N];  Dskip, delta_bias [D];  state [B, D, N];
@@ -75,7 +76,33 @@ struct ConvArgs {
   int64_t jobs() const { return batch * chunks(); }
 };
 
-// The kernels are compiled once per instruction set (cpu_kernels.cc built three times: `base` for any x86-64
+// Mamba-2 (SsdScan, SsdScanScore): x, y [B, L, H, P]; dt [B, L, H] fp32; A, Dskip, dt_bias [H]; Bm, Cm [B, L, G, N];
+// state [B, H, P, N]. Per head the step size delta = softplus(dt + dt_bias) (dt_softplus) or dt + dt_bias and the
+// decay exp(delta·A) are scalars; head h reads group h / (H / G).
+struct SsdDims {
+  int64_t batch, len, heads, headdim, groups, nstate;  // B, L, H, P, G, N
+  int64_t blocks() const { return (headdim + kBlockD - 1) / kBlockD; }  // channel blocks of one head
+  int64_t score_blocks() const { return heads * blocks(); }  // partial maxima per position
+  int64_t jobs() const { return batch * score_blocks(); }  // one CPU job = (batch row, head, channel block)
+};
+
+template <typename T>
+struct SsdArgs {
+  SsdDims s;
+  const T *x, *Bm, *Cm;
+  const float *dt, *A, *Dskip, *dt_bias;
+  bool dt_softplus;
+  T* y;
+  float* state;
+  // SsdScanScore: the job's scores of `criterion` into partial [B, H·blocks, L], +inf at the last `protect`
+  // positions; null for SsdScan.
+  Criterion criterion;
+  bool signed_score;
+  int64_t protect;
+  float* partial;
+};
+
+// The kernels are compiled once per instruction set (cpu_kernels*.cc built three times: `base` for any x86-64
 // or other CPU, `avx2` with AVX2+FMA and `avx512` with AVX-512F on x86-64); the ORT glue picks one.
 #define SIMBA_DECLARE_CPU_KERNELS(isa)                                                        \
   namespace isa {                                                                              \
@@ -91,7 +118,12 @@ struct ConvArgs {
   /* Rows [c·kRows, (c+1)·kRows) of batch row b, job = b·chunks + c. */                        \
   template <typename T>                                                                        \
   void causal_conv1d_job(const ConvArgs<T>& a, int64_t job);                                   \
-  void impact_score_reduce(const Dims& s, const float* partial, float* score);                 \
+  /* The Mamba-2 scan (and score) of one batch row, head and block of the head's channels. */  \
+  template <typename T>                                                                        \
+  void ssd_scan_job(const SsdArgs<T>& a, int64_t job);                                         \
+  /* score[b, t] = max over k of partial[b, k, t] (k < blocks). */                             \
+  void impact_score_reduce(int64_t batch, int64_t blocks, int64_t L, const float* partial,     \
+                           float* score);                                                      \
   float half_to_float(uint16_t h);                                                             \
   uint16_t float_to_half(float f);                                                             \
   }

@@ -1,6 +1,6 @@
 // ONNX Runtime entry point of libsimba_ort_ops.so: registers the `simba` domain (SelectiveScan,
-// ImpactScore, SelectiveScanScore, CausalConv1d) for the CPU execution provider (fp32 and fp16) and, when built with SIMBA_WITH_CUDA,
-// for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
+// ImpactScore, SelectiveScanScore, CausalConv1d; Mamba-2's SsdScan, SsdScanScore) for the CPU execution provider
+// (fp32 and fp16) and, when built with SIMBA_WITH_CUDA, the Mamba-1 ops for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
 // Built against the API-21 headers (ORT 1.21); older runtimes get an error status instead of a crash.
 #include <cstdio>
 #include <mutex>
@@ -31,6 +31,7 @@ struct CpuKernels {
   void (*score)(const simba::ScoreArgs<K>&, int64_t);
   void (*scan_score)(const simba::ScanScoreArgs<K>&, int64_t);
   void (*conv)(const simba::ConvArgs<K>&, int64_t);
+  void (*ssd)(const simba::SsdArgs<K>&, int64_t);
 };
 
 // The widest kernels the CPU runs: AVX-512F (16 lanes; ~1.25x AVX2 on the EPYC of BENCHMARKS.md), AVX2+FMA
@@ -65,13 +66,13 @@ CpuKernels<K> cpu_kernels() {
 #ifdef SIMBA_HAVE_AVX2
   if (cpu_isa() == Isa::kAvx512)
     return {simba::avx512::selective_scan_job<K>, simba::avx512::impact_score_job<K>, simba::avx512::scan_score_job<K>,
-            simba::avx512::causal_conv1d_job<K>};
+            simba::avx512::causal_conv1d_job<K>, simba::avx512::ssd_scan_job<K>};
   if (cpu_isa() == Isa::kAvx2)
     return {simba::avx2::selective_scan_job<K>, simba::avx2::impact_score_job<K>, simba::avx2::scan_score_job<K>,
-            simba::avx2::causal_conv1d_job<K>};
+            simba::avx2::causal_conv1d_job<K>, simba::avx2::ssd_scan_job<K>};
 #endif
   return {simba::base::selective_scan_job<K>, simba::base::impact_score_job<K>, simba::base::scan_score_job<K>,
-          simba::base::causal_conv1d_job<K>};
+          simba::base::causal_conv1d_job<K>, simba::base::ssd_scan_job<K>};
 }
 
 // Runs job(args, i) for i in [0, jobs) on ORT's intra-op thread pool.
@@ -135,7 +136,7 @@ struct ImpactScoreCpu : ImpactScoreAttrs {
                           delta.Data(), bias ? bias->Data() : nullptr, A.Data(), criterion, signed_score,
                           partial.data()};
     run_jobs(ctx, a, cpu_kernels<K>().score, s.jobs());
-    simba::base::impact_score_reduce(s, partial.data(), out);
+    simba::base::impact_score_reduce(s.batch, s.blocks(), s.len, partial.data(), out);
     return Ort::Status{nullptr};
   }
 };
@@ -165,7 +166,7 @@ struct SelectiveScanScoreCpu : ImpactScoreAttrs {
                                last_state.Allocate({s.batch, s.dim, s.nstate})},
                               criterion, signed_score, protect, partial.data()};
     run_jobs(ctx, a, cpu_kernels<K>().scan_score, s.jobs());
-    simba::base::impact_score_reduce(s, partial.data(), out);
+    simba::base::impact_score_reduce(s.batch, s.blocks(), s.len, partial.data(), out);
     return Ort::Status{nullptr};
   }
 };
@@ -193,6 +194,57 @@ struct CausalConv1dCpu : ConvAttrs {
   }
 };
 
+// SsdScan (partial null) and SsdScanScore: the Mamba-2 scan, and its scores reduced over heads and channel blocks.
+template <typename T>
+Ort::Status RunSsd(OrtKernelContext* ctx, const SsdAttrs& at, const char* op, const Tensor<T>& x,
+                   const Tensor<float>& dt, const Tensor<float>& A, const Tensor<T>& B, const Tensor<T>& C,
+                   const Tensor<float>& D, const Tensor<float>& dt_bias, Tensor<T>& y, Tensor<float>& state,
+                   Tensor<float>* score) {
+  using K = typename KernelType<T>::type;
+  if (score && !at.error.empty()) return bad(std::string(op) + ": " + at.error);
+  simba::SsdDims s{};
+  std::string err = check_ssd(op, x.Shape(), dt.Shape(), A.Shape(), B.Shape(), C.Shape(), D.Shape(),
+                              dt_bias.Shape(), &s);
+  if (!err.empty()) return bad(err);
+  if (trace()) std::fprintf(stderr, "[simba] %s cpu-%s%s%s B=%lld L=%lld H=%lld P=%lld G=%lld N=%lld\n", op, isa_name(),
+                            at.dt_softplus ? " softplus" : "", score ? (at.criterion == simba::Criterion::kLast ? " last" : " global") : "",
+                            (long long)s.batch, (long long)s.len, (long long)s.heads, (long long)s.headdim,
+                            (long long)s.groups, (long long)s.nstate);
+  std::vector<float> partial(score ? static_cast<size_t>(s.batch * s.score_blocks() * s.len) : 0);
+  simba::SsdArgs<K> a{s, as_kernel<K>(x.Data()), as_kernel<K>(B.Data()), as_kernel<K>(C.Data()),
+                      dt.Data(), A.Data(), D.Data(), dt_bias.Data(), at.dt_softplus,
+                      reinterpret_cast<K*>(y.Allocate(x.Shape())),
+                      state.Allocate({s.batch, s.heads, s.headdim, s.nstate}),
+                      at.criterion, at.signed_score, at.protect, score ? partial.data() : nullptr};
+  run_jobs(ctx, a, cpu_kernels<K>().ssd, s.jobs());
+  if (score)
+    simba::base::impact_score_reduce(s.batch, s.score_blocks(), s.len, partial.data(),
+                                     score->Allocate({s.batch, s.len}));
+  return Ort::Status{nullptr};
+}
+
+template <typename T>
+struct SsdScanCpu : SsdAttrs {
+  using SsdAttrs::SsdAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<float>& dt, const Tensor<float>& A,
+                      const Tensor<T>& B, const Tensor<T>& C, const Tensor<float>& D, const Tensor<float>& dt_bias,
+                      Tensor<T>& y, Tensor<float>& state) {
+    return RunSsd<T>(ctx, *this, "SsdScan", x, dt, A, B, C, D, dt_bias, y, state, nullptr);
+  }
+};
+
+template <typename T>
+struct SsdScanScoreCpu : SsdAttrs {
+  using SsdAttrs::SsdAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<T>& x, const Tensor<float>& dt, const Tensor<float>& A,
+                      const Tensor<T>& B, const Tensor<T>& C, const Tensor<float>& D, const Tensor<float>& dt_bias,
+                      Tensor<T>& y, Tensor<float>& state, Tensor<float>& score) {
+    return RunSsd<T>(ctx, *this, "SsdScanScore", x, dt, A, B, C, D, dt_bias, y, state, &score);
+  }
+};
+
 // The ops and the domain must outlive every session that uses them (ONNX.md pitfall 12).
 std::mutex g_mutex;
 OpList g_ops;
@@ -210,6 +262,11 @@ void build_domain() {
   g_ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCpu<Ort::Float16_t>>("SelectiveScanScore", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<float>>("CausalConv1d", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<Ort::Float16_t>>("CausalConv1d", kCpu));
+  // Mamba-2's ops have CPU kernels only: in a CUDA session onnxruntime runs them on the CPU provider.
+  g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<float>>("SsdScan", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<Ort::Float16_t>>("SsdScan", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SsdScanScoreCpu<float>>("SsdScanScore", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SsdScanScoreCpu<Ort::Float16_t>>("SsdScanScore", kCpu));
 #ifdef SIMBA_WITH_CUDA
   add_cuda_ops(g_ops);
 #endif

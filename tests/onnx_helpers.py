@@ -1,4 +1,5 @@
-"""Shared by the ONNX tests: the custom-op library built once per session, and the tiny model they export."""
+"""Shared by the ONNX tests: the custom-op library built once per session, the two onnxruntime paths, single-op models
+built by hand, and the tiny model they export."""
 
 from __future__ import annotations
 
@@ -10,12 +11,44 @@ from pathlib import Path
 import pytest
 import torch
 
-from simba_convert.export.runtime import ENV_VAR
+from simba_convert.export.functions import attach_reference_functions
+from simba_convert.export.runtime import ENV_VAR, session_options
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
 
 ROOT = Path(__file__).resolve().parents[1]
+OPSET = 18
 _built: dict[str, Path] = {}
+
+
+def paths(lib):
+    """The two onnxruntime paths under test: portable (no library: the reference functions) and library."""
+    return [("portable", False), ("library", lib)]
+
+
+def op_model(node, inputs, outputs) -> bytes:
+    """A model of one `simba` node with its reference function attached, checked."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([node], "ops", inputs, outputs)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("simba", 1)])
+    attach_reference_functions(m)
+    onnx.checker.check_model(m, full_check=True)
+    return m.SerializeToString()
+
+
+def vi(name, elem, rank):
+    """A value info of element type `elem` and `rank` unnamed dims."""
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, elem, [None] * rank)
+
+
+def ort_session(model, lib):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, session_options(lib), providers=["CPUExecutionProvider"])
 
 
 def build_ops_library(tmp_path_factory) -> Path:

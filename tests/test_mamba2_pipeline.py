@@ -1,7 +1,7 @@
 """Mamba-2 through the whole pipeline: loading by architecture (both layouts), the pruned model (budget 1.0 ≡ dense,
 kept sets = top-k of `impact_score_ssd`, pruned prefill + dense decoding), the FLOPs model against a hand count and
 torch's FlopCounterMode, schedules meeting the budget, reproducible calibration, and the CLI end to end (convert,
-reload, info, eval, fine-tune; --onnx and hybrids refused with one line).
+reload, info, eval, fine-tune; --onnx; hybrids refused with one line).
 
 Checkpoints are tiny random transformers Mamba2ForCausalLM models (4 layers, 4 heads of 8 channels in 2 groups of
 8 states, chunk 16) saved with save_pretrained, and the same weights in the mamba_ssm layout.
@@ -27,11 +27,9 @@ from simba_convert.calibrate.objective import KLObjective
 from simba_convert.calibrate.search import calibrate
 from simba_convert.cli.main import main
 from simba_convert.errors import CheckpointError
-from simba_convert.io import load as load_mod
 from simba_convert.io.layout import inspect_checkpoint, parameter_count
 from simba_convert.ops.score_ssd import impact_score_ssd
 from simba_convert.ops.ssd import ssd_scan_ref, step_size
-from simba_convert.pipeline import stages
 from simba_convert.pruning import flops, schedules
 from simba_convert.pruning.model import PrunedMambaLM
 from simba_convert.pruning.spec import PruningSpec
@@ -395,19 +393,25 @@ def test_cli_converts_reloads_and_inspects(work, tmp_path, layout, extra):
     assert result["pruned"] and result["windows"] == 2 and result["perplexity"] > 1
 
 
-@pytest.mark.skipif(not all(find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-                    reason="the onnx extra's check comes first")
-def test_onnx_of_mamba2_is_refused_before_the_work(work, tmp_path, monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("the conversion started its work")
+@pytest.mark.skipif(not all(find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")), reason="needs the onnx extra")
+def test_cli_exports_mamba2_to_onnx(work, tmp_path, tmp_path_factory, monkeypatch):
+    """--onnx on a transformers-layout Mamba-2: the pruned prefill and the step file, checked against PyTorch in stock
+    onnxruntime and with libsimba_ort_ops (tests/test_onnx_mamba2.py has the detailed checks)."""
+    from onnx_helpers import build_ops_library
+    from simba_convert.export import runtime
 
-    monkeypatch.setattr(stages, "score_stage", refuse)
-    monkeypatch.setattr(load_mod, "load_with_tokenizer", refuse)
-    r = cli("--in", work.src["hf"], "--out", tmp_path / "o", *FAST, "--calib", work.calib, "--onnx")
-    assert r.exit_code == 2, (r.output, r.exception)
-    last = r.stderr.splitlines()[-1]
-    assert last == "error: ONNX export of Mamba-2 is not supported yet; convert without it (--onnx)", last
-    assert not (tmp_path / "o").exists()
+    monkeypatch.setenv(runtime.ENV_VAR, str(build_ops_library(tmp_path_factory)))
+    out = tmp_path / "o"
+    r = cli("--in", work.src["hf"], "--out", out, *FAST, "--calib", work.calib, "--onnx")
+    assert r.exit_code == 0, (r.output, r.exception)
+    rep = json.loads((out / "simba_report.json").read_text())["onnx"]
+    assert rep["passed"] and rep["verify"]["library"]["simba_kernels_ran"], rep["verify"]
+    for path in ("portable", "library"):
+        assert rep["verify"][path]["kept_match"] and rep["verify"][path]["decode"]["tokens_match"], path
+    assert rep["outputs"]["ssm_states"] == [N_LAYER, "batch", 4, 8, 8]  # [H, P, N] per layer
+    assert rep["custom_nodes"]["CausalConv1d"] == N_LAYER
+    assert rep["custom_nodes"].get("SsdScanScore", 0) + rep["custom_nodes"]["SsdScan"] == N_LAYER
+    assert (out / "model.onnx").is_file() and (out / "model_step.onnx").is_file()
 
 
 def test_cli_refuses_a_hybrid_in_one_line(work, tmp_path):

@@ -12,7 +12,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 import numpy as np  # noqa: E402
 
-from onnx_helpers import build_ops_library, tiny_dense  # noqa: E402
+from onnx_helpers import build_ops_library, paths, tiny_dense  # noqa: E402
 from simba_convert.export import export_onnx, generate_onnx, run_onnx  # noqa: E402
 from simba_convert.export.runtime import decode, make_session  # noqa: E402
 from simba_convert.export.summary import summary_line  # noqa: E402
@@ -36,10 +36,6 @@ def exported(tmp_path_factory):
     path = tmp_path_factory.mktemp("decode") / "model.onnx"
     report = export_onnx(model, path, check=False)
     return model, path, report
-
-
-def paths(lib):
-    return [("portable", False), ("library", lib)]
 
 
 @pytest.mark.parametrize("bsz,L", [(1, 3), (3, 40)])

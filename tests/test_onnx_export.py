@@ -22,7 +22,6 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from simba_convert.errors import BackendError, MissingExtraError  # noqa: E402
 from simba_convert.export import export_onnx, run_onnx  # noqa: E402
-from simba_convert.export.functions import attach_reference_functions  # noqa: E402
 from simba_convert.export.graph import PrefillGraph  # noqa: E402
 from simba_convert.export.runtime import ENV_VAR, session_options  # noqa: E402
 from simba_convert.ops.conv1d import causal_conv1d_ref  # noqa: E402
@@ -30,11 +29,10 @@ from simba_convert.ops.score import impact_score_ref  # noqa: E402
 from simba_convert.ops.scan import selective_scan_ref  # noqa: E402
 from simba_convert.pruning.model import PrunedMambaLM  # noqa: E402
 from simba_convert.pruning.spec import PruningSpec, keep_counts  # noqa: E402
-from onnx_helpers import build_ops_library, tiny_dense  # noqa: E402
+from onnx_helpers import build_ops_library, op_model, ort_session, paths, tiny_dense, vi  # noqa: E402
 from tolerance import assert_matches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-OPSET = 18
 
 
 # ---- the custom-op library ------------------------------------------------------------------------
@@ -44,57 +42,36 @@ def ops_library(tmp_path_factory):
     return build_ops_library(tmp_path_factory)
 
 
-def paths(lib):
-    """The two onnxruntime paths under test: portable (no library) and library."""
-    return [("portable", False), ("library", lib)]
-
-
 # ---- op-level models, built by hand (no exporter) -------------------------------------------------
-def _op_model(node, inputs, outputs):
-    graph = helper.make_graph([node], "ops", inputs, outputs)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("simba", 1)])
-    attach_reference_functions(m)
-    onnx.checker.check_model(m, full_check=True)
-    return m.SerializeToString()
-
-
-def _vi(name, elem, rank):
-    return helper.make_tensor_value_info(name, elem, [None] * rank)
-
-
 def scan_model(half: bool) -> bytes:
     T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     F32 = TensorProto.FLOAT
-    ins = [_vi("u", T, 3), _vi("delta", T, 3), _vi("A", F32, 2), _vi("B", T, 3), _vi("C", T, 3),
-           _vi("D", F32, 1), _vi("z", T, 3), _vi("delta_bias", F32, 1)]
+    ins = [vi("u", T, 3), vi("delta", T, 3), vi("A", F32, 2), vi("B", T, 3), vi("C", T, 3),
+           vi("D", F32, 1), vi("z", T, 3), vi("delta_bias", F32, 1)]
     node = helper.make_node("SelectiveScan", [i.name for i in ins], ["y", "last_state"], domain="simba")
-    return _op_model(node, ins, [_vi("y", T, 3), _vi("last_state", F32, 3)])
+    return op_model(node, ins, [vi("y", T, 3), vi("last_state", F32, 3)])
 
 
 def score_model(half: bool, criterion: str, signed: bool, raw: bool = False) -> bytes:
     """ImpactScore; raw: the 6-input form (raw delta and delta_bias, softplus fused)."""
     T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     F32 = TensorProto.FLOAT
-    ins = [_vi("u", T, 3), _vi("delta", F32, 3), _vi("A", F32, 2), _vi("B", T, 3), _vi("C", T, 3)]
+    ins = [vi("u", T, 3), vi("delta", F32, 3), vi("A", F32, 2), vi("B", T, 3), vi("C", T, 3)]
     if raw:
-        ins.append(_vi("delta_bias", F32, 1))
+        ins.append(vi("delta_bias", F32, 1))
     node = helper.make_node("ImpactScore", [i.name for i in ins], ["score"], domain="simba",
                             criterion=criterion, signed=int(signed))
-    return _op_model(node, ins, [_vi("score", F32, 2)])
+    return op_model(node, ins, [vi("score", F32, 2)])
 
 
 def scan_score_model(half: bool, criterion: str, signed: bool, protect: int) -> bytes:
     T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     F32 = TensorProto.FLOAT
-    ins = [_vi("u", T, 3), _vi("delta", T, 3), _vi("A", F32, 2), _vi("B", T, 3), _vi("C", T, 3),
-           _vi("D", F32, 1), _vi("z", T, 3), _vi("delta_bias", F32, 1)]
+    ins = [vi("u", T, 3), vi("delta", T, 3), vi("A", F32, 2), vi("B", T, 3), vi("C", T, 3),
+           vi("D", F32, 1), vi("z", T, 3), vi("delta_bias", F32, 1)]
     node = helper.make_node("SelectiveScanScore", [i.name for i in ins], ["y", "last_state", "score"], domain="simba",
                             criterion=criterion, signed=int(signed), protect=protect)
-    return _op_model(node, ins, [_vi("y", T, 3), _vi("last_state", F32, 3), _vi("score", F32, 2)])
-
-
-def _session(model, lib):
-    return ort.InferenceSession(model, session_options(lib), providers=["CPUExecutionProvider"])
+    return op_model(node, ins, [vi("y", T, 3), vi("last_state", F32, 3), vi("score", F32, 2)])
 
 
 def scan_inputs(bsz, L, D, N, dtype):
@@ -115,7 +92,7 @@ SCAN_SCORE_SHAPES = [(1, 1, 5, 3), (2, 37, 19, 16), (1, 100, 33, 4)]
 def test_selective_scan_op_matches_reference(dtype, ops_library):
     model = scan_model(dtype == torch.float16)
     for name, lib in paths(ops_library):
-        sess = _session(model, lib)
+        sess = ort_session(model, lib)
         for shape in SHAPES:
             x = scan_inputs(*shape, dtype)
             y, h = sess.run(None, {k: v.numpy() for k, v in x.items()})
@@ -132,7 +109,7 @@ def test_selective_scan_op_matches_reference(dtype, ops_library):
 def test_impact_score_op_matches_reference(criterion, signed, dtype, ops_library):
     model = score_model(dtype == torch.float16, criterion, signed)
     for name, lib in paths(ops_library):
-        sess = _session(model, lib)
+        sess = ort_session(model, lib)
         for shape in SHAPES:
             x = scan_inputs(*shape, dtype)
             delta = F.softplus(x["delta"].float() + x["delta_bias"])
@@ -148,7 +125,7 @@ def test_impact_score_with_raw_delta_matches_reference(dtype, ops_library):
     """The 6-input ImpactScore fuses softplus(delta + delta_bias), as `impact_score(..., delta_softplus=True)`."""
     model = score_model(dtype == torch.float16, "last", False, raw=True)
     for name, lib in paths(ops_library):
-        sess = _session(model, lib)
+        sess = ort_session(model, lib)
         for shape in SHAPES:
             x = scan_inputs(*shape, dtype)
             feed = {"u": x["u"], "delta": x["delta"].float(), "A": x["A"], "B": x["B"], "C": x["C"],
@@ -167,7 +144,7 @@ def test_selective_scan_score_op_matches_reference(criterion, signed, protect, d
     kernel's `last` decays come from the scan's: the fp32 contract still holds), +inf on the protected suffix."""
     model = scan_score_model(dtype == torch.float16, criterion, signed, protect)
     for name, lib in paths(ops_library):
-        sess = _session(model, lib)
+        sess = ort_session(model, lib)
         for shape in SCAN_SCORE_SHAPES:
             x = scan_inputs(*shape, dtype)
             y, h, score = sess.run(None, {k: v.numpy() for k, v in x.items()})
@@ -190,9 +167,9 @@ def test_selective_scan_score_op_matches_reference(criterion, signed, protect, d
 def conv_model(half: bool, K: int) -> bytes:
     T = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     F32 = TensorProto.FLOAT
-    ins = [_vi("x", T, 3), _vi("weight", F32, 2), _vi("bias", F32, 1)]
+    ins = [vi("x", T, 3), vi("weight", F32, 2), vi("bias", F32, 1)]
     node = helper.make_node("CausalConv1d", ["x", "weight", "bias"], ["u"], domain="simba", kernel_size=K, silu=1)
-    return _op_model(node, ins, [_vi("u", T, 3)])
+    return op_model(node, ins, [vi("u", T, 3)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -201,7 +178,7 @@ def test_causal_conv1d_op_matches_reference(dtype, ops_library):
     for K in (4, 2):
         model = conv_model(dtype == torch.float16, K)
         for name, lib in paths(ops_library):
-            sess = _session(model, lib)
+            sess = ort_session(model, lib)
             for bsz, L, D in [(1, 1, 5), (2, 3, 19), (3, 70, 40)]:
                 x, w, b = torch.randn(bsz, L, D).to(dtype), torch.randn(D, K), torch.randn(D)
                 (u,) = sess.run(None, {"x": x.numpy(), "weight": w.numpy(), "bias": b.numpy()})
@@ -227,7 +204,8 @@ def test_narrower_cpu_kernels_match_reference(isa, ops_library):
     import sys
 
     env = dict(os.environ, SIMBA_OPS_ISA=isa, **{ENV_VAR: str(ops_library)})
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+    mamba2 = str(Path(__file__).with_name("test_onnx_mamba2.py"))  # its op tests: Mamba-2's kernels
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, mamba2,
                         "-k", "op_matches_reference or raw_delta"], capture_output=True, text=True, env=env, cwd=ROOT,
                        timeout=300)
     assert r.returncode == 0, r.stdout[-2000:]

@@ -104,6 +104,18 @@ def test_ties_keep_lowest_positions(kernels, L):
             assert got[b].tolist() == py_select(scores[b].tolist(), P, k), f"k={k} P={P} row {b}"
 
 
+@pytest.mark.parametrize("L", [7, 100, 257])
+def test_reference_ties_keep_lowest_positions(L):
+    """The reference keeps the same tokens at ties as the kernel (and as ONNX's TopK in the exported graph): Mamba-2's
+    `delta` scores tie wherever a token repeats."""
+    for k, P in counts(L):
+        scores = torch.randint(0, 4, (3, L)).float()
+        got = select_kept_dense_rows_ref(scores.clone(), P, k)
+        check_output(got, 3, k, L, P)
+        for b in range(3):
+            assert got[b].tolist() == py_select(scores[b].tolist(), P, k), f"k={k} P={P} row {b}"
+
+
 @pytest.mark.parametrize("L", [2, 63, 100])
 def test_special_values_follow_the_documented_rule(kernels, L):
     """-inf, ±0 (equal), NaN (ranked as -inf), +inf, negatives; rows that need -inf and NaN to fill k."""

@@ -8,7 +8,7 @@ module, which provides
     summary(config) -> dict, describe(config) -> str   what `simba-convert info` shows
     layer_parts(config, n) -> dict, score_flops(config, criterion) -> int   the FLOPs model (pruning/flops.py)
     model_class() -> the dense LM class, built as model_class()(config)
-    ONNX_EXPORT: bool                                whether simba_convert/export/ can export it
+    onnx_mixer() -> the module of simba_convert/export/ that writes its layers into ONNX graphs (export/graph.py)
 and configs carry their own name (`config.architecture`). The dense LM classes share one surface, which is all the
 pruned model, calibration, evaluation and fine-tuning use: `backbone.embedding`, `backbone.layers[i].add_norm`,
 `backbone.layers[i].mixer(h, return_state=, return_internals=)` whose internals have `score(...)` (the impact score

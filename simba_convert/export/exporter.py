@@ -3,11 +3,12 @@
 The prefill file has input `input_ids [batch, seq]` (int64, both dims dynamic) and outputs
   logits      [batch, n_protect, vocab]   for the last n_protect = min(max(1, P), seq) positions,
   kept_mask   [n_layer, batch, seq]       (bool) True where layer l processed original position t,
-  conv_states [n_layer, batch, D, K-1]    each layer's conv window after its own (compacted) sequence,
-  ssm_states  [n_layer, batch, D, N]      (fp32) each layer's SSM state, as `PrunedMambaLM.prefill` returns them.
+  conv_states [n_layer, batch, C, K-1]    each layer's conv window after its own (compacted) sequence,
+  ssm_states  [n_layer, batch, ...]       (fp32) each layer's SSM state, as `PrunedMambaLM.prefill` returns them.
+State shapes per architecture: Mamba-1 conv [D, K-1], ssm [D, N]; Mamba-2 conv [D + 2GN, K-1], ssm [H, P, N].
 The step file (`<stem>_step.onnx`) takes `token [batch]`, `conv_states`, `ssm_states` and returns
-`logits [batch, vocab]`, `next_conv_states`, `next_ssm_states`: `MambaLM.step` (dense decoding, SIMBA.md §8).
-The scan and the impact scores are `simba` custom nodes, each with a model-local Scan reference
+`logits [batch, vocab]`, `next_conv_states`, `next_ssm_states`: the dense LM's `step` (dense decoding, SIMBA.md §8).
+The conv, the scan and the impact scores are `simba` custom nodes, each with a model-local reference
 function, so stock onnxruntime runs the file; with libsimba_ort_ops registered the C++ kernels run.
 The step graph is standard ONNX only.
 """
@@ -52,9 +53,9 @@ def _export_dtype(model_dtype, dtype):
 
 
 def _prefill_graph(model, protect, dtype):
-    """The PrefillGraph for a PrunedMambaLM or a dense MambaLM, traced on the CPU (a copy of the weights when the
-    model lives elsewhere or the dtype changes). The graph records no device, and CUDA's fake conv1d guards on
-    32-bit indexing of the data-dependent pruned length, which torch.export cannot decide."""
+    """The PrefillGraph for a PrunedMambaLM or a dense LM (MambaLM, Mamba2LM), traced on the CPU (a copy of the
+    weights when the model lives elsewhere or the dtype changes). The graph records no device, and CUDA's fake
+    conv1d guards on 32-bit indexing of the data-dependent pruned length, which torch.export cannot decide."""
     from .graph import PrefillGraph
 
     if getattr(model, "is_pruned", False):
@@ -138,11 +139,11 @@ def _export_step(graph, path: Path, *, opset: int, external: bool, section, chec
 
     cfg = graph.dense.config
     step = StepGraph(graph.dense).eval()
-    mixer = graph.dense.backbone.layers[0].mixer
+    conv, ssm = step.arch.state_shapes(cfg)
     bsz, dt = 2, graph.dense.dtype
     example = (torch.zeros(bsz, dtype=torch.long),
-               torch.zeros(cfg.n_layer, bsz, mixer.d_inner, mixer.d_conv - 1, dtype=dt),
-               torch.zeros(cfg.n_layer, bsz, mixer.d_inner, mixer.d_state, dtype=torch.float32))
+               torch.zeros(cfg.n_layer, bsz, *conv, dtype=dt),
+               torch.zeros(cfg.n_layer, bsz, *ssm, dtype=torch.float32))
     batch = torch.export.Dim("batch")
     with torch.no_grad(), warnings.catch_warnings():
         # one Dim shared by the three inputs: the exporter notes that it names them once
@@ -162,7 +163,7 @@ STEP_OUTPUTS = ("logits", "next_conv_states", "next_ssm_states")
 
 def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=None, check: bool = True,
                 library=None, verify_seq: int | None = None, section=None, step: bool = True) -> dict:
-    """Export `model` (PrunedMambaLM or dense MambaLM) to `path`; returns a JSON-serialisable report.
+    """Export `model` (PrunedMambaLM or a dense LM of any architecture) to `path`; returns a JSON-serialisable report.
 
     protect: the protected suffix P (default: the model's spec, or 1 for a dense model).
     dtype: float32 | float16 (default: the model's; float32 for bf16). check: run onnx.checker (full) and compare
@@ -213,8 +214,8 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
     for n in proto.graph.node:
         if n.domain == DOMAIN:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    mixer = graph.dense.backbone.layers[0].mixer
-    D, K, N, V = mixer.d_inner, mixer.d_conv, mixer.d_state, cfg.padded_vocab_size
+    V = cfg.padded_vocab_size
+    conv, ssm = ([cfg.n_layer, "batch", *dims] for dims in graph.arch.state_shapes(cfg))
     report = {
         "path": str(path),
         "opset": opset,
@@ -226,15 +227,13 @@ def export_onnx(model, path, *, protect=None, opset: int = DEFAULT_OPSET, dtype=
         "protect": P,
         "inputs": {"input_ids": ["batch", "seq"]},
         "outputs": {"logits": ["batch", "n_protect", V], "kept_mask": [cfg.n_layer, "batch", "seq"],
-                    "conv_states": [cfg.n_layer, "batch", D, K - 1], "ssm_states": [cfg.n_layer, "batch", D, N]},
+                    "conv_states": conv, "ssm_states": ssm},
         "custom_nodes": counts,
         "functions": [f"{f.domain}.{f.name}" for f in proto.functions],
         "step": None if not step else {
             "path": str(spath),
-            "inputs": {"token": ["batch"], "conv_states": [cfg.n_layer, "batch", D, K - 1],
-                       "ssm_states": [cfg.n_layer, "batch", D, N]},
-            "outputs": {"logits": ["batch", V], "next_conv_states": [cfg.n_layer, "batch", D, K - 1],
-                        "next_ssm_states": [cfg.n_layer, "batch", D, N]},
+            "inputs": {"token": ["batch"], "conv_states": conv, "ssm_states": ssm},
+            "outputs": {"logits": ["batch", V], "next_conv_states": conv, "next_ssm_states": ssm},
             "size_bytes": sum(f.stat().st_size for f in spath.parent.glob(spath.name + "*")),
         },
         "external_data": external,

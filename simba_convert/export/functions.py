@@ -7,8 +7,9 @@ The bodies compute in fp32 and cast the outputs back (CastLike), so one body ser
 
 `ImpactScore`'s body is generated for the criterion, sign and delta form (post-softplus, or raw with the
 optional delta_bias) the model's nodes use, `SelectiveScanScore`'s for their criterion, sign and protected
-suffix, `CausalConv1d`'s for their kernel size (a function can switch neither on a string attribute nor on an input's presence);
-`attach_reference_functions` refuses a model whose nodes disagree.
+suffix, `CausalConv1d`'s for their kernel size (a function can switch neither on a string attribute nor on an
+input's presence); Mamba-2's SsdScan / SsdScanScore likewise (functions_ssd.py). `attach_reference_functions`
+refuses a model whose nodes disagree.
 """
 
 from __future__ import annotations
@@ -48,14 +49,18 @@ class _Builder:
     def reduce_last(self, op_type: str, x: str) -> str:
         return self.op(op_type, x, self.const([-1]), keepdims=0)
 
-    def dim(self, shape: str, i: int) -> str:
-        return self.op("Slice", shape, self.const([i]), self.const([i + 1]))
+    def shape(self, x: str, start: int, end: int) -> str:
+        """Dims [start, end) of x's shape (int64 [end - start])."""
+        return self.op("Shape", x, start=start, end=end)
+
+    def zeros(self, *dims: str) -> str:
+        """fp32 zeros of the shape that the int64 pieces `dims` concatenate to."""
+        shape = self.op("Concat", *dims, axis=0)
+        return self.op("ConstantOfShape", shape, value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
 
     def zeros_state(self, like_bld: str, A: str) -> str:
         """Zeros [B, D, N] from u-like [B, L, D] and A [D, N]."""
-        su, sa = self.op("Shape", like_bld), self.op("Shape", A)
-        shape = self.op("Concat", self.dim(su, 0), self.dim(su, 2), self.dim(sa, 1), axis=0)
-        return self.op("ConstantOfShape", shape, value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        return self.zeros(self.shape(like_bld, 0, 1), self.shape(like_bld, 2, 3), self.shape(A, 1, 2))
 
 
 def _f32(name: str) -> onnx.ValueInfoProto:
@@ -130,6 +135,24 @@ def _emit_score(b: _Builder, u: str, delta: str, Bm: str, Cm: str, criterion: st
     return b.op("ReduceMax", contrib, b.const([-1]), keepdims=0)
 
 
+def protected(b: _Builder, score: str, like: str, protect: int) -> str:
+    """score [B, L] with +inf at the last `protect` positions (L from the input `like`, [B, L, ...])."""
+    if protect <= 0:
+        return score
+    L = b.op("Gather", b.op("Shape", like), b.const(1, dims=[]), axis=0)
+    pos = b.op("Range", b.const(0, dims=[]), L, b.const(1, dims=[]))
+    tail = b.op("GreaterOrEqual", pos, b.op("Sub", L, b.const(protect, dims=[])))
+    return b.op("Where", tail, b.const(float("inf"), TensorProto.FLOAT, []), score)
+
+
+def max_contribution(b: _Builder, contrib: str, signed: bool) -> str:
+    """[B, L, ...] -> [B, L]: the max over everything after L, of |·| unless signed."""
+    if not signed:
+        contrib = b.op("Abs", contrib)
+    flat = b.op("Reshape", contrib, b.op("Concat", b.shape(contrib, 0, 2), b.const([-1]), axis=0))
+    return b.reduce_last("ReduceMax", flat)
+
+
 def selective_scan_function(opset: int) -> onnx.FunctionProto:
     """SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state), as `selective_scan_ref` computes it."""
     b = _Builder("ss_")
@@ -165,12 +188,7 @@ def selective_scan_score_function(opset: int, criterion: str, signed: bool, prot
     u, dt, Bm, Cm, z = (b.op("Cast", x, to=TensorProto.FLOAT) for x in ("u", "delta", "B", "C", "z"))
     dl = _softplus(b, b.op("Add", dt, "delta_bias"))
     y, h_last = _emit_scan(b, u, dl, Bm, Cm, z)
-    score = _emit_score(b, u, dl, Bm, Cm, criterion, signed)
-    if protect > 0:
-        L = b.op("Gather", b.op("Shape", "u"), b.const(1, dims=[]), axis=0)
-        pos = b.op("Range", b.const(0, dims=[]), L, b.const(1, dims=[]))
-        tail = b.op("GreaterOrEqual", pos, b.op("Sub", L, b.const(protect, dims=[])))
-        score = b.op("Where", tail, b.const(float("inf"), TensorProto.FLOAT, []), score)
+    score = protected(b, _emit_score(b, u, dl, Bm, Cm, criterion, signed), "u", protect)
     b.op("CastLike", y, "u", outputs=["y"])
     b.op("Identity", h_last, outputs=["last_state"])
     b.op("Identity", score, outputs=["score"])
@@ -199,21 +217,27 @@ def causal_conv1d_function(opset: int, kernel_size: int, silu: bool) -> onnx.Fun
                                 [helper.make_opsetid("", opset)], attributes=["kernel_size", "silu"])
 
 
-def _impact_attrs(node: onnx.NodeProto) -> tuple:
-    """ImpactScore: (criterion, signed, raw delta: the node gives the optional delta_bias);
-    SelectiveScanScore: (criterion, signed, protect); CausalConv1d: (kernel_size, silu)."""
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name, strings decoded."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "CausalConv1d":
-        return int(attrs["kernel_size"]), bool(attrs.get("silu", 1))
-    crit = attrs.get("criterion", b"last")
-    crit = crit.decode() if isinstance(crit, bytes) else crit
-    if node.op_type == "SelectiveScanScore":
-        return crit, bool(attrs.get("signed", 0)), int(attrs.get("protect", 0))
-    return crit, bool(attrs.get("signed", 0)), len(node.input) > 5 and node.input[5] != ""
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
 
 
-_BODIES = {"ImpactScore": impact_score_function, "SelectiveScanScore": selective_scan_score_function,
-           "CausalConv1d": causal_conv1d_function}
+def score_settings(attrs: dict) -> tuple:
+    """(criterion, signed, protect) of a scan+score node."""
+    return attrs.get("criterion", "last"), bool(attrs.get("signed", 0)), int(attrs.get("protect", 0))
+
+
+# op type -> (the body's builder, the node's settings it is built for: what a function cannot switch on).
+# ImpactScore's settings include whether the node gives the optional delta_bias (raw delta).
+_BODIES = {
+    "SelectiveScan": (selective_scan_function, lambda node, attrs: ()),
+    "ImpactScore": (impact_score_function, lambda node, attrs: (
+        *score_settings(attrs)[:2], len(node.input) > 5 and node.input[5] != "")),
+    "SelectiveScanScore": (selective_scan_score_function, lambda node, attrs: score_settings(attrs)),
+    "CausalConv1d": (causal_conv1d_function, lambda node, attrs: (
+        int(attrs["kernel_size"]), bool(attrs.get("silu", 1)))),
+}
 
 
 def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -221,23 +245,24 @@ def attach_reference_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Call it last: any later inliner or optimiser pass would replace the custom nodes by the bodies.
     """
+    from .functions_ssd import SSD_BODIES  # it builds on this module's helpers
+
+    bodies = {**_BODIES, **SSD_BODIES}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise ValueError(f"the reference bodies need opset >= {MIN_OPSET}, the model imports {opset}")
     used = [n for n in model.graph.node if n.domain == DOMAIN]
     kinds = {n.op_type for n in used}
-    unknown = kinds - {"SelectiveScan"} - set(_BODIES)
+    unknown = kinds - set(bodies)
     if unknown:
         raise ValueError(f"no reference body for simba ops {sorted(unknown)}")
     keep = [f for f in model.functions if f.domain != DOMAIN]
     del model.functions[:]
     model.functions.extend(keep)
-    if "SelectiveScan" in kinds:
-        model.functions.append(selective_scan_function(opset))
-    for kind, make in _BODIES.items():
+    for kind, (make, settings) in bodies.items():
         if kind not in kinds:
             continue
-        variants = {_impact_attrs(n) for n in used if n.op_type == kind}
+        variants = {settings(n, node_attributes(n)) for n in used if n.op_type == kind}
         if len(variants) != 1:
             raise ValueError(f"{kind} nodes use several attribute/input settings (one reference body serves all "
                              f"of a model's nodes): {sorted(variants)}")

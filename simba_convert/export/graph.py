@@ -1,4 +1,4 @@
-"""The sparsified prefill and the decoding step as exportable PyTorch modules, over a dense `MambaLM`'s weights.
+"""The sparsified prefill and the decoding step as exportable PyTorch modules, over a dense LM's weights.
 
 `PrefillGraph(input_ids [B, L]) -> (logits [B, P', V], kept_mask [n_layer, B, L], conv_states, ssm_states)`
 computes what `PrunedMambaLM.forward` and `.prefill` compute for unpadded input, restricted to what a prefill needs:
@@ -10,44 +10,82 @@ computes what `PrunedMambaLM.forward` and `.prefill` compute for unpadded input,
   - logits come out for the protected suffix only: the last P' = min(max(1, P), L) positions, which are
     always alive to the end, so the frozen residuals of pruned tokens (the highway) never reach an output;
   - kept_mask[l, b, t] is True when original position t was processed by layer l;
-  - conv_states [n_layer, B, D, K-1] (the model's dtype) and ssm_states [n_layer, B, D, N] (fp32): each layer's
+  - conv_states [n_layer, B, ...] (the model's dtype) and ssm_states [n_layer, B, ...] (fp32): each layer's
     recurrent state after its own (compacted) sequence, as `PrunedMambaLM.prefill` returns them, for `StepGraph`.
-Work no output needs is not in the graph: a pruned layer gathers the scan's output y [B, k, D] of the tokens the
-next layer keeps before out_proj (the dropped tokens' out_proj rows are never formed), and the last layer
-projects only the P' protected rows. The scan and the `last`/`global` scores are the custom ops
-`simba::selective_scan` / `simba::impact_score` (the score takes the raw dt and fuses softplus(dt + bias), as the
-PyTorch model's score does; a pruned layer runs both as one `simba::selective_scan_score` node); the conv is a
-`simba::causal_conv1d` node in the [B, L, D] layout (no transposes around a grouped Conv), top-k is TopK and the
-row gathers are GatherND.
+Work no output needs is not in the graph: a pruned layer gathers the mixer's output y [B, k, D] (before out_proj)
+of the tokens the next layer keeps (the dropped tokens' out_proj rows are never formed), and the last layer
+projects only the P' protected rows. Top-k is TopK and the row gathers are GatherND.
 A layer whose ratio equals the previous one keeps every token, so it is exported without scoring (a dense model
 has no scores at all).
 
-`StepGraph(token [B], conv_states, ssm_states) -> (logits [B, V], conv_states, ssm_states)` is `MambaLM.step`
-(one token through every layer, dense: SIMBA.md §8) in standard ONNX ops.
+Everything above is architecture-free. What a layer's mixer computes (its conv, scan and the `last`/`global` score
+as `simba` custom nodes, a pruned layer's scan and score as one node) comes from the architecture's export module,
+`family(config).onnx_mixer()` (mixer_mamba1.py, mixer_mamba2.py), which provides
+    prefill(mixer, h, fused) -> MixerOut     fused: (criterion, signed, protect) when the scan also scores
+    step(mixer, h, conv_state, ssm_state) -> (out [B, d], conv_state, ssm_state)   in standard ONNX ops
+    state_shapes(config) -> (conv state dims, ssm state dims) of one layer, without the batch
+
+`StepGraph(token [B], conv_states, ssm_states) -> (logits [B, V], conv_states, ssm_states)` is the dense LM's
+`step` (one token through every layer: SIMBA.md §8) in standard ONNX ops.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..model.mamba import MambaLM, MambaMixer
-from ..ops.step import conv_step_ref, ssm_step_ref
 from . import torch_ops  # noqa: F401  (registers torch.ops.simba.*)
 
 EXPORT_CRITERIA = ("last", "global", "delta", "output")
 
 
-def _in_proj(mixer: MambaMixer, h: torch.Tensor):
-    """(x, z) [.., D] as two projections by the halves of in_proj's weight: the same rows as `in_proj(h).chunk(2)`,
-    without a [.., 2D] tensor split in two (a copy of both halves in the graph)."""
-    D = mixer.d_inner
-    w, b = mixer.in_proj.weight, mixer.in_proj.bias
-    x = F.linear(h, w[:D], None if b is None else b[:D])
-    z = F.linear(h, w[D:], None if b is None else b[D:])
-    return x, z
+@dataclass
+class MixerOut:
+    """One layer's prefill: y [B, L, D] (what out_proj takes), its states after the sequence, the fused node's key
+    [B, L] (scores, +inf on the protected suffix) when it was asked for, and the step size [B, L, *] (fp32) on
+    demand, for the `delta` criterion."""
+
+    y: torch.Tensor
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+    key: torch.Tensor | None
+    delta: Callable[[], torch.Tensor]
+
+
+def export_module(config):
+    """The architecture's export module (see the module docstring)."""
+    from ..arch import family
+
+    return family(config).onnx_mixer()
+
+
+def linear_parts(linear: nn.Linear, h: torch.Tensor, sizes) -> list[torch.Tensor]:
+    """`linear(h).split(sizes, -1)` as one projection per part, by row blocks of the weight: the same rows without a
+    [.., Σ sizes] tensor split into copies in the graph."""
+    w, b = linear.weight, linear.bias
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(F.linear(h, w[start:start + n], None if b is None else b[start:start + n]))
+        start += n
+    return parts
+
+
+def conv_bias(conv: nn.Conv1d) -> torch.Tensor:
+    """The conv's bias in fp32, zeros when it has none (the CausalConv1d node always takes one)."""
+    w = conv.weight
+    return conv.bias.float() if conv.bias is not None else w.new_zeros(w.shape[0], dtype=torch.float32)
+
+
+def conv_window(x: torch.Tensor, K: int) -> torch.Tensor:
+    """`conv_state_from(x, K)` without a data-dependent branch: the last K-1 rows of x [B, l, C] (zeros before the
+    start) as [B, C, K-1]."""
+    pad = x.new_zeros(x.shape[0], K - 1, x.shape[2])
+    return torch.cat([pad, x[:, -(K - 1):]], dim=1)[:, -(K - 1):].transpose(1, 2)
 
 
 def _rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -57,7 +95,7 @@ def _rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 
 class PrefillGraph(nn.Module):
-    def __init__(self, dense: MambaLM, keep_ratios, *, criterion: str = "last", signed: bool = False, protect: int = 1):
+    def __init__(self, dense, keep_ratios, *, criterion: str = "last", signed: bool = False, protect: int = 1):
         super().__init__()
         ratios = tuple(float(r) for r in keep_ratios)
         if len(ratios) != dense.config.n_layer:
@@ -65,6 +103,7 @@ class PrefillGraph(nn.Module):
         if criterion not in EXPORT_CRITERIA:
             raise ConfigError(f"criterion {criterion!r} cannot be exported to ONNX; use one of {', '.join(EXPORT_CRITERIA)}")
         self.dense = dense
+        self.arch = export_module(dense.config)
         self.ratios = ratios
         self.criterion = criterion
         self.signed = bool(signed)
@@ -110,21 +149,13 @@ class PrefillGraph(nn.Module):
             kept.append(torch.zeros(bsz, L, dtype=torch.bool, device=input_ids.device).scatter(1, pos, True))
             h, residual = layer.add_norm(hidden, residual)
             mixer = layer.mixer
-            x, z = _in_proj(mixer, h)
-            w = mixer.conv1d.weight.squeeze(1)
-            bias_c = mixer.conv1d.bias if mixer.conv1d.bias is not None else w.new_zeros(w.shape[0])
-            u = torch.ops.simba.causal_conv1d(x, w.float(), bias_c.float(), mixer.d_conv)
-            dt, Bm, Cm = mixer._ssm_inputs(u)
-            A, Dskip, bias = mixer.A(), mixer.D.float(), mixer.dt_proj.bias.float()
             last = i + 1 == len(layers)
             prune = not last and self.ratios[i + 1] != self.ratios[i]
-            if prune and self.criterion in torch_ops.KERNEL_CRITERIA:  # the scan and the score in one node
-                y, ssm_state, key = torch.ops.simba.selective_scan_score(
-                    u, dt, A, Bm, Cm, Dskip, z, bias, self.criterion, self.signed, self.protect)
-            else:
-                y, ssm_state = torch.ops.simba.selective_scan(u, dt, A, Bm, Cm, Dskip, z, bias)
-            conv_states.append(_conv_window(x, mixer.d_conv))
-            ssm_states.append(ssm_state)
+            fused = prune and self.criterion in torch_ops.KERNEL_CRITERIA  # the scan and the score in one node
+            res = self.arch.prefill(mixer, h, (self.criterion, self.signed, self.protect) if fused else None)
+            y = res.y
+            conv_states.append(res.conv_state)
+            ssm_states.append(res.ssm_state)
             if last:  # only the protected suffix reaches an output
                 hidden, residual = mixer.out_proj(y[:, -self.protect:]), residual[:, -self.protect:]
             elif not prune:
@@ -132,9 +163,11 @@ class PrefillGraph(nn.Module):
             else:
                 out = mixer.out_proj(y) if self.criterion == "output" else None
                 if self.criterion == "delta":
-                    key = self._key(torch.linalg.vector_norm(F.softplus(dt.float() + bias), dim=-1))
+                    key = self._key(torch.linalg.vector_norm(res.delta(), dim=-1))
                 elif self.criterion == "output":
                     key = self._key(out.float().clamp_min(0).sum(dim=-1))
+                else:
+                    key = res.key
                 slots = self._slots(key, counts[i + 1])
                 hidden = _rows(out, slots) if out is not None else mixer.out_proj(_rows(y, slots))
                 residual = _rows(residual, slots)
@@ -144,31 +177,20 @@ class PrefillGraph(nn.Module):
         return logits, torch.stack(kept), torch.stack(conv_states), torch.stack(ssm_states)
 
 
-def _conv_window(x: torch.Tensor, K: int) -> torch.Tensor:
-    """`conv_state_from(x, K)` without a data-dependent branch: the last K-1 rows of x [B, l, D] (zeros before the
-    start) as [B, D, K-1]."""
-    pad = x.new_zeros(x.shape[0], K - 1, x.shape[2])
-    return torch.cat([pad, x[:, -(K - 1):]], dim=1)[:, -(K - 1):].transpose(1, 2)
-
-
 class StepGraph(nn.Module):
-    """`MambaLM.step` over stacked states: token [B] -> logits [B, V] and the states after it (SIMBA.md §8)."""
+    """The dense LM's `step` over stacked states: token [B] -> logits [B, V] and the states after it (SIMBA.md §8)."""
 
-    def __init__(self, dense: MambaLM):
+    def __init__(self, dense):
         super().__init__()
         self.dense = dense
+        self.arch = export_module(dense.config)
 
     def forward(self, token: torch.Tensor, conv_states: torch.Tensor, ssm_states: torch.Tensor):
         hidden, residual = self.dense.backbone.embedding(token), None
         new_conv, new_ssm = [], []
         for i, layer in enumerate(self.dense.backbone.layers):
             h, residual = layer.add_norm(hidden, residual)
-            m = layer.mixer
-            x, z = _in_proj(m, h)
-            u, cs = conv_step_ref(x, conv_states[i], m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
-            dt, Bm, Cm = m._ssm_inputs(u)
-            y, ss = ssm_step_ref(u, dt, m.A(), Bm, Cm, m.D.float(), z, m.dt_proj.bias.float(), ssm_states[i])
-            hidden = m.out_proj(y)
+            hidden, cs, ss = self.arch.step(layer.mixer, h, conv_states[i], ssm_states[i])
             new_conv.append(cs)
             new_ssm.append(ss)
         logits = self.dense.head(hidden.to(residual.dtype) + residual)

@@ -1,9 +1,9 @@
 """The `simba` ONNX domain on the export side: op schemas and the exporter's translations to bare nodes.
 
 The translations emit one bare `simba` node per call (SelectiveScan, ImpactScore, SelectiveScanScore,
-CausalConv1d; `gather_rows` becomes a standard GatherND). They must be bodiless: the exporter inlines every
-model-local function it meets (ONNX.md pitfall 1), so the reference bodies (`functions.py`) are attached only
-after export.
+CausalConv1d, SsdScan, SsdScanScore; `gather_rows` becomes a standard GatherND). They must be bodiless: the
+exporter inlines every model-local function it meets (ONNX.md pitfall 1), so the reference bodies
+(`functions.py`, `functions_ssd.py`) are attached only after export.
 
 Op contracts (also kernels/README.md):
   SelectiveScan(u, delta, A, B, C, D, z, delta_bias) -> (y, last_state)
@@ -19,15 +19,30 @@ Op contracts (also kernels/README.md):
       layer of the exported graph runs.
   CausalConv1d(x, weight, bias) -> u: SiLU (attribute silu=1) of the causal depthwise conv of x [B, L, D] with weight
       [D, K] (attribute kernel_size = K) and bias [D] (float), in x's layout: no transposes around a grouped Conv.
+  SsdScan(x, dt, A, B, C, D, dt_bias) -> (y, final_state): the Mamba-2 scan (`ssd_scan_ref`) from a zero state.
+      T for x [B, L, H, P], B, C [B, L, G, N] and y; dt [B, L, H], A, D, dt_bias [H] and final_state [B, H, P, N] are
+      float. Attribute dt_softplus (0|1): delta = softplus(dt + dt_bias) or dt + dt_bias. No chunk length: the
+      chunked and the sequential forms of the scan differ only in how sums are grouped.
+  SsdScanScore(x, dt, A, B, C, D, dt_bias) -> (y, final_state, score): SsdScan and the layer's Mamba-2 impact score
+      (`impact_score_ssd_ref`, attributes criterion, signed, protect as SelectiveScanScore's) of the same delta.
 """
 
 from __future__ import annotations
 
 DOMAIN = "simba"
 VERSION = 1
+OP_TYPES = ("SelectiveScan", "ImpactScore", "SelectiveScanScore", "CausalConv1d", "SsdScan", "SsdScanScore")
 
 _T = ("T", ["tensor(float)", "tensor(float16)"], "activations: fp32 or fp16 (computed in fp32)")
 _F = ("F", ["tensor(float)"], "parameters and fp32 results")
+
+
+def _score_attributes(OpSchema) -> list:
+    return [
+        OpSchema.Attribute("criterion", OpSchema.AttrType.STRING, "'last' or 'global'"),
+        OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1: max of the signed contribution"),
+        OpSchema.Attribute("protect", OpSchema.AttrType.INT, "positions at the end scored +inf"),
+    ]
 
 
 def register_schemas() -> None:
@@ -66,11 +81,7 @@ def register_schemas() -> None:
                     param("D", "F"), param("z", "T"), param("delta_bias", "F")],
             outputs=[param("y", "T"), param("last_state", "F"), param("score", "F")],
             type_constraints=[_T, _F],
-            attributes=[
-                OpSchema.Attribute("criterion", OpSchema.AttrType.STRING, "'last' or 'global'"),
-                OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1: max of the signed contribution"),
-                OpSchema.Attribute("protect", OpSchema.AttrType.INT, "positions at the end scored +inf"),
-            ],
+            attributes=_score_attributes(OpSchema),
         ),
         OpSchema(
             "CausalConv1d", DOMAIN, VERSION,
@@ -82,6 +93,24 @@ def register_schemas() -> None:
                 OpSchema.Attribute("kernel_size", OpSchema.AttrType.INT, "K, the weight's second dim"),
                 OpSchema.Attribute("silu", OpSchema.AttrType.INT, "1: SiLU of the conv"),
             ],
+        ),
+    ]
+    ssd_inputs = [param("x", "T"), param("dt", "F"), param("A", "F"), param("B", "T"), param("C", "T"),
+                  param("D", "F"), param("dt_bias", "F")]
+    dt_softplus = OpSchema.Attribute("dt_softplus", OpSchema.AttrType.INT, "1: delta = softplus(dt + dt_bias)")
+    schemas += [
+        OpSchema(
+            "SsdScan", DOMAIN, VERSION,
+            doc="Mamba-2 (SSD) scan over x [B, L, H, P] with B, C [B, L, G, N], from a zero state.",
+            inputs=ssd_inputs, outputs=[param("y", "T"), param("final_state", "F")],
+            type_constraints=[_T, _F], attributes=[dt_softplus],
+        ),
+        OpSchema(
+            "SsdScanScore", DOMAIN, VERSION,
+            doc="SsdScan and its layer's Mamba-2 impact score in one node; score +inf at the last `protect` positions.",
+            inputs=ssd_inputs, outputs=[param("y", "T"), param("final_state", "F"), param("score", "F")],
+            type_constraints=[_T, _F],
+            attributes=[dt_softplus, *_score_attributes(OpSchema)],
         ),
     ]
     for s in schemas:
@@ -112,6 +141,13 @@ def translation_table() -> dict:
         return simba.SelectiveScanScore(u, delta, A, B, C, D, z, delta_bias, criterion=criterion,
                                         signed=int(bool(signed)), protect=int(protect))
 
+    def ssd_scan(x, dt, A, B, C, D, dt_bias, dt_softplus: bool):
+        return simba.SsdScan(x, dt, A, B, C, D, dt_bias, dt_softplus=int(bool(dt_softplus)))
+
+    def ssd_scan_score(x, dt, A, B, C, D, dt_bias, dt_softplus: bool, criterion: str, signed: bool, protect: int):
+        return simba.SsdScanScore(x, dt, A, B, C, D, dt_bias, dt_softplus=int(bool(dt_softplus)), criterion=criterion,
+                                  signed=int(bool(signed)), protect=int(protect))
+
     def gather_rows(x, slots):  # standard ops: no custom node, no reference body
         return op.GatherND(x, op.Unsqueeze(slots, op.Constant(value_ints=[-1])), batch_dims=1)
 
@@ -124,4 +160,6 @@ def translation_table() -> dict:
         torch.ops.simba.selective_scan.default: selective_scan,
         torch.ops.simba.impact_score.default: impact_score,
         torch.ops.simba.selective_scan_score.default: selective_scan_score,
+        torch.ops.simba.ssd_scan.default: ssd_scan,
+        torch.ops.simba.ssd_scan_score.default: ssd_scan_score,
     }

@@ -108,7 +108,9 @@ def kernels_ran(sess) -> bool:
     with open(sess.end_profiling()) as f:
         events = json.load(f)
     ops = {e.get("args", {}).get("op_name") for e in events if e.get("cat") == "Node"}
-    return bool(ops & {"SelectiveScan", "ImpactScore", "SelectiveScanScore", "CausalConv1d"})
+    from .onnx_ops import OP_TYPES
+
+    return bool(ops & set(OP_TYPES))
 
 
 def run_profiled(path, ids: np.ndarray, library) -> tuple[dict, bool]:

@@ -67,7 +67,6 @@ def load_stage(cfg: ConvertConfig) -> Loaded:
             f"{cfg.src} is already a sparsified checkpoint; convert the original dense checkpoint instead "
             "(evaluate or inspect this one)", option="src"
         )
-    check_export_architecture(cfg, info.architecture)
     # the resolved directory, so a Hub id is looked up once
     model, tok, _ = load_with_tokenizer(str(r.path), device=device, dtype=_dtype(cfg, device),
                                         offline=cfg.offline, tokenizer=cfg.tokenizer)
@@ -229,16 +228,6 @@ def check_export(cfg: ConvertConfig) -> None:
     if cfg.criterion not in EXPORT_CRITERIA:
         raise ConfigError(f"criterion {cfg.criterion!r} cannot be exported to ONNX; use one of "
                           f"{', '.join(EXPORT_CRITERIA)}", option=("criterion", "onnx"))
-
-
-def check_export_architecture(cfg: ConvertConfig, architecture: str) -> None:
-    """Before the weights are read: the export (simba_convert/export/) can build this architecture's graph."""
-    from ..arch import LABELS, family
-    from ..errors import ConfigError
-
-    if cfg.onnx and not family(architecture).ONNX_EXPORT:
-        raise ConfigError(f"ONNX export of {LABELS[architecture]} is not supported yet; convert without it",
-                          option="onnx")
 
 
 def export_stage(cfg: ConvertConfig, model: PrunedMambaLM, dest: Path, section: SimbaSection | None = None) -> dict:

@@ -96,6 +96,10 @@ def select_kept_dense_rows_ref(scores: torch.Tensor, n_protected: int, k_next: i
     Without padding the protected tokens are exactly the last n_protected slots of every row (they are
     the last real tokens and are never dropped): they are given +inf in `scores` (overwritten in place;
     the model owns it) and the top k_next are taken. The same set as `select_kept`, with fewer launches.
+    Ties at the threshold keep the lowest positions, as the Triton kernel and ONNX's TopK do (topk's rule is
+    unspecified): Mamba-2's `delta` scores tie wherever a token repeats, its dt being a projection of the token
+    alone, and the exported graph must keep the same tokens.
     """
     scores[:, scores.shape[1] - n_protected:] = float("inf")
-    return torch.topk(scores, k_next, dim=1, sorted=False).indices.sort(dim=1).values
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_next]
+    return top.sort(dim=1).values

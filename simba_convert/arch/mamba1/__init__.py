@@ -2,15 +2,13 @@
 
 The model and its config live where they did before the architecture seam, in simba_convert/model/ (config.py,
 mamba.py); this package holds what generic code dispatches to: reading configs and tensor shapes (layout.py)
-and the FLOPs model (flops.py). Torch-free; `model_class` imports the model.
+and the FLOPs model (flops.py). Torch-free; `model_class` imports the model, `onnx_mixer` the export.
 """
 
 from .flops import layer_parts, score_flops
 from .layout import describe, expected_shapes, parameter_count, parse_config, summary
 
-ONNX_EXPORT = True  # simba_convert/export/ builds Mamba-1 graphs
-
-__all__ = ["ONNX_EXPORT", "describe", "expected_shapes", "layer_parts", "model_class", "parameter_count",
+__all__ = ["describe", "expected_shapes", "layer_parts", "model_class", "onnx_mixer", "parameter_count",
            "parse_config", "score_flops", "summary"]
 
 
@@ -19,3 +17,10 @@ def model_class():
     from ...model.mamba import MambaLM
 
     return MambaLM
+
+
+def onnx_mixer():
+    """The module that writes this architecture's layers into the exported ONNX graphs (export/graph.py)."""
+    from ...export import mixer_mamba1
+
+    return mixer_mamba1

@@ -152,11 +152,13 @@ class Mamba2Mixer(nn.Module):
                                           dt_limit=self.cfg.dt_limit))
         return (out, *extras) if extras else out
 
-    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor):
+    def step(self, h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor, *, backend: str | None = None):
         """One recurrent step: h [B, d] with conv_state [B, D + 2GN, K-1], ssm_state [B, H, P, N] -> out [B, d] and
-        the new states (the given ones are left unchanged)."""
-        backend = resolve_model(self.backend, h.device, mixer_cuda.available)
-        backend = "auto" if backend == "cuda" else backend  # the step is ours on every backend
+        the new states (the given ones are left unchanged). backend: the ops' (default: the mixer's; the ONNX step
+        graph takes "reference", whatever the model runs on)."""
+        if backend is None:
+            backend = resolve_model(self.backend, h.device, mixer_cuda.available)
+            backend = "auto" if backend == "cuda" else backend  # the step is ours on every backend
         z, xBC, dt = self._split(self.in_proj(h))
         xBC_c, conv_state = conv_step(xBC, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
                                       backend=backend)
