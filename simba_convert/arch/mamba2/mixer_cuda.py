@@ -40,8 +40,7 @@ def kernels():
 
 def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: bool, return_internals: bool):
     """`Mamba2Mixer.forward` on mamba_ssm's kernels: h [B, L, d] -> out [B, L, d] (+ the same extras)."""
-    from ...ops.conv1d import causal_conv1d, conv_state_from
-    from .model import Mamba2Internals
+    from ...ops.conv1d import causal_conv1d
 
     conv_fn, scan_fn, norm_fn = kernels()
     c = mixer.cfg
@@ -66,10 +65,6 @@ def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: b
     if c.gated_rmsnorm:
         y = norm_fn(y, mixer.norm.weight, None, z=z, eps=c.gated_norm_eps, group_size=c.group_size,
                     norm_before_gate=c.norm_before_gate)
-    out = mixer.out_proj(y)
-    extras = []
-    if return_state:
-        extras.append((conv_state_from(xBC, c.d_conv, conv_state), last.float()))
-    if return_internals:
-        extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=mixer.dt_bias.float(), A=A, B=B, C=C, dt_limit=c.dt_limit))
-    return (out, *extras) if extras else out
+    last = last.float() if last is not None else None
+    return mixer._with_extras(mixer.out_proj(y), xBC, conv_state, last, (x, dt, A, B, C), return_state,
+                              return_internals)

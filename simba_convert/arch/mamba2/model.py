@@ -144,11 +144,17 @@ class Mamba2Mixer(nn.Module):
                        chunk_size=self.cfg.chunk_size, backend=backend)
         y, last = res if return_state else (res, None)
         out = self.out_proj(self._skip_and_gate(y, x, z, backend))
+        return self._with_extras(out, xBC, conv_state, last, (x, dt, A, B, C), return_state, return_internals)
+
+    def _with_extras(self, out, xBC, conv_state, last, inner, return_state: bool, return_internals: bool):
+        """out, then (conv_state, ssm_state) after the sequence and Mamba2Internals, as asked; inner = (x, dt, A,
+        B, C) as the forward saw them (strided views)."""
         extras = []
         if return_state:
             extras.append((conv_state_from(xBC, self.cfg.d_conv, conv_state), last))
         if return_internals:
-            extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=self.dt_bias.float(), A=A, B=B, C=C,  # strided views
+            x, dt, A, B, C = inner
+            extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=self.dt_bias.float(), A=A, B=B, C=C,
                                           dt_limit=self.cfg.dt_limit))
         return (out, *extras) if extras else out
 
