@@ -364,8 +364,10 @@ def main():
         for bsz, L in cases:
             hf = args.hf_cases is None or (bsz, L) in parse(args.hf_cases)
             rows += model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, not args.no_graphs, hf)
+            save(args.out, meta, rows, krows, grows, partial=True)
         for bsz, L in ([] if args.smoke else parse(args.gen_cases)):
             grows += generation_rows(cfg, ours, impls, bsz, L, budgets, backends, args.gen_tokens, dev)
+            save(args.out, meta, rows, krows, grows, partial=True)
         del ours, impls
     if dev.type == "cuda" and kcases:
         torch.cuda.empty_cache()
@@ -373,12 +375,18 @@ def main():
         meta["copy_bandwidth_TBps"] = bw / 1e12
         for bsz, L in kcases:
             krows += kernel_rows(cfg, bsz, L, dev, bw)
+            save(args.out, meta, rows, krows, grows, partial=True)
+    print(save(args.out, meta, rows, krows, grows, partial=False))
+
+
+def save(out, meta, rows, krows, grows, partial: bool) -> str:
+    """Write the results so far (a run stopped at a time limit keeps its finished cases; `partial` marks it)."""
+    meta = dict(meta, partial=True) if partial else meta
     table = markdown(meta, rows, krows, grows)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows, "kernels": krows, "generation": grows},
-                                             indent=1))
-        Path(args.out).with_suffix(".md").write_text(table + "\n")
+    if out:
+        Path(out).write_text(json.dumps({"meta": meta, "rows": rows, "kernels": krows, "generation": grows}, indent=1))
+        Path(out).with_suffix(".md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":

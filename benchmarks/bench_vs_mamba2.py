@@ -180,6 +180,9 @@ def main():
         for bsz, L in cases:
             rows += bvm.model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, dev.type == "cuda",
                                    hf=False)
+            if args.out:  # a run stopped at a time limit keeps its finished cases
+                Path(args.out).write_text(json.dumps({"meta": dict(meta, partial=True), "rows": rows, "ssd": srows,
+                                                      "profile": prows}, indent=1))
     if dev.type == "cuda":
         for bsz, L in parse(args.profile):
             prows += profile_rows(cfg, ours, impls, bsz, L, budgets, args.profile_backend, dev)
