@@ -23,10 +23,9 @@ RESULTS = HERE / "results"
 DOC = HERE.parent / "BENCHMARKS.md"
 
 # A case measured in several files is taken from the first that has it: re-runs come first.
-VS_MAMBA_FILES = ("vs_mamba_h200_4x8192.json", "vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json",
-                  "vs_mamba_h200_16x8192.json")
-GRAPHED_TTFT_FILES = ("vs_mamba_h200_generation_graphed.json",)
-VS_MAMBA2_FILES = ("vs_mamba2_h200_triton.json",)
+VS_MAMBA_FILES = ("vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json")
+VS_MAMBA2_FILES = ("vs_mamba2_h200_2048.json", "vs_mamba2_h200_8192.json")
+VS_MAMBA2_SSD_FILES = ("vs_mamba2_h200_triton.json",)
 VS_MAMBA2_PROFILE_FILES = ("vs_mamba2_h200_profile.json",)
 SSD_SWEEP_FILES = ("ssd_sweep_h200.json",)
 BUDGETS = (0.8, 0.6, 0.4)
@@ -162,15 +161,19 @@ def vs_mamba2(runs: list[dict]) -> str:
     keys = [(r["impl"], r["backend"]) for r in rows if "graph_ms" in r]
     cols = list(dict.fromkeys(keys))
     out = ["| B×L | " + " | ".join(f"{i} ({b})" if b != "-" else i for i, b in cols)
-           + " | FLOPs ratio at 0.6 | pruned 0.6 / 0.4 vs our dense |", "|---" * (len(cols) + 3) + "|"]
+           + " | FLOPs ratio at 0.6 | pruned 0.6 / 0.4 vs our dense | best pruned 0.6 / 0.4 vs mamba_ssm |",
+           "|---" * (len(cols) + 4) + "|"]
     for case in dict.fromkeys((r["B"], r["L"]) for r in rows):
         got = {(r["impl"], r["backend"]): r for r in rows if (r["B"], r["L"]) == case}
         cells = [_f(got.get(c, {}).get("graph_ms")) for c in cols]
         p6 = next((r for k, r in got.items() if k[0] == "ours-pruned-0.6"), {})
-        ratios = " / ".join(_f(r.get("graph_vs_ours_dense"), "{:.2f}×") for k, r in got.items()
-                            if k[0] in ("ours-pruned-0.6", "ours-pruned-0.4"))
+        ratios = "; ".join(f"{b}: " + " / ".join(_f(got.get((i, b), {}).get("graph_vs_ours_dense"), "{:.2f}×")
+                                                 for i in ("ours-pruned-0.6", "ours-pruned-0.4"))
+                           for b in dict.fromkeys(k[1] for k in got if k[0] == "ours-pruned-0.6"))
+        best = " / ".join(_f(max((r.get("graph_vs_mamba_ssm") or 0 for k, r in got.items() if k[0] == impl),
+                                 default=None) or None, "**{:.2f}×**") for impl in ("ours-pruned-0.6", "ours-pruned-0.4"))
         out.append(f"| {case[0]}×{case[1]} | " + " | ".join(cells) + f" | {_f(p6.get('flops_ratio'), '{:.3f}')} | "
-                   f"{ratios} |")
+                   f"{ratios} | {best} |")
     skipped = sorted({r["skipped"] for r in rows if "skipped" in r})
     return "\n".join(out) + ("\n\nNot run: " + "; ".join(skipped) if skipped else "") + "\n\nSources:\n" + _sources(runs)
 
@@ -192,15 +195,14 @@ def mamba2_profile(runs: list[dict]) -> str:
 def regions() -> dict[str, str]:
     runs = _load(VS_MAMBA_FILES)
     m2 = _load(VS_MAMBA2_FILES)
+    m2_ssd = _load(VS_MAMBA2_SSD_FILES)
     return {
         "vs_mamba_prefill": vs_mamba_prefill(runs),
         "vs_mamba_kernels": vs_mamba_kernels(runs),
         "vs_mamba_generation": vs_mamba_generation(runs),
         "vs_mamba_estimate": vs_mamba_estimate(runs),
-        "vs_mamba_generation_graphed": vs_mamba_generation(_load(GRAPHED_TTFT_FILES)) + "\n\nSources:\n"
-        + _sources(_load(GRAPHED_TTFT_FILES)),
         "vs_mamba2": vs_mamba2(m2),
-        "vs_mamba2_ssd": ssd_kernels(m2),
+        "vs_mamba2_ssd": ssd_kernels(m2_ssd),
         "ssd_sweep": ssd_kernels(_load(SSD_SWEEP_FILES)),
         "vs_mamba2_profile": mamba2_profile(_load(VS_MAMBA2_PROFILE_FILES)),
         "stage_profile": stage_profile(),
