@@ -103,17 +103,20 @@ def build_models(cfg: MambaConfig, dev, dtype):
     return ours, impls
 
 
-def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: bool, hf: bool = True) -> list[dict]:
+def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: bool, hf: bool = True,
+               everies=(1,)) -> list[dict]:
     ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev, generator=torch.Generator(dev).manual_seed(1))
     rows, ref = [], None
     runs = [(name, "-", 1.0, fn) for name, fn in impls.items() if hf or name != "transformers"]
     for backend in backends:
         runs.append(("ours-dense", backend, 1.0, lambda x: ours(x, num_last=P)))
         for budget in budgets:
-            r = schedules.schedule_for_budget("linear", cfg, budget, L, P)
-            pm = PrunedMambaLM(ours, PruningSpec(r, protect=P))
-            runs.append((f"ours-pruned-{budget}", backend, budget, lambda x, pm=pm: pm(x, num_last=P)))
-    for name, backend, budget, fn in runs:
+            for every in everies:  # `linear` stepped over `every` layers (--prune-every); 1 is the paper's
+                r = schedules.schedule_for_budget("linear", cfg, budget, L, P, every=every)
+                pm = PrunedMambaLM(ours, PruningSpec(r, protect=P))
+                name = f"ours-pruned-{budget}" + (f"-every{every}" if every > 1 else "")
+                runs.append((name, backend, budget, lambda x, pm=pm: pm(x, num_last=P), r))
+    for name, backend, budget, fn, *sched in runs:
         row = dict(B=bsz, L=L, impl=name, backend=backend, budget=budget)
         rows.append(row)
         if isinstance(fn, str):
@@ -136,8 +139,8 @@ def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: b
                     row["graph_ms"] = time_ms(g, reps)[0]
                     del g
             if budget != 1.0:
-                row["flops_ratio"] = flops_report(cfg, schedules.schedule_for_budget("linear", cfg, budget, L, P), L,
-                                                  P).ratio
+                row["flops_ratio"] = flops_report(cfg, sched[0], L, P).ratio
+                row["prune_points"] = schedules.prune_points(sched[0])
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         finally:
@@ -334,6 +337,7 @@ def main():
     ap.add_argument("--cases", default="1x2048,4x2048,16x2048,1x8192,4x8192,16x8192")
     ap.add_argument("--kernel-cases", default="1x2048,4x2048,16x2048,1x8192")
     ap.add_argument("--budgets", default="0.8,0.6,0.4")
+    ap.add_argument("--prune-every", default="1", help="K values for the pruned rows: linear stepped over K layers")
     ap.add_argument("--backends", default="triton,cuda")
     ap.add_argument("--hf-cases", default=None, help="BxL cases that also time transformers (default: all)")
     ap.add_argument("--gen-cases", default="1x2048,4x2048", help="BxL prompts for the generation table")
@@ -363,7 +367,8 @@ def main():
             impls = {}
         for bsz, L in cases:
             hf = args.hf_cases is None or (bsz, L) in parse(args.hf_cases)
-            rows += model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, not args.no_graphs, hf)
+            rows += model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, not args.no_graphs, hf,
+                               everies=[int(k) for k in args.prune_every.split(",")])
             save(args.out, meta, rows, krows, grows, partial=True)
         for bsz, L in ([] if args.smoke else parse(args.gen_cases)):
             grows += generation_rows(cfg, ours, impls, bsz, L, budgets, backends, args.gen_tokens, dev)

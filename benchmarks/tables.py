@@ -24,6 +24,7 @@ DOC = HERE.parent / "BENCHMARKS.md"
 
 # A case measured in several files is taken from the first that has it: re-runs come first.
 VS_MAMBA_FILES = ("vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json")
+EVERY_FILES = ("vs_mamba_h200_every.json", "vs_mamba_h200_every_triton.json")
 VS_MAMBA2_FILES = ("vs_mamba2_h200_2048.json", "vs_mamba2_h200_8192.json")
 VS_MAMBA2_SSD_FILES = ("vs_mamba2_h200_triton.json",)
 VS_MAMBA2_PROFILE_FILES = ("vs_mamba2_h200_profile.json",)
@@ -155,6 +156,21 @@ def vs_mamba_estimate(runs: list[dict]) -> str:
                              "column of the prefill table (their files are listed under those tables).")
 
 
+def vs_mamba_every(runs: list[dict]) -> str:
+    """Stepped schedules (--prune-every K): graph ms of each pruned row against mamba_ssm and our dense, same run."""
+    out = ["| B×L | backend | budget | K | prune points | graph ms | vs mamba_ssm | vs our dense | FLOPs ratio |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for r in run["rows"]:
+            if not r["impl"].startswith("ours-pruned") or "graph_ms" not in r:
+                continue
+            k = int(r["impl"].split("-every")[1]) if "-every" in r["impl"] else 1
+            out.append(f"| {r['B']}×{r['L']} | {r['backend']} | {r['budget']:g} | {k} | {r.get('prune_points', '-')} | "
+                       f"{r['graph_ms']:.1f} | {_f(r.get('graph_vs_mamba_ssm'), '{:.2f}×')} | "
+                       f"{_f(r.get('graph_vs_ours_dense'), '{:.2f}×')} | {_f(r.get('flops_ratio'), '{:.3f}')} |")
+    return "\n".join(out) + "\n\nSources:\n" + _sources(runs) if len(out) > 2 else "(no results file yet)"
+
+
 def vs_mamba2(runs: list[dict]) -> str:
     """Mamba-2 prefill: graph-replay ms per case of mamba_ssm (when it ran), our dense and our pruned models."""
     rows = [r for run in runs for r in run["rows"]]
@@ -201,6 +217,7 @@ def regions() -> dict[str, str]:
         "vs_mamba_kernels": vs_mamba_kernels(runs),
         "vs_mamba_generation": vs_mamba_generation(runs),
         "vs_mamba_estimate": vs_mamba_estimate(runs),
+        "vs_mamba_every": vs_mamba_every(_load(EVERY_FILES)),
         "vs_mamba2": vs_mamba2(m2),
         "vs_mamba2_ssd": ssd_kernels(m2_ssd),
         "ssd_sweep": ssd_kernels(_load(SSD_SWEEP_FILES)),

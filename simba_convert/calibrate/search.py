@@ -4,6 +4,8 @@
 2. Evaluate a small grid of the `shaped` family (dense prefix × curvature), each solved to the budget.
 3. Refine per layer from the best: move δ of keep ratio between two layers, re-solve the budget by
    scaling every layer's pruned fraction, keep the move if the KL falls; δ shrinks over rounds.
+With `every` > 1 every candidate is stepped (`schedules.stepped`: the ratio changes every `every` layers only)
+and the refinement moves ratio between groups.
 The move order comes from `seed`, so the same seed gives the same ratios. `cfg` is any architecture's config:
 budgets are met against its FLOPs model (pruning/flops.py).
 """
@@ -96,6 +98,7 @@ def calibrate(
     max_evals: int = 40,
     on_eval: Callable[[Candidate], None] | None = None,
     holdout: Callable | None = None,
+    every: int = 1,
 ) -> CalibrationResult:
     """Minimise evaluate(ratios).kl over schedules meeting `budget` (exact FLOPs at length L, protect P).
 
@@ -118,8 +121,8 @@ def calibrate(
             on_eval(c)
         return c
 
-    lin = run("linear", schedules.schedule_for_budget("linear", cfg, budget, L, protect, criterion, floor))
-    uni = run("uniform", schedules.schedule_for_budget("uniform", cfg, budget, L, protect, criterion, floor))
+    lin = run("linear", schedules.schedule_for_budget("linear", cfg, budget, L, protect, criterion, floor, every))
+    uni = run("uniform", schedules.schedule_for_budget("uniform", cfg, budget, L, protect, criterion, floor, every))
     best = min((lin, uni), key=lambda c: c.kl)
     if budget >= 1.0 or n < 3:
         return CalibrationResult(best, lin, uni, history)
@@ -129,7 +132,7 @@ def calibrate(
         for gamma in (0.5, 1.0, 2.0):
             if len(history) >= max_evals:
                 break
-            make = schedules.family("shaped", n, floor, prefix=prefix, gamma=gamma)
+            make = schedules.family("shaped", n, floor, every, prefix=prefix, gamma=gamma)
             try:
                 r = schedules.solve_budget(make, cfg, budget, L, protect, criterion)
             except ConfigError:
@@ -138,13 +141,15 @@ def calibrate(
             best = min(best, c, key=lambda c: c.kl)
 
     rng = random.Random(seed)
-    pairs = [(i, j) for i in range(1, n) for j in range(1, n) if i != j]
+    starts = range(1, n, every)  # a group's first layer carries the group's ratio
+    pairs = [(i, j) for i in starts for j in starts if i != j]
     for delta in (0.1, 0.05, 0.025):
         rng.shuffle(pairs)
         for i, j in pairs:
             if len(history) >= max_evals:
                 break
-            r = rebalance(shift(best.ratios, i, j, delta, floor), cfg, budget, L, protect, criterion, floor)
+            moved = schedules.stepped(shift(best.ratios, i, j, delta, floor), every)
+            r = rebalance(moved, cfg, budget, L, protect, criterion, floor)
             if r is None:
                 continue
             c = run(f"refine(δ={delta},{i}↔{j})", r)

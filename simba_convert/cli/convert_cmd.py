@@ -18,6 +18,9 @@ def convert_options(fn):
         click.option("--samples", type=int, default=None, help="Calibration sequences [default: 32 on GPU, 8 on CPU]."),
         click.option("--seq-len", type=int, default=512, show_default=True, help="Calibration sequence length L."),
         click.option("--calib", type=str, default=None, help="Calibration text: .txt, .jsonl, a directory or a dataset name [default: bundled]."),
+        click.option("--prune-every", type=int, default=1, show_default=True,
+                     help="Let the kept-token count change only every K layers: fewer layers score and select, "
+                          "which is faster at small batch (1 = per layer, the paper's)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", type=str, default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,

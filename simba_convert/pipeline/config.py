@@ -47,6 +47,7 @@ class ConvertConfig:
     max_evals: int | None = None
     batch_size: int = 8
     floor: float = DEFAULT_FLOOR
+    prune_every: int = 1  # the ratios change every K layers only (pruning.schedules.stepped)
     progress: bool = True
     version: int = CONFIG_VERSION
 
@@ -63,7 +64,7 @@ class ConvertConfig:
                                   option=name)
         check_device_name(self.device)
         for name, lo in (("protect", 1), ("samples", 1), ("seq_len", 2), ("finetune_steps", 0), ("max_evals", 2),
-                         ("batch_size", 1)):
+                         ("batch_size", 1), ("prune_every", 1)):
             v = getattr(self, name)
             if v is None and name in ("samples", "max_evals"):
                 continue

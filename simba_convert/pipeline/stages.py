@@ -107,7 +107,7 @@ def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> Calib
     if cfg.schedule != "calibrated":
         cands = {}
         for name in ("linear", "uniform"):
-            r = schedules.schedule_for_budget(name, mcfg, cfg.budget, L, P, cfg.criterion, cfg.floor)
+            r = schedules.schedule_for_budget(name, mcfg, cfg.budget, L, P, cfg.criterion, cfg.floor, cfg.prune_every)
             ev = scored.objective(r)
             cands[name] = Candidate(name, r, ev.kl, ev.nll, flops_report(mcfg, r, L, P, cfg.criterion).ratio)
         chosen = cands[cfg.schedule]
@@ -118,7 +118,8 @@ def calibrate_stage(cfg: ConvertConfig, loaded: Loaded, scored: Scored) -> Calib
             pb.update(1)
 
         return calibrate(scored.objective, mcfg, cfg.budget, L, P, criterion=cfg.criterion, floor=cfg.floor,
-                         seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval, holdout=scored.holdout)
+                         seed=cfg.seed, max_evals=cfg.max_evals, on_eval=on_eval, holdout=scored.holdout,
+                         every=cfg.prune_every)
 
 
 def pruned_model(cfg: ConvertConfig, loaded: Loaded, result: CalibrationResult) -> PrunedMambaLM:

@@ -49,16 +49,41 @@ def shaped_ratios(n: int, prefix: int, end: float, gamma: float, floor: float = 
     return tuple(out)
 
 
-def family(name: str, n: int, floor: float = DEFAULT_FLOOR, **shape) -> Callable[[float], tuple[float, ...]]:
-    """The strength → ratios map of a named family (s = 0 dense, s = 1 sparsest)."""
+def check_every(every) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"prune_every must be an integer >= 1, got {every!r}", option="prune_every")
+    return every
+
+
+def stepped(ratios, every: int) -> tuple[float, ...]:
+    """The ratios held constant over groups of `every` layers above the first (layers 1..every, every+1..2·every, …),
+    each group at its first layer's ratio: the token count changes, so scores and a selection run, after layers
+    0, every, 2·every, … only: ⌈(n − 1) / every⌉ prune points instead of up to n − 1. Non-increasing ratios stay
+    non-increasing and never fall: a budget is met again by solving the stepped family. every = 1 is the identity."""
+    r = tuple(ratios)
+    if check_every(every) == 1:
+        return r
+    return tuple(x if i == 0 else r[1 + (i - 1) // every * every] for i, x in enumerate(r))
+
+
+def prune_points(ratios) -> int:
+    """How many layers score and select: those after which the kept count can fall (the ratio drops)."""
+    return sum(b < a for a, b in zip(ratios, ratios[1:]))
+
+
+def family(name: str, n: int, floor: float = DEFAULT_FLOOR, every: int = 1, **shape) -> Callable[[float], tuple[float, ...]]:
+    """The strength → ratios map of a named family (s = 0 dense, s = 1 sparsest), stepped over `every` layers."""
+    check_every(every)
     if name == "linear":
-        return lambda s: linear_ratios(n, s * (1.0 - floor), floor)
-    if name == "uniform":
-        return lambda s: uniform_ratios(n, 1.0 - s * (1.0 - floor), floor)
-    if name == "shaped":
+        make = lambda s: linear_ratios(n, s * (1.0 - floor), floor)  # noqa: E731
+    elif name == "uniform":
+        make = lambda s: uniform_ratios(n, 1.0 - s * (1.0 - floor), floor)  # noqa: E731
+    elif name == "shaped":
         prefix, gamma = int(shape.get("prefix", 1)), float(shape.get("gamma", 1.0))
-        return lambda s: shaped_ratios(n, prefix, 1.0 - s * (1.0 - floor), gamma, floor)
-    raise ConfigError(f"unknown schedule family {name!r}")
+        make = lambda s: shaped_ratios(n, prefix, 1.0 - s * (1.0 - floor), gamma, floor)  # noqa: E731
+    else:
+        raise ConfigError(f"unknown schedule family {name!r}")
+    return make if every == 1 else (lambda s: stepped(make(s), every))
 
 
 def solve_budget(
@@ -101,12 +126,13 @@ def check_budget(budget: float) -> None:
 
 def schedule_for_budget(
     schedule: str, cfg, budget: float, L: int, protect: int, criterion: str = "last",
-    floor: float = DEFAULT_FLOOR,
+    floor: float = DEFAULT_FLOOR, every: int = 1,
 ) -> tuple[float, ...]:
-    """`linear` or `uniform` ratios meeting the budget; budget 1.0 gives the dense schedule."""
+    """`linear` or `uniform` ratios meeting the budget, stepped over `every` layers; budget 1.0 gives the dense
+    schedule."""
     if schedule not in ("linear", "uniform"):
         raise ConfigError(f"schedule {schedule!r} is not a closed-form schedule (use linear or uniform)")
-    r = solve_budget(family(schedule, cfg.n_layer, floor), cfg, budget, L, protect, criterion)
+    r = solve_budget(family(schedule, cfg.n_layer, floor, every), cfg, budget, L, protect, criterion)
     validate_schedule(r, cfg, budget, L, protect, criterion, floor)
     return r
 
