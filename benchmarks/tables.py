@@ -171,6 +171,23 @@ def vs_mamba_every(runs: list[dict]) -> str:
     return "\n".join(out) + "\n\nSources:\n" + _sources(runs) if len(out) > 2 else "(no results file yet)"
 
 
+def prune_every_quality(runs: list[dict]) -> str:
+    """Held-out KL and perplexity of stepped schedules at budget 0.6, one row per model and schedule, K across."""
+    rows = [r for run in runs for r in run["rows"] if r["budget"] == 0.6]
+    ks = sorted({r["every"] for r in rows})
+    out = ["| model | schedule | " + " | ".join(f"K = {k}: KL / ppl" for k in ks) + " | dense ppl |",
+           "|---" * (len(ks) + 3) + "|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        dense = next(r for run in runs for r in run["rows"] if r["model"] == model and r["schedule"] == "dense")
+        for sched in ("linear", "calibrated"):
+            got = {r["every"]: r for r in rows if r["model"] == model and r["schedule"] == sched}
+            cells = [f"{got[k]['kl']:.4f} / {got[k]['ppl']:.2f}" if k in got else "-" for k in ks]
+            out.append(f"| {model} | {sched} | " + " | ".join(cells) + f" | {dense['ppl']:.2f} |")
+    return "\n".join(out) + "\n\nSources:\n" + "\n".join(
+        f"- `{r['meta']['command']}` — {r['meta']['date']}, {r['meta']['device']}, torch {r['meta']['torch']}, commit "
+        f"{r['meta'].get('commit')}" for r in runs) if rows else "(no results file yet)"
+
+
 def vs_mamba2(runs: list[dict]) -> str:
     """Mamba-2 prefill: graph-replay ms per case of mamba_ssm (when it ran), our dense and our pruned models."""
     rows = [r for run in runs for r in run["rows"]]
@@ -218,6 +235,7 @@ def regions() -> dict[str, str]:
         "vs_mamba_generation": vs_mamba_generation(runs),
         "vs_mamba_estimate": vs_mamba_estimate(runs),
         "vs_mamba_every": vs_mamba_every(_load(EVERY_FILES)),
+        "prune_every_quality": prune_every_quality(_load(("prune_every_cpu.json",))),
         "vs_mamba2": vs_mamba2(m2),
         "vs_mamba2_ssd": ssd_kernels(m2_ssd),
         "ssd_sweep": ssd_kernels(_load(SSD_SWEEP_FILES)),
