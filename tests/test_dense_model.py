@@ -145,3 +145,23 @@ def test_layernorm_model_cannot_be_saved_in_hf_layout(tmp_path):
     with pytest.raises(ConfigError, match="RMSNorm"):
         simba_convert.save_checkpoint(_layernorm_model(), tmp_path / "out", layout="hf")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_loading_and_running_under_inference_mode():
+    """Serving code often loads inside torch.inference_mode: the model must run there and after, and load()
+    must give ordinary parameters (inference tensors keep no version counter, which the fp32-parameter cache reads,
+    and cannot be fine-tuned)."""
+    ids = torch.randint(0, 100, (2, 17))
+    with torch.inference_mode():
+        model = simba_convert.load("mamba-tiny")
+        inside = model(ids)
+    assert not any(p.is_inference() for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(model(ids), inside)
+    with torch.inference_mode():  # built here by the caller: inference tensors, so nothing is cached
+        built = MambaLM(model.config)
+        built.load_state_dict(model.state_dict())
+        assert built.backbone.layers[0].mixer.A_log.is_inference()
+        assert_matches(built(ids), inside)
+        built.backbone.layers[0].mixer.A_log.add_(0.5)  # an in-place update no version counter records
+        assert not torch.allclose(built(ids), inside, rtol=1e-4, atol=1e-4)

@@ -55,7 +55,12 @@ def _build(r, info, device, dtype, apply_simba):
     if section is not None and section.architecture not in (None, info.architecture):
         raise CheckpointError(f"{info.path}/config.json: its 'simba' section was written for a {section.architecture} "
                               f"model, but the config describes a {info.architecture} model")
-    model = load_dense(info, device=parse_device(device), dtype=dtype)
+    import torch
+
+    # Ordinary tensors even when the caller loads under torch.inference_mode (common in serving code): inference
+    # tensors cannot be trained, and they keep no version counter, which the mixers' cached fp32 parameters check.
+    with torch.inference_mode(False):
+        model = load_dense(info, device=parse_device(device), dtype=dtype)
     if section is not None:
         from ..pruning.model import from_simba_config
 

@@ -87,7 +87,9 @@ class MambaMixer(nn.Module):
         the H200 (benchmarks/kernel_profile.py). A carries A·log2 e transposed, [N, D], for the Triton scan
         (`ops._triton_common.log2e_transposed`)."""
         params = (self.A_log, self.D, self.dt_proj.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        # Inference tensors (a model built under torch.inference_mode) keep no version counter: an in-place update
+        # could not be seen, so nothing is cached for them.
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or any(p.is_inference() for p in params):
             return self.A(), self.D.float(), self.dt_proj.bias.float()
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
         if self._fp32_cache is None or self._fp32_cache[0] != key:
