@@ -117,6 +117,7 @@ def run(args):
     equal = fs / fl
     log("A dense")
     R["dense"] = {"mamba-tiny": {**b.quality(b.small, True), "flops": fs}, "family-l": {**b.quality(b.large, True), "flops": fl}}
+    save_partial(args, R)
     log("B schedules")
     R["schedules"] = []
     for budget in args.budgets:
@@ -126,6 +127,7 @@ def run(args):
             R["schedules"].append({"budget": budget, "schedule": s, "ratios": list(r),
                                    "flops_ratio": flops_report(b.large.config, r, L, P).ratio, **q})
             log(f"  {budget} {s} {q}")
+    save_partial(args, R)
     log("C criteria")
     R["criteria"] = []
     for budget in args.crit_budgets:
@@ -133,12 +135,14 @@ def run(args):
             r = schedules.schedule_for_budget("linear", b.large.config, budget, L, P, c)
             q = b.quality(b.pruned(b.large, r, c))
             R["criteria"].append({"budget": budget, "criterion": c, "flops_ratio": flops_report(b.large.config, r, L, P, c).ratio, **q})
+    save_partial(args, R)
     log("D equal flops")
     R["equal_flops"] = {"budget": equal, "mamba-tiny dense": R["dense"]["mamba-tiny"]}
     for s in ("calibrated", "linear"):
         r = b.ratios(b.large, s, equal)
         R["equal_flops"][f"family-l {s}"] = {**b.quality(b.pruned(b.large, r), True), "ratios": list(r),
                                              "flops": flops_report(b.large.config, r, L, P).sparse_total}
+    save_partial(args, R)
     log("E context length")
     R["context"] = []
     ctx_ids = b.ood if b.ood is not None else b.valid
@@ -155,9 +159,15 @@ def run(args):
                 row["note"] = str(e).splitlines()[0]
         R["context"].append(row)
         log(f"  {row}")
+    save_partial(args, R)
     log("F speed")
     R["speed"] = speed(b, args)
     return R
+
+
+def save_partial(args, R) -> None:
+    """The sections finished so far, in <out>/results.partial.json (a run stopped at a time limit keeps them)."""
+    (Path(args.out) / "results.partial.json").write_text(json.dumps(R, indent=1, default=lambda o: None))
 
 
 @torch.no_grad()
@@ -270,6 +280,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     R = run(args)
     (out / "results.json").write_text(json.dumps(R, indent=1, default=lambda o: None))
+    (out / "results.partial.json").unlink(missing_ok=True)
     md = markdown(R)
     (out / "paper.md").write_text(md)
     plots(R, out)
