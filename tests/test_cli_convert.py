@@ -127,6 +127,7 @@ def test_onnx_export_without_the_custom_op_library(work, tmp_path, monkeypatch):
     (["--budget", "2"], "error: budget must be in (0, 1], got 2.0 (--budget)"),
     (["--device", "tpu"], "error: unknown device 'tpu'; expected auto, cpu, cuda or cuda:N (--device)"),
     (["--protect", "0"], "error: protect must be an integer >= 1, got 0 (--protect)"),
+    (["--prune-every", "0"], "error: prune_every must be an integer >= 1, got 0 (--prune-every)"),
     (["--protect", "48"], "error: protect (48) must be smaller than seq_len (48) (--protect, --seq-len)"),
     pytest.param(["--criterion", "random", "--onnx"], "error: criterion 'random' cannot be exported to ONNX; use one "
                  "of last, global, delta, output (--criterion, --onnx)",
@@ -333,3 +334,14 @@ def test_config_json_does_not_depend_on_optional_packages(work, tmp_path, monkey
     assert (tmp_path / "with" / "config.json").read_text() == (tmp_path / "without" / "config.json").read_text()
     rep = json.loads((tmp_path / "without" / "simba_report.json").read_text())
     assert rep["versions"]["onnx"] is None and "torch" in rep["versions"]
+
+
+def test_prune_every_reaches_the_output(work, tmp_path):
+    """--prune-every K: stepped keep ratios in the checkpoint, K in the written config, the prune points reported."""
+    out = tmp_path / "o"
+    r = convert(work, out, "--prune-every", "2", "--seq-len", "96", "--protect", "4")
+    assert r.exit_code == 0, (r.output, r.exception)
+    ratios = json.loads((out / "config.json").read_text())["simba"]["keep_ratios"]
+    assert len(ratios) == 3 and ratios[1] == ratios[2] < 1.0  # one group of two layers above the first
+    assert json.loads((out / "simba_report.json").read_text())["config"]["prune_every"] == 2
+    assert "prune points            1 of 2 layers score and select (prune every 2" in (out / "report.txt").read_text()

@@ -84,6 +84,7 @@ def _finetune_lines(ft: dict | None) -> list[str]:
 def summary_text(report: dict) -> str:
     """The final summary table printed by the CLI and written to report.txt."""
     from ..format import SimbaSection
+    from ..pruning.schedules import prune_points
 
     s = SimbaSection.from_dict(report["simba"])
     cal = report["calibration"]
@@ -94,6 +95,8 @@ def summary_text(report: dict) -> str:
         f"  FLOPs ratio achieved    {s.achieved_flops_ratio:.4f}  (backbone only {s.backbone_flops_ratio:.4f};"
         f" L={s.flops_seq_len}, P={s.spec.protect}, criterion {s.spec.criterion})",
         f"  schedule                {s.schedule} ({cal['best']['label']}, {cal['evaluations']} candidates)",
+        f"  prune points            {prune_points(s.spec.keep_ratios)} of {len(s.spec.keep_ratios) - 1} layers score and "
+        f"select (prune every {report.get('config', {}).get('prune_every', 1)}; fewer is faster at small batch)",
         f"  calibration KL          {cal['best']['kl']:.5f}   (linear {cal['linear']['kl']:.5f}, uniform {cal['uniform']['kl']:.5f})",
         f"  held-out check          {_holdout(cal.get('holdout'))}",
         f"  calibration perplexity  dense {report['dense_ppl']:.3f}  sparse {ppl_from_nll(cal['best']['nll']):.3f}",
