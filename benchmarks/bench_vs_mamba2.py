@@ -146,6 +146,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="1x2048,4x2048,1x8192,4x8192")
     ap.add_argument("--budgets", default="0.8,0.6,0.4")
+    ap.add_argument("--prune-every", default="1", help="K values for the pruned rows: linear stepped over K layers")
     ap.add_argument("--backends", default="triton,auto")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--profile", default="", help="BxL cases to profile by stage (graph replay)")
@@ -179,7 +180,7 @@ def main():
     if not args.skip_models:
         for bsz, L in cases:
             rows += bvm.model_rows(cfg, ours, impls, bsz, L, budgets, backends, args.reps, dev, dev.type == "cuda",
-                                   hf=False)
+                                   hf=False, everies=[int(k) for k in args.prune_every.split(",")])
             if args.out:  # a run stopped at a time limit keeps its finished cases
                 Path(args.out).write_text(json.dumps({"meta": dict(meta, partial=True), "rows": rows, "ssd": srows,
                                                       "profile": prows}, indent=1))
