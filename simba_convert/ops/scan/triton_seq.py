@@ -55,6 +55,27 @@ def _bc_loads(b_row, c_row, sb_t, sc_t, t, L, n_ok, EVEN_N: tl.constexpr, HAS_C:
 
 
 @triton.jit
+def _flat_tile(pid_d, Dm, N, BD: tl.constexpr, NP: tl.constexpr):
+    """Row n, channel d and validity of each element of the flattened state tile hT [NP, BD] (row-major), for
+    1D memory accesses reshaped to [NP, BD] (`_tile_load`, `_tile_store`); contiguity 1, so never vectorised."""
+    i = tl.max_contiguous(tl.arange(0, NP * BD), 1)
+    n = i // BD
+    d = pid_d * BD + i % BD
+    return n, d, (n < N) & (d < Dm)
+
+
+@triton.jit
+def _tile_load(ptrs, mask, NP: tl.constexpr, BD: tl.constexpr):
+    """A [NP, BD] fp32 tile from the flat pointers of `_flat_tile` (0 where masked)."""
+    return tl.reshape(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), [NP, BD])
+
+
+@triton.jit
+def _tile_store(ptrs, x, mask, NP: tl.constexpr, BD: tl.constexpr):
+    tl.store(ptrs, tl.reshape(x, [NP * BD]), mask=mask)
+
+
+@triton.jit
 def _scan_fwd_seq_kernel(
     u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, a2t_ptr, dskip_ptr, bias_ptr, h0_ptr,
     y_ptr, last_ptr, chk_ptr, hend_ptr, dsum_ptr,
@@ -89,21 +110,23 @@ def _scan_fwd_seq_kernel(
     n = tl.arange(0, NP)
     d_ok = d < Dm
     n_ok = n < N
-    nd_mask = n_ok[:, None] & d_ok[None, :]
-    # Triton derives layouts from the memory accesses: a vectorisable [NP, BD] access would spread a
-    # channel's states over several lanes (then the sum over N shuffles), a vectorisable [BD] access
-    # would give a lane adjacent channels (then every step converts layouts through shared memory).
-    # Declaring the offsets contiguous in runs of 1 keeps the default layout instead: lanes along
-    # channels, a channel's NP states in one lane (one channel a lane when BD = 32·num_warps). Only the
-    # state in/out and the checkpoint every CHUNK steps pay for the narrower accesses.
+    # Triton derives layouts from the memory accesses. The layout wanted: lanes along channels, a channel's NP
+    # states in its lane's registers (one channel a lane when BD = 32·num_warps), so the sum over N needs no
+    # shuffles and the [BD] loads of u, delta, z need no conversion. A vectorisable access would break it
+    # (a [BD] one gives a lane adjacent channels, an [NP, BD] one spreads a channel's states over lanes), and
+    # so would a 2D access with no contiguity on either axis: which axis then leads is the compiler's tie-break,
+    # and it changed between versions (triton 3.6 spread the states over 16 lanes: shuffles and shared-memory
+    # round trips every step, twice the instructions; 3.9 kept them in the lane). So every [NP, BD] access
+    # (A, the states in and out, the checkpoints) is a 1D access of the flattened tile, reshaped.
     dd = tl.max_contiguous(d, 1)
-    nd_off = tl.max_contiguous(d[None, :] * N + n[:, None], [1, 1])  # hT's elements in [D, N] buffers
-    A2 = tl.load(a2t_ptr + tl.max_contiguous(n[:, None] * Dm + d[None, :], [1, 1]), mask=nd_mask, other=0.0)
+    n_f, d_f, nd_mask_f = _flat_tile(pid_d, Dm, N, BD, NP)
+    nd_off = d_f * N + n_f  # hT's elements in [D, N] buffers, flat
+    A2 = _tile_load(a2t_ptr + n_f * Dm + d_f, nd_mask_f, NP, BD)
     dskip = channel_vector(dskip_ptr, d, d_ok, HAS_D)
     bias = channel_vector(bias_ptr, d, d_ok, HAS_BIAS)
     state_off = pid_b * Dm * N + nd_off
     if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=nd_mask, other=0.0)
+        h = _tile_load(h0_ptr + state_off, nd_mask_f, NP, BD)
     else:
         h = tl.zeros([NP, BD], tl.float32)
     if SPLIT:
@@ -114,7 +137,7 @@ def _scan_fwd_seq_kernel(
         if READOUT:
             for s in range(0, pid_s):
                 sdelta = tl.load(dsum_ptr + (summary + s) * Dm + dd, mask=d_ok, other=0.0)
-                h_end = tl.load(hend_ptr + (summary + s) * Dm * N + nd_off, mask=nd_mask, other=0.0)
+                h_end = _tile_load(hend_ptr + (summary + s) * Dm * N + nd_off, nd_mask_f, NP, BD)
                 h = tl.exp2(sdelta[None, :] * A2) * h + h_end
         else:
             dsum = tl.zeros([BD], tl.float32)
@@ -153,7 +176,7 @@ def _scan_fwd_seq_kernel(
                 u3, r3, z3 = _row_loads(u_row, dl_row, z_row, su_t, sdl_t, sz_t, t + 3, L, d_ok, HAS_Z)
         if SAVE_CHK:
             if t % T == 0:  # the state entering chunk t // T, where `_scan_bwd_kernel` expects it
-                tl.store(chk_ptr + (pid_b * n_chunks + t // T) * Dm * N + nd_off, h, mask=nd_mask)
+                _tile_store(chk_ptr + (pid_b * n_chunks + t // T) * Dm * N + nd_off, h, nd_mask_f, NP, BD)
         delta, _ = delta_act(raw + bias, SOFTPLUS)
         h = tl.exp2(delta[None, :] * A2) * h + bt[:, None] * (delta * u)[None, :]
         if READOUT:
@@ -167,9 +190,9 @@ def _scan_fwd_seq_kernel(
         if STORE_LAST:
             if SPLIT:
                 if pid_s == n_seg - 1:  # only the last segment ends at step L-1
-                    tl.store(last_ptr + state_off, h, mask=nd_mask)
+                    _tile_store(last_ptr + state_off, h, nd_mask_f, NP, BD)
             else:
-                tl.store(last_ptr + state_off, h, mask=nd_mask)
+                _tile_store(last_ptr + state_off, h, nd_mask_f, NP, BD)
     else:
-        tl.store(hend_ptr + (summary + pid_s) * Dm * N + nd_off, h, mask=nd_mask)
+        _tile_store(hend_ptr + (summary + pid_s) * Dm * N + nd_off, h, nd_mask_f, NP, BD)
         tl.store(dsum_ptr + (summary + pid_s) * Dm + dd, dsum, mask=d_ok)
