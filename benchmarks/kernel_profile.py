@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--cases", default="1x2048,4x2048")
     ap.add_argument("--budgets", default="0.6")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--prune-every", default="1", help="K values: linear stepped over K layers (1: the paper's)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -110,9 +111,10 @@ def main():
         if callable(impls.get("mamba_ssm")):
             models.insert(0, ("mamba_ssm", impls["mamba_ssm"]))
         for b in (float(v) for v in args.budgets.split(",")):
-            pm = PrunedMambaLM(ours, PruningSpec(schedules.schedule_for_budget("linear", cfg, b, L, bvm.P),
-                                                 protect=bvm.P))
-            models.append((f"pruned-{b}", lambda x, pm=pm: pm(x, num_last=bvm.P)))
+            for k in (int(v) for v in args.prune_every.split(",")):
+                sched = schedules.schedule_for_budget("linear", cfg, b, L, bvm.P, every=k)
+                pm = PrunedMambaLM(ours, PruningSpec(sched, protect=bvm.P))
+                models.append((f"pruned-{b}" + (f"-every{k}" if k > 1 else ""), lambda x, pm=pm: pm(x, num_last=bvm.P)))
         for name, fn in models:
             g = bvm.Captured(fn, ids)
             for mode, call in (("graph", g), ("eager", lambda fn=fn: fn(ids))):

@@ -44,6 +44,15 @@ def test_auto_on_cpu_is_the_reference():
         assert torch.equal(model.set_backend("auto")(ids), model.set_backend("reference")(ids))
 
 
+@pytest.mark.parametrize("B, L, cuda", [
+    (1, 2048, True), (4, 2048, True),  # mamba_ssm's layer was faster (H200, graph replays)
+    (16, 2048, False), (1, 8192, False), (4, 8192, False),  # ours was
+    (1, 1640, False),  # off mamba_ssm's even-length path (a pruned layer's token count)
+])
+def test_auto_takes_mamba_ssm_only_where_it_was_faster(B, L, cuda):
+    assert mixer_cuda.preferred(B, L) is cuda
+
+
 def _model(dtype):
     torch.manual_seed(0)
     cfg = MambaConfig(d_model=96, n_layer=4, vocab_size=200)

@@ -129,8 +129,8 @@ class MambaMixer(nn.Module):
         if kind == "cuda" and conv_state is None and ssm_state is None:
             from . import mixer_cuda
 
-            # `auto` takes mamba_ssm's kernels only on the lengths where they are fast (mixer_cuda.even_length).
-            if self.backend == "cuda" or mixer_cuda.even_length(h.shape[1]):
+            # `auto` takes mamba_ssm's kernels only on the shapes where they were faster (mixer_cuda.preferred).
+            if self.backend == "cuda" or mixer_cuda.preferred(h.shape[0], h.shape[1]):
                 return mixer_cuda.mixer_forward(self, h, return_state, return_internals)
         op_backend = "auto" if kind == "cuda" else kind
         x, z = self.in_proj(h).chunk(2, dim=-1)

@@ -56,6 +56,18 @@ def even_length(L: int) -> bool:
     return L % chunk == 0
 
 
+# Past these, our Triton layer (split scan) was the faster dense 1.4B forward on the H200 (graph replays, 2026-12-04,
+# benchmarks/results/vs_mamba_h200_every.json): 64.0 against 66.2 ms at 1x8192, 205.7 against 253.4 at 16x2048,
+# 244.5 against 258.2 at 4x8192; mamba_ssm's stayed ahead at 1x2048 (16.4 against 17.4) and 4x2048 (63.1 / 63.8).
+CUDA_MAX_TOKENS = 8192
+CUDA_MAX_LENGTH = 4096
+
+
+def preferred(B: int, L: int) -> bool:
+    """True when `auto` should run a [B, L, d] forward on mamba_ssm's kernels rather than our Triton layer."""
+    return even_length(L) and L <= CUDA_MAX_LENGTH and B * L <= CUDA_MAX_TOKENS
+
+
 def mixer_forward(mixer, h: torch.Tensor, return_state: bool, return_internals: bool):
     """`MambaMixer.forward` (no initial states) on the CUDA kernels: h [B, L, d] -> out [B, L, d] (+ extras)."""
     from ..ops.conv1d import conv_state_from

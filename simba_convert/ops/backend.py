@@ -61,8 +61,9 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
 def resolve_model(backend: str, device: torch.device, cuda_available=None) -> str:
     """Return "cuda", "triton" or "reference" for a model's layers on `device`.
 
-    `auto` takes mamba_ssm / causal_conv1d's kernels when they import on a CUDA device (the faster path at
-    every shape measured: BENCHMARKS.md, "Against mamba_ssm"), else Triton on CUDA, else the reference.
+    `auto` takes mamba_ssm / causal_conv1d's kernels when they import on a CUDA device, else Triton on CUDA, else
+    the reference; a Mamba-1 layer on "cuda" still runs Triton on the shapes where that was measured faster
+    (model.mixer_cuda.preferred; BENCHMARKS.md, "Against mamba_ssm").
     `cuda_available` tells whether the architecture's kernels import (default: Mamba-1's, model.mixer_cuda).
     """
     if backend not in MODEL_BACKENDS:
