@@ -98,14 +98,25 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
     runs = [(f"ours chunk {T}", lambda T=T: ssd_scan_triton(x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True,
                                                              chunk_size=T)) for T in (32, 64, 128)]
     if sweep:
+        from simba_convert.ops.ssd import triton as ssd_triton
         from simba_convert.ops.ssd.triton import LaunchConfig, ssd_forward
 
-        for T, bp, w, exact in ((64, 64, 4, True), (64, 32, 4, False), (64, 64, 8, False), (64, 32, 8, False),
-                                (128, 32, 4, False), (128, 32, 8, False), (128, 64, 8, False), (128, 16, 4, False)):
+        def exact_run(T, c, prec):  # the fp32-exact dots (as under autograd) in precision `prec`
+            def run():
+                old, ssd_triton.EXACT_DOT = ssd_triton.EXACT_DOT, prec
+                try:
+                    return ssd_forward(x, dt, A, B, C, D, bias, True, None, False, T, c, exact=True)[0]
+                finally:
+                    ssd_triton.EXACT_DOT = old
+            return run
+
+        for prec in ("ieee", "tf32x3"):
+            runs.append((f"ours chunk 64 block_p 64 warps 4 fp32 dots {prec} (as under autograd)",
+                         exact_run(64, LaunchConfig(block_p=64, num_warps=4), prec)))
+        for T, bp, w in ((64, 32, 4), (64, 64, 8), (64, 32, 8), (128, 32, 4), (128, 32, 8), (128, 64, 8), (128, 16, 4)):
             cfg_ = LaunchConfig(block_p=bp, num_warps=w)
-            name = f"ours chunk {T} block_p {bp} warps {w}" + (" fp32 dots (as under autograd)" if exact else "")
-            runs.append((name, lambda T=T, c=cfg_, e=exact: ssd_forward(
-                x, dt, A, B, C, D, bias, True, None, False, T, c, exact=e)[0]))
+            runs.append((f"ours chunk {T} block_p {bp} warps {w}", lambda T=T, c=cfg_: ssd_forward(
+                x, dt, A, B, C, D, bias, True, None, False, T, c, exact=False)[0]))
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
@@ -124,6 +135,46 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
             row["ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if sweep:
+        rows += ssd_train_rows(x, dt, A, B, C, D, bias, floor)
+    return rows
+
+
+def ssd_train_rows(x, dt, A, B, C, D, bias, floor) -> list[dict]:
+    """Forward + backward through autograd (fp32 A, D, dt_bias with gradients: the fine-tune's case), eager
+    (`do_bench`), with the fp32-exact dots in each precision; gradients compared with the ieee run's."""
+    from triton.testing import do_bench
+
+    from simba_convert.ops.ssd import ssd_scan
+    from simba_convert.ops.ssd import triton as ssd_triton
+
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, dt, A, B, C, D, bias)]
+    dy = torch.randn_like(x)
+    rows, ref = [], None
+    for prec in ("ieee", "tf32x3"):
+        @torch.enable_grad()  # the benchmark's main runs under no_grad
+        def step():
+            for t in leaves:
+                t.grad = None
+            xx, dd, aa, bb, cc, dsk, bi = leaves
+            y = ssd_scan(xx, dd, aa, bb, cc, D=dsk, dt_bias=bi, dt_softplus=True, chunk_size=64, backend="triton")
+            y.backward(dy)
+            return torch.cat([t.grad.float().flatten() for t in leaves])
+
+        old, ssd_triton.EXACT_DOT = ssd_triton.EXACT_DOT, prec
+        row = dict(B=x.shape[0], L=x.shape[1], kernel=f"ours chunk 64 forward+backward (autograd) dots {prec}",
+                   floor_ms=3 * floor)
+        try:
+            g = step()
+            ref = g if ref is None else ref
+            row["rel_rms_vs_ours_32"] = rel_rms(g, ref)  # here: the gradients against the ieee run's
+            row["ms"] = do_bench(step, rep=50, return_mode="median")
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            ssd_triton.EXACT_DOT = old
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -15,7 +15,7 @@ to H_c); `_state_pass_bwd_kernel` walks the chunks in reverse for dS_c = dH_{c+1
 each chunk's total decay and d initial_state; `_chunk_scan_bwd_kernel` then gives, per chunk, dx, d dt,
 per-head dB and dC, and per-chunk partial sums of dA and dD. Group sums (dB, dC over the heads of a
 group) and batch/chunk sums (dA, dD, d dt_bias) are done by torch on those partial buffers: no atomics,
-deterministic gradients. Every matmul is fp32 (`input_precision="ieee"`), as the contract asks, and every
+deterministic gradients. Every matmul is fp32-exact (`EXACT_DOT`, tf32x3) where the contract asks, and every
 decay exponent is a direct sum of log-decays, never a difference of two cumulative sums.
 """
 
@@ -32,15 +32,19 @@ from .. import _alloc
 from .._triton_common import delta_act
 from ..backend import needs_grad
 
-_DOT: tl.constexpr = tl.constexpr("ieee")  # fp32 matmuls; tf32 would break the fp32 contract (~1e-3)
+# The fp32-exact matmul: "tf32x3" splits each fp32 operand into a tf32 head and a tf32 tail and sums three
+# tensor-core products (the tail·tail one, ~2^-22 relative, is dropped), so products keep fp32 accuracy; "ieee"
+# (CUDA-core FMA) was ~60x slower on the H200 (BENCHMARKS.md, "SSD scan"). Plain tf32 would break the fp32
+# contract (~1e-3).
+EXACT_DOT = "tf32x3"
 
 
 def dot_precision(dtype: torch.dtype, exact: bool) -> str:
-    """The forward's matmul precision: exact fp32 ("ieee", CUDA cores) for fp32 inputs, as the contract asks, and
-    whenever a backward will follow (its gradients, fp32 for A, D and dt_bias, are held to the fp32 contract); for
-    inference on bf16 / fp16 inputs, tf32 tensor cores, whose 11-bit mantissa holds those inputs exactly (only the
-    fp32 decay weights, the states and the sums round, at ~5e-4 relative, inside those dtypes' own error)."""
-    return "ieee" if exact or dtype == torch.float32 else "tf32"
+    """The matmul precision: fp32-exact (`EXACT_DOT`) for fp32 inputs, as the contract asks, and whenever a backward
+    will follow (its gradients, fp32 for A, D and dt_bias, are held to the fp32 contract); for inference on bf16 /
+    fp16 inputs, tf32 tensor cores, whose 11-bit mantissa holds those inputs exactly (only the fp32 decay weights,
+    the states and the sums round, at ~5e-4 relative, inside those dtypes' own error)."""
+    return EXACT_DOT if exact or dtype == torch.float32 else "tf32"
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ def _chunk_scan_bwd_kernel(
     sx_b, sx_l, sx_h, sx_p, sdt_b, sdt_l, sdt_h, sb_b, sb_l, sb_g, sb_n, sc_b, sc_l, sc_g, sc_n,
     sdy_b, sdy_l, sdy_h, sdy_p,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+    T: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, DOT: tl.constexpr,
 ):
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -282,12 +286,12 @@ def _chunk_scan_bwd_kernel(
     dS = tl.load(ds_ptr + soff, mask=pn, other=0.0)  # dS_c [BP, BN]
 
     decay = _decay_matrix(delta * A, T)  # [T(i), T(j)]
-    G = tl.dot(Cm, tl.trans(Bm), input_precision=_DOT)
+    G = tl.dot(Cm, tl.trans(Bm), input_precision=DOT)
     M = G * decay
     xd = x * delta[:, None]
     # Z_j = d(δ_j x_j): from the outputs of this chunk (Mᵀ dy) and from the chunk state (w_last_j · dS B_j).
-    BdS = tl.dot(Bm, tl.trans(dS), input_precision=_DOT) * w_last[:, None]  # [T, BP]
-    Z = tl.dot(tl.trans(M), dy, input_precision=_DOT) + BdS
+    BdS = tl.dot(Bm, tl.trans(dS), input_precision=DOT) * w_last[:, None]  # [T, BP]
+    Z = tl.dot(tl.trans(M), dy, input_precision=DOT) + BdS
     dx = Z * delta[:, None]
     if HAS_D:
         dskip = tl.load(dskip_ptr + h).to(tl.float32)
@@ -295,9 +299,9 @@ def _chunk_scan_bwd_kernel(
     ddelta = tl.sum(Z * x, axis=1)
 
     # W_ij = ∂y/∂(C_i·B_j) contracted with dy: dy_i·(δ_j x_j)·decay_ij.
-    W = tl.dot(dy, tl.trans(xd), input_precision=_DOT) * decay
-    dC = tl.dot(W, Bm, input_precision=_DOT) + tl.dot(dy, hin, input_precision=_DOT) * e_s[:, None]
-    dB = tl.dot(tl.trans(W), Cm, input_precision=_DOT) + tl.dot(xd, dS, input_precision=_DOT) * w_last[:, None]
+    W = tl.dot(dy, tl.trans(xd), input_precision=DOT) * decay
+    dC = tl.dot(W, Bm, input_precision=DOT) + tl.dot(dy, hin, input_precision=DOT) * e_s[:, None]
+    dB = tl.dot(tl.trans(W), Cm, input_precision=DOT) + tl.dot(xd, dS, input_precision=DOT) * w_last[:, None]
 
     # ∂/∂a_k (a_k = δ_k·A) summed directly over the terms a_k sits in, not as ∂/∂s followed by a reverse
     # cumsum: that route adds and then subtracts equal diagonal terms (Q_ii, R_{T−1}), whose fp32 residue
@@ -305,7 +309,7 @@ def _chunk_scan_bwd_kernel(
     #   exp(s_i) of the entering state, i ≥ k      exp(s_{T−1} − s_j) of the chunk state, j < k
     #   Λ_ij = exp(s_i − s_j), j < k ≤ i           exp(s_{T−1}) of the state passing (dlam), every k
     below = r[None, :] < r[:, None]  # [k, j]: j < k
-    CH = tl.dot(Cm, tl.trans(hin), input_precision=_DOT)  # [T, BP]
+    CH = tl.dot(Cm, tl.trans(hin), input_precision=DOT)  # [T, BP]
     da = tl.cumsum(e_s * tl.sum(dy * CH, axis=1), 0, reverse=True)
     R = tl.sum(BdS * xd, axis=1)
     da += tl.sum(tl.where(below, R[None, :], 0.0), axis=1)
@@ -430,7 +434,7 @@ def ssd_backward(dy, dfinal, x, dt, A, B, C, D, dt_bias, dt_softplus, chunk, hin
         cum, to_end, hin, dS, dlam, dx, ddt, dBh, dCh, dA_part, dD_part,
         L, H, P, N, nc, hpg, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        T=T, BP=_p2(P), BN=_p2(N), num_warps=cfg.bwd_num_warps,
+        T=T, BP=_p2(P), BN=_p2(N), DOT=dot_precision(x.dtype, True), num_warps=cfg.bwd_num_warps,
     )
     dB = dBh.view(bsz, L, G, hpg, N).sum(3)
     dC = dCh.view(bsz, L, G, hpg, N).sum(3)
