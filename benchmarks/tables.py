@@ -23,13 +23,11 @@ RESULTS = HERE / "results"
 DOC = HERE.parent / "BENCHMARKS.md"
 
 # A case measured in several files is taken from the first that has it: re-runs come first.
-VS_MAMBA_FILES = ("vs_mamba_h200_2048.json", "vs_mamba_h200_8192.json")
-EVERY_FILES = ("vs_mamba_h200_every.json", "vs_mamba_h200_every_triton.json")
-VS_MAMBA2_FILES = ("vs_mamba2_h200_2048.json", "vs_mamba2_h200_8192.json")
+VS_MAMBA_FILES = ("vs_mamba_h200.json",)
+VS_MAMBA2_FILES = ("vs_mamba2_h200.json",)
 VS_MAMBA2_SSD_FILES = ("vs_mamba2_h200_triton.json",)
 VS_MAMBA2_PROFILE_FILES = ("vs_mamba2_h200_profile.json",)
 SSD_SWEEP_FILES = ("ssd_sweep_h200.json",)
-BUDGETS = (0.8, 0.6, 0.4)
 
 
 def _f(v, fmt="{:.1f}") -> str:
@@ -49,35 +47,46 @@ def _sources(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pruned_kind(impl: str):
+    """"ours-pruned-0.6-every8" -> (0.6, 8); "ours-pruned-0.4" -> (0.4, 1); None for other rows."""
+    m = re.fullmatch(r"ours-pruned-([0-9.]+)(?:-every(\d+))?", impl)
+    return (float(m.group(1)), int(m.group(2) or 1)) if m else None
+
+
 def vs_mamba_prefill(runs: list[dict]) -> str:
-    """One row per B×L: graph-replay ms of every implementation, and pruned against dense mamba_ssm."""
-    rows = [r for run in runs for r in run["rows"]]
+    """One row per B×L: graph-replay ms of mamba_ssm, our dense model per backend, our pruned models (best backend)
+    per budget and prune interval K, and the pruned models against dense mamba_ssm (same run)."""
+    rows = [r for run in runs for r in run["rows"] if "graph_ms" in r]
     cases = sorted({(r["B"], r["L"]) for r in rows}, key=lambda c: (c[1], c[0]))
 
     def get(case, impl, backend=None):
-        for r in rows:
-            if (r["B"], r["L"]) == case and r["impl"] == impl and (backend is None or r["backend"] == backend):
-                return r
-        return {}
+        return next((r for r in rows if (r["B"], r["L"]) == case and r["impl"] == impl
+                     and (backend is None or r["backend"] == backend)), {})
+
+    def best(case, kind):
+        ms = [r["graph_ms"] for r in rows if (r["B"], r["L"]) == case and _pruned_kind(r["impl"]) == kind]
+        return min(ms) if ms else None
 
     backends = sorted({r["backend"] for r in rows if r["backend"] != "-"})
-    head = ["B×L", "mamba_ssm dense", "transformers"] + [f"ours dense ({b})" for b in backends]
-    head += [f"pruned {b} ({be})" for be in backends for b in BUDGETS]
-    head += ["FLOPs ratio at 0.6", "best pruned 0.6 vs mamba_ssm", "best pruned 0.4 vs mamba_ssm"]
+    kinds = sorted({k for r in rows if (k := _pruned_kind(r["impl"]))}, key=lambda k: (-k[0], k[1]))
+    hf = any(r["impl"] == "transformers" for r in rows)
+    head = ["B×L", "mamba_ssm dense"] + (["transformers"] if hf else []) + [f"ours dense ({b})" for b in backends]
+    head += [f"pruned {b:g}, K={k}" for b, k in kinds] + ["FLOPs ratio at 0.6"]
+    budgets = list(dict.fromkeys(b for b, _ in kinds))
+    ks = {b: [k for bb, k in kinds if bb == b] for b in budgets}
+    head += [f"pruned {b:g} vs mamba_ssm (K = {' / '.join(map(str, ks[b]))})" for b in budgets]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for case in cases:
         base = get(case, "mamba_ssm").get("graph_ms")
-        cells = [f"{case[0]}×{case[1]}", _f(base), _f(get(case, "transformers").get("graph_ms"))]
+        cells = [f"{case[0]}×{case[1]}", _f(base)] + ([_f(get(case, "transformers").get("graph_ms"))] if hf else [])
         for be in backends:
             ms = get(case, "ours-dense", be).get("graph_ms")
             cells.append(f"{_f(ms)} ({_f(base / ms if base and ms else None, '{:.2f}×')})")
-        for be in backends:
-            for b in BUDGETS:
-                cells.append(_f(get(case, f"ours-pruned-{b}", be).get("graph_ms")))
-        cells.append(_f(get(case, "ours-pruned-0.6", backends[0]).get("flops_ratio"), "{:.3f}"))
-        for b in (0.6, 0.4):
-            best = min((get(case, f"ours-pruned-{b}", be).get("graph_ms") or float("inf") for be in backends))
-            cells.append(f"**{_f(base / best, '{:.2f}×')}**" if base and best < float("inf") else "-")
+        cells += [_f(best(case, k)) for k in kinds]
+        cells.append(_f(get(case, "ours-pruned-0.6").get("flops_ratio"), "{:.3f}"))
+        for b in budgets:
+            cells.append(" / ".join(f"**{base / ms:.2f}×**" if base and ms else "-"
+                                    for ms in (best(case, (b, k)) for k in ks[b])))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n\nSources:\n" + _sources(runs)
 
@@ -117,45 +126,6 @@ def stage_profile(names=("kernel_profile_h200.json",)) -> str:
         f"commit {r['meta'].get('commit')}" for r in runs)
 
 
-KERNELS_GRAPH_FILE, PROFILE_FILE = "kernels_graph_h200.json", "kernel_profile_h200.json"
-
-
-def vs_mamba_estimate(runs: list[dict]) -> str:
-    """An estimate, not a measurement: the profiled pruned-0.6 forward with its scan at mamba_ssm's per-layer speed
-    (the kernel table's ratio at the full length) and its score at the score's floor (the score timed in the
-    profile's run), against dense mamba_ssm of the prefill table."""
-    prof, kern = _load((PROFILE_FILE,)), _load((KERNELS_GRAPH_FILE,))
-    if not prof or not kern:
-        return "(no profile or kernel results)"
-    krows = [k for run in runs for k in run.get("kernels", [])]
-    rows = [r for run in runs for r in run["rows"]]
-
-    def first(seq, **match):
-        return next((x for x in seq if all(x.get(k) == v for k, v in match.items())), {})
-
-    out = ["| B×L | pruned 0.6 forward ms (profile, graph) | scan ms → at mamba_ssm's speed (theirs / ours) | "
-           "score ms → at its floor (floor / ours) | estimate ms | mamba_ssm dense ms | mamba_ssm / estimate |",
-           "|---|---|---|---|---|---|---|"]
-    for p in prof[0]["rows"]:
-        if p["model"] != "pruned-0.6" or p["mode"] != "graph":
-            continue
-        case = dict(B=p["B"], L=p["L"])
-        scan_k, score_k = first(krows, kernel="scan", **case), first(kern[0]["kernels"], kernel="score", **case)
-        base = first(rows, impl="mamba_ssm", **case).get("graph_ms")
-        if not (scan_k.get("mamba_ms") and score_k and base):
-            continue
-        scan_r, score_r = scan_k["mamba_ms"] / scan_k["ours_ms"], score_k["floor_ms"] / score_k["ours_ms"]
-        scan, score = p["stages"]["scan"], p["stages"]["score"]
-        est = p["wall_ms"] - scan * (1 - scan_r) - score * (1 - score_r)
-        out.append(f"| {p['B']}×{p['L']} | {p['wall_ms']:.2f} | {scan:.2f} → {scan * scan_r:.2f} ({scan_r:.2f}) | "
-                   f"{score:.2f} → {score * score_r:.2f} ({score_r:.2f}) | {est:.2f} | {base:.1f} | "
-                   f"**~{base / est:.2f}×** |")
-    return "\n".join(out) + (f"\n\nInputs: `results/{PROFILE_FILE}` (stage times, commit "
-                             f"{prof[0]['meta'].get('commit')}), `results/{KERNELS_GRAPH_FILE}` (score and its floor, commit "
-                             f"{kern[0]['meta'].get('commit')}), the scan rows of the kernel table and the mamba_ssm "
-                             "column of the prefill table (their files are listed under those tables).")
-
-
 def vs_mamba_every(runs: list[dict]) -> str:
     """Stepped schedules (--prune-every K): graph ms of each pruned row against mamba_ssm and our dense, same run."""
     out = ["| B×L | backend | budget | K | prune points | graph ms | vs mamba_ssm | vs our dense | FLOPs ratio |",
@@ -189,22 +159,26 @@ def prune_every_quality(runs: list[dict]) -> str:
 
 
 def vs_mamba2(runs: list[dict]) -> str:
-    """Mamba-2 prefill: graph-replay ms per case of mamba_ssm (when it ran), our dense and our pruned models."""
+    """Mamba-2 prefill: graph-replay ms per case of mamba_ssm (when it ran), our dense and our pruned models, and
+    each pruned kind (budget, K) against our dense (per backend) and against mamba_ssm (best backend)."""
     rows = [r for run in runs for r in run["rows"]]
     keys = [(r["impl"], r["backend"]) for r in rows if "graph_ms" in r]
     cols = list(dict.fromkeys(keys))
+    kinds = sorted({k for r in rows if (k := _pruned_kind(r["impl"]))}, key=lambda k: (-k[0], k[1]))
+    names = " / ".join(f"{b:g} K={k}" for b, k in kinds)
     out = ["| B×L | " + " | ".join(f"{i} ({b})" if b != "-" else i for i, b in cols)
-           + " | FLOPs ratio at 0.6 | pruned 0.6 / 0.4 vs our dense | best pruned 0.6 / 0.4 vs mamba_ssm |",
+           + f" | FLOPs ratio at 0.6 | pruned {names} vs our dense | best pruned {names} vs mamba_ssm |",
            "|---" * (len(cols) + 4) + "|"]
     for case in dict.fromkeys((r["B"], r["L"]) for r in rows):
-        got = {(r["impl"], r["backend"]): r for r in rows if (r["B"], r["L"]) == case}
-        cells = [_f(got.get(c, {}).get("graph_ms")) for c in cols]
-        p6 = next((r for k, r in got.items() if k[0] == "ours-pruned-0.6"), {})
-        ratios = "; ".join(f"{b}: " + " / ".join(_f(got.get((i, b), {}).get("graph_vs_ours_dense"), "{:.2f}×")
-                                                 for i in ("ours-pruned-0.6", "ours-pruned-0.4"))
-                           for b in dict.fromkeys(k[1] for k in got if k[0] == "ours-pruned-0.6"))
-        best = " / ".join(_f(max((r.get("graph_vs_mamba_ssm") or 0 for k, r in got.items() if k[0] == impl),
-                                 default=None) or None, "**{:.2f}×**") for impl in ("ours-pruned-0.6", "ours-pruned-0.4"))
+        got = [r for r in rows if (r["B"], r["L"]) == case]
+        cells = [_f(next((r.get("graph_ms") for r in got if (r["impl"], r["backend"]) == c), None)) for c in cols]
+        p6 = next((r for r in got if r["impl"] == "ours-pruned-0.6"), {})
+        ratios = "; ".join(f"{be}: " + " / ".join(
+            _f(next((r.get("graph_vs_ours_dense") for r in got if r["backend"] == be and _pruned_kind(r["impl"]) == k),
+                    None), "{:.2f}×") for k in kinds)
+            for be in dict.fromkeys(r["backend"] for r in got if _pruned_kind(r["impl"])))
+        best = " / ".join(_f(max((r.get("graph_vs_mamba_ssm") or 0 for r in got if _pruned_kind(r["impl"]) == k),
+                                 default=0) or None, "**{:.2f}×**") for k in kinds)
         out.append(f"| {case[0]}×{case[1]} | " + " | ".join(cells) + f" | {_f(p6.get('flops_ratio'), '{:.3f}')} | "
                    f"{ratios} | {best} |")
     skipped = sorted({r["skipped"] for r in rows if "skipped" in r})
@@ -233,8 +207,7 @@ def regions() -> dict[str, str]:
         "vs_mamba_prefill": vs_mamba_prefill(runs),
         "vs_mamba_kernels": vs_mamba_kernels(runs),
         "vs_mamba_generation": vs_mamba_generation(runs),
-        "vs_mamba_estimate": vs_mamba_estimate(runs),
-        "vs_mamba_every": vs_mamba_every(_load(EVERY_FILES)),
+        "vs_mamba_every": vs_mamba_every(runs),
         "prune_every_quality": prune_every_quality(_load(("prune_every_cpu.json",))),
         "vs_mamba2": vs_mamba2(m2),
         "vs_mamba2_ssd": ssd_kernels(m2_ssd),

@@ -57,8 +57,9 @@ def even_length(L: int) -> bool:
 
 
 # Past these, our Triton layer (split scan) was the faster dense 1.4B forward on the H200 (graph replays, 2026-12-04,
-# benchmarks/results/vs_mamba_h200_every.json): 64.0 against 66.2 ms at 1x8192, 205.7 against 253.4 at 16x2048,
-# 244.5 against 258.2 at 4x8192; mamba_ssm's stayed ahead at 1x2048 (16.4 against 17.4) and 4x2048 (63.1 / 63.8).
+# benchmarks/results/vs_mamba_h200.json, mamba_ssm's own model in the same run): 63.4 against 65.9 ms at 1x8192,
+# 204.4 against 248.1 at 16x2048, 244.0 against 254.4 at 4x8192, 812.5 against 1026.8 at 16x8192; our layer on
+# mamba_ssm's kernels stayed ahead at 1x2048 (16.3 against 17.3) and 4x2048 (62.4 against 63.2).
 CUDA_MAX_TOKENS = 8192
 CUDA_MAX_LENGTH = 4096
 

@@ -171,8 +171,8 @@ def default_config(criterion: str, programs: int | None = None, fused_softplus: 
     """Block sizes, sequence chunks and warps: the fastest of H200 sweeps timed as graph replays
     (benchmarks/investigations/sweep_impact_launch.py). The sweep that chose the B = 1 chunking below kept no
     results file (the committed `results/sweep_impact_launch_h200.json` is an earlier, plain do_bench sweep); what
-    backs the choice now is the kernel table of `results/vs_mamba_h200_2048.json`, where this default scores a 1.4B
-    layer in 0.096 ms at 1×2048 and 0.322 at 1×8192 (graph replay). The figures below are that sweep's.
+    backs the choice now is the kernel table of `results/vs_mamba_h200.json`, where this default scores a 1.4B
+    layer in 0.094 ms at 1×2048 and 0.308 at 1×8192 (graph replay). The figures below are that sweep's.
 
     `last`, by programs = B·⌈D/32⌉ and whether the kernel forms the softplus itself:
     - at most 256 programs and L ≥ 128 (B = 1 at the 1.4B and 130m shapes): the sequence split into
