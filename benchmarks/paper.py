@@ -13,6 +13,9 @@ Writes results.json, paper.md (tables) and PNG plots into --out.
     PYTHONPATH=. python3 benchmarks/paper.py --small simba_convert/models/mamba-tiny --large .carry/family-l \
         --valid .data/corpus/valid.txt --ood .carry/eval/squadshifts_new_wiki.txt --tasks .carry/eval/bigbench --out $OUT/paper
     PYTHONPATH=. python3 benchmarks/paper.py --smoke --out /tmp/paper            # CPU, minutes, tiny numbers
+
+Any pair of one family (same tokenizer; Mamba-1 or Mamba-2) runs the same way, labelled with `--names SMALL,LARGE`
+(e.g. `--small /tmp/scaling/mamba2-m --large /tmp/scaling/mamba2-l --names mamba2-m,mamba2-l`).
 """
 
 from __future__ import annotations
@@ -112,11 +115,12 @@ def fmt(x, nd=2):
 def run(args):
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     b = Bench(args, dev)
-    R = {"meta": {**environment(dev), "L": L, "P": P, "dtype": args.dtype}}
+    S, G = args.names  # the labels of the small and the large model in the results and tables
+    R = {"meta": {**environment(dev), "L": L, "P": P, "dtype": args.dtype, "names": [S, G]}}
     fs, fl = dense_flops(b.small.config, L, P), dense_flops(b.large.config, L, P)
     equal = fs / fl
     log("A dense")
-    R["dense"] = {"mamba-tiny": {**b.quality(b.small, True), "flops": fs}, "family-l": {**b.quality(b.large, True), "flops": fl}}
+    R["dense"] = {S: {**b.quality(b.small, True), "flops": fs}, G: {**b.quality(b.large, True), "flops": fl}}
     save_partial(args, R)
     log("B schedules")
     R["schedules"] = []
@@ -137,10 +141,10 @@ def run(args):
             R["criteria"].append({"budget": budget, "criterion": c, "flops_ratio": flops_report(b.large.config, r, L, P, c).ratio, **q})
     save_partial(args, R)
     log("D equal flops")
-    R["equal_flops"] = {"budget": equal, "mamba-tiny dense": R["dense"]["mamba-tiny"]}
+    R["equal_flops"] = {"budget": equal, f"{S} dense": R["dense"][S]}
     for s in ("calibrated", "linear"):
         r = b.ratios(b.large, s, equal)
-        R["equal_flops"][f"family-l {s}"] = {**b.quality(b.pruned(b.large, r), True), "ratios": list(r),
+        R["equal_flops"][f"{G} {s}"] = {**b.quality(b.pruned(b.large, r), True), "ratios": list(r),
                                              "flops": flops_report(b.large.config, r, L, P).sparse_total}
     save_partial(args, R)
     log("E context length")
@@ -149,9 +153,9 @@ def run(args):
     half = {s: b.ratios(b.large, s, 0.5) for s in ("linear", "calibrated")}
     for n in args.contexts:
         row = {"L": n}
-        for name, m in (("mamba-tiny dense", b.small), ("family-l dense", b.large),
-                        ("family-l linear 0.5", b.pruned(b.large, half["linear"])),
-                        ("family-l calibrated 0.5", b.pruned(b.large, half["calibrated"]))):
+        for name, m in ((f"{S} dense", b.small), (f"{G} dense", b.large),
+                        (f"{G} linear 0.5", b.pruned(b.large, half["linear"])),
+                        (f"{G} calibrated 0.5", b.pruned(b.large, half["calibrated"]))):
             try:
                 row[name] = b.ppl(m, ctx_ids, seq_len=n, windows=args.ctx_windows)
             except Exception as e:  # too little text for one window at this length
@@ -185,26 +189,31 @@ def speed(b, args):
     return {"B": bsz, "L": n, "rows": rows}
 
 
+def _names(R) -> tuple[str, str]:
+    return tuple(R["meta"].get("names", ("mamba-tiny", "family-l")))
+
+
 def markdown(R) -> str:
+    S, G = _names(R)
     out = [f"Device {R['meta']['device']}, torch {R['meta']['torch']}, {R['meta']['date']}; windows of L={L}, "
            f"last P={P} positions scored; perplexities per token of the 8k BPE.", ""]
     out += ["**A. Dense models**", "", "| model | FLOPs/window | valid ppl | ood ppl | mean acc | mean acc_norm |", "|---|---|---|---|---|---|"]
     for k, v in R["dense"].items():
         a = v.get("acc") or {}
         out.append(f"| {k} | {v['flops']:.3g} | {fmt(v['valid_ppl'])} | {fmt(v.get('ood_ppl'))} | {fmt(a.get('mean_acc'), 3)} | {fmt(a.get('mean_acc_norm'), 3)} |")
-    out += ["", "**B. family-l: perplexity vs budget by schedule (criterion last)**", "",
+    out += ["", f"**B. {G}: perplexity vs budget by schedule (criterion last)**", "",
             "| budget | FLOPs ratio | " + " | ".join(f"{s} valid / ood" for s in SCHEDULES) + " |", "|---|---|" + "---|" * len(SCHEDULES)]
     for budget in sorted({r["budget"] for r in R["schedules"]}):
         rows = {r["schedule"]: r for r in R["schedules"] if r["budget"] == budget}
         out.append(f"| {budget} | {rows['linear']['flops_ratio']:.3f} | " + " | ".join(
             f"{fmt(rows[s]['valid_ppl'])} / {fmt(rows[s].get('ood_ppl'))}" for s in SCHEDULES) + " |")
-    out += ["", "**C. family-l: perplexity vs budget by criterion (linear schedule)**", "",
+    out += ["", f"**C. {G}: perplexity vs budget by criterion (linear schedule)**", "",
             "| budget | " + " | ".join(f"{c} valid / ood" for c in CRITERIA) + " |", "|---|" + "---|" * len(CRITERIA)]
     for budget in sorted({r["budget"] for r in R["criteria"]}):
         rows = {r["criterion"]: r for r in R["criteria"] if r["budget"] == budget}
         out.append(f"| {budget} | " + " | ".join(f"{fmt(rows[c]['valid_ppl'])} / {fmt(rows[c].get('ood_ppl'))}" for c in CRITERIA) + " |")
     e = R["equal_flops"]
-    out += ["", f"**D. Equal FLOPs** (budget {e['budget']:.3f} = mamba-tiny FLOPs / family-l FLOPs)", "",
+    out += ["", f"**D. Equal FLOPs** (budget {e['budget']:.3f} = {S} FLOPs / {G} FLOPs)", "",
             "| model | valid ppl | ood ppl | mean acc | mean acc_norm |", "|---|---|---|---|---|"]
     for k, v in e.items():
         if k == "budget":
@@ -217,7 +226,7 @@ def markdown(R) -> str:
     for row in R["context"]:
         out.append(f"| {row['L']} | " + " | ".join(fmt(row.get(k)) for k in names) + " |")
     s = R["speed"]
-    out += ["", f"**F. family-l prefill, B={s['B']}, L={s['L']} (linear schedule)**", "", "| budget | ms | tokens/s | speed-up |", "|---|---|---|---|"]
+    out += ["", f"**F. {G} prefill, B={s['B']}, L={s['L']} (linear schedule)**", "", "| budget | ms | tokens/s | speed-up |", "|---|---|---|---|"]
     for r in s["rows"]:
         out.append(f"| {r['budget']} | {r['ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['speedup']:.2f}x |")
     return "\n".join(out) + "\n"
@@ -229,16 +238,17 @@ def plots(R, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    S, G = _names(R)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for s in SCHEDULES:
         rows = sorted((r for r in R["schedules"] if r["schedule"] == s), key=lambda r: r["budget"])
         axes[0].plot([r["flops_ratio"] for r in rows], [r["valid_ppl"] for r in rows], "o-", label=s)
-    axes[0].axhline(R["dense"]["mamba-tiny"]["valid_ppl"], ls=":", c="k", label="mamba-tiny dense")
-    axes[0].set(xlabel="FLOPs ratio", ylabel="valid ppl (last 64)", title="family-l: schedules", yscale="log")
+    axes[0].axhline(R["dense"][S]["valid_ppl"], ls=":", c="k", label=f"{S} dense")
+    axes[0].set(xlabel="FLOPs ratio", ylabel="valid ppl (last 64)", title=f"{G}: schedules", yscale="log")
     for c in CRITERIA:
         rows = sorted((r for r in R["criteria"] if r["criterion"] == c), key=lambda r: r["budget"])
         axes[1].plot([r["flops_ratio"] for r in rows], [r["valid_ppl"] for r in rows], "o-", label=c)
-    axes[1].set(xlabel="FLOPs ratio", title="family-l: criteria (linear)", yscale="log")
+    axes[1].set(xlabel="FLOPs ratio", title=f"{G}: criteria (linear)", yscale="log")
     names = [k for k in R["context"][0] if k not in ("L", "note")]
     for k in names:
         axes[2].plot([r["L"] for r in R["context"]], [r.get(k) for r in R["context"]], "o-", label=k)
@@ -266,8 +276,13 @@ def main():
     ap.add_argument("--max-examples", type=int, default=300)
     ap.add_argument("--windows", type=int, default=None)
     ap.add_argument("--ctx-windows", type=int, default=16)
+    ap.add_argument("--names", default="mamba-tiny,family-l",
+                    help="labels of the small and the large model (a family pair: e.g. mamba2-m,mamba2-l)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    args.names = args.names.split(",")
+    if len(args.names) != 2 or len(set(args.names)) != 2:
+        ap.error("--names takes two different labels: SMALL,LARGE")
     args.budgets = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     args.crit_budgets = [0.3, 0.5, 0.7]
     args.contexts = [512, 1024, 2048, 4096, 8192]
