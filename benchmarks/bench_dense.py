@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import elapsed_ms, environment, loadavg, rel_rms
+from common import elapsed_ms, environment, error_line, loadavg, rel_rms
 
 from simba_convert.io.layout import canonical_name
 from simba_convert.model.config import MambaConfig
@@ -95,7 +95,7 @@ def run_case(shape, bsz, seq_len, device, dtype, backends, warmup, repeats) -> l
                     torch.cuda.synchronize()
                     row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             except Exception as e:  # e.g. a backend that cannot run here: record it, time the others
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                row["error"] = error_line(e)
                 continue
             fns.append((row, fn))
         if slowest > 10.0:  # a call of more than 10 s (transformers' loop at 1.4B): 3 rounds are enough

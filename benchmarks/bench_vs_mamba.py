@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import commit, copy_bandwidth, rel_rms, timeit, versions  # the shared helper (this folder is on sys.path)
+from common import commit, copy_bandwidth, error_line, rel_rms, timeit, versions  # the shared helper (this folder is on sys.path)
 
 from simba_convert.model.config import MambaConfig
 from simba_convert.model.mamba import MambaLM
@@ -81,7 +81,7 @@ def build_models(cfg: MambaConfig, dev, dtype):
         impls["mamba_ssm"] = lambda ids, m=m: m(ids, num_last_tokens=P).logits
         impls["mamba_ssm"].model = m
     except Exception as e:
-        impls["mamba_ssm"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        impls["mamba_ssm"] = f"skipped: {error_line(e)}"
     try:
         from transformers import MambaConfig as HC, MambaForCausalLM
         from transformers.utils.import_utils import is_causal_conv1d_available, is_mamba_ssm_available
@@ -99,7 +99,7 @@ def build_models(cfg: MambaConfig, dev, dtype):
         hf.load_state_dict({layout_name(k, "hf"): v for k, v in ours.state_dict().items()}, strict=False)
         impls["transformers"] = lambda ids, hf=hf: hf(input_ids=ids, use_cache=False, logits_to_keep=P).logits
     except Exception as e:
-        impls["transformers"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        impls["transformers"] = f"skipped: {error_line(e)}"
     return ours, impls
 
 
@@ -142,7 +142,7 @@ def model_rows(cfg, ours, impls, bsz, L, budgets, backends, reps, dev, graphs: b
                 row["flops_ratio"] = flops_report(cfg, sched[0], L, P).ratio
                 row["prune_points"] = schedules.prune_points(sched[0])
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["error"] = error_line(e)
         finally:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -185,7 +185,7 @@ def generation_rows(cfg, ours, impls, bsz, L, budgets, backends, new: int, dev) 
             tn = time_ms(lambda: fn(new), 3, warmup=0)[0]
             row.update(ttft_ms=t1, decode_tok_s=bsz * (new - 1) / ((tn - t1) * 1e-3))
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["error"] = error_line(e)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -277,7 +277,7 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
                 row["mamba_ms"] = do_bench_cudagraph(theirs[name], rep=50, return_mode="median")
                 row["mamba_eager_ms"] = do_bench(theirs[name], return_mode="median")
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["error"] = error_line(e)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -18,12 +18,13 @@ copy bandwidth measured in the same run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
 import bench_vs_mamba as bvm
 import torch
-from common import copy_bandwidth, rel_rms  # the shared helper (this folder is on sys.path)
+from common import copy_bandwidth, error_line, rel_rms  # the shared helper (this folder is on sys.path)
 
 from simba_convert.arch.mamba2.config import Mamba2Config
 from simba_convert.arch.mamba2.model import Mamba2LM
@@ -80,6 +81,18 @@ def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def exact_dot(prec: str):
+    """Run the SSD kernels' fp32-exact dots in `prec` ("ieee" or "tf32x3") inside the block."""
+    from simba_convert.ops.ssd import triton as ssd_triton
+
+    old, ssd_triton.EXACT_DOT = ssd_triton.EXACT_DOT, prec
+    try:
+        yield
+    finally:
+        ssd_triton.EXACT_DOT = old
+
+
 def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
     """One layer's SSD scan at B×L: ours by chunk length against mamba_ssm's, with the memory floor."""
     from triton.testing import do_bench_cudagraph
@@ -98,16 +111,12 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
     runs = [(f"ours chunk {T}", lambda T=T: ssd_scan_triton(x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True,
                                                              chunk_size=T)) for T in (32, 64, 128)]
     if sweep:
-        from simba_convert.ops.ssd import triton as ssd_triton
         from simba_convert.ops.ssd.triton import LaunchConfig, ssd_forward
 
         def exact_run(T, c, prec):  # the fp32-exact dots (as under autograd) in precision `prec`
             def run():
-                old, ssd_triton.EXACT_DOT = ssd_triton.EXACT_DOT, prec
-                try:
+                with exact_dot(prec):
                     return ssd_forward(x, dt, A, B, C, D, bias, True, None, False, T, c, exact=True)[0]
-                finally:
-                    ssd_triton.EXACT_DOT = old
             return run
 
         for prec in ("ieee", "tf32x3"):
@@ -134,7 +143,7 @@ def ssd_rows(cfg, bsz, L, dev, bw, sweep: bool = False) -> list[dict]:
             row["rel_rms_vs_ours_32"] = rel_rms(out, ref)
             row["ms"] = do_bench_cudagraph(fn, rep=50, return_mode="median")
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["error"] = error_line(e)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if sweep:
@@ -148,33 +157,31 @@ def ssd_train_rows(x, dt, A, B, C, D, bias, floor) -> list[dict]:
     from triton.testing import do_bench
 
     from simba_convert.ops.ssd import ssd_scan
-    from simba_convert.ops.ssd import triton as ssd_triton
 
     leaves = [t.detach().clone().requires_grad_(True) for t in (x, dt, A, B, C, D, bias)]
     dy = torch.randn_like(x)
+
+    @torch.enable_grad()  # the benchmark's main runs under no_grad
+    def step():
+        for t in leaves:
+            t.grad = None
+        xx, dd, aa, bb, cc, dsk, bi = leaves
+        y = ssd_scan(xx, dd, aa, bb, cc, D=dsk, dt_bias=bi, dt_softplus=True, chunk_size=64, backend="triton")
+        y.backward(dy)
+        return torch.cat([t.grad.float().flatten() for t in leaves])
+
     rows, ref = [], None
     for prec in ("ieee", "tf32x3"):
-        @torch.enable_grad()  # the benchmark's main runs under no_grad
-        def step():
-            for t in leaves:
-                t.grad = None
-            xx, dd, aa, bb, cc, dsk, bi = leaves
-            y = ssd_scan(xx, dd, aa, bb, cc, D=dsk, dt_bias=bi, dt_softplus=True, chunk_size=64, backend="triton")
-            y.backward(dy)
-            return torch.cat([t.grad.float().flatten() for t in leaves])
-
-        old, ssd_triton.EXACT_DOT = ssd_triton.EXACT_DOT, prec
         row = dict(B=x.shape[0], L=x.shape[1], kernel=f"ours chunk 64 forward+backward (autograd) dots {prec}",
                    floor_ms=3 * floor)
         try:
-            g = step()
-            ref = g if ref is None else ref
-            row["rel_rms_vs_ours_32"] = rel_rms(g, ref)  # here: the gradients against the ieee run's
-            row["ms"] = do_bench(step, rep=50, return_mode="median")
+            with exact_dot(prec):
+                g = step()
+                ref = g if ref is None else ref
+                row["rel_rms_vs_ours_32"] = rel_rms(g, ref)  # here: the gradients against the ieee run's
+                row["ms"] = do_bench(step, rep=50, return_mode="median")
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        finally:
-            ssd_triton.EXACT_DOT = old
+            row["error"] = error_line(e)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

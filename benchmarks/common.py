@@ -74,6 +74,11 @@ def device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def error_line(e: BaseException) -> str:
+    """"TypeName: first line of the message", for a results row of a case that failed."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def command(argv: list[str] | None = None) -> str:
     """The command line that ran, the script named from the repository root (`benchmarks/x.py --flag ...`)."""
     argv = list(sys.argv if argv is None else argv)

@@ -39,6 +39,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # for the shared helper `common`
+from common import command, commit  # noqa: E402
+
 TARGET = GPUTarget("cuda", 90, 32)
 OPS = ["SHFL", "BAR", "LDS", "STS", "LDG", "STG", "MUFU", "FFMA", "FMUL", "FADD", "HMMA"]
 BF, F32 = "*bf16", "*fp32"
@@ -193,11 +196,10 @@ def specialise(fn, args: dict, consts: dict):
 
 
 def cuobjdump() -> str:
-    for d in (Path(triton.__file__).parent, Path("/tmp/t36/triton")):
-        p = d / "backends/nvidia/bin/cuobjdump"
-        if p.exists():
-            return str(p)
-    raise FileNotFoundError("no cuobjdump next to triton")
+    p = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"  # shipped in triton's wheel
+    if not p.exists():
+        raise FileNotFoundError(f"no cuobjdump at {p}")
+    return str(p)
 
 
 def disassemble(cubin: bytes) -> tuple[list[tuple[int, str]], int]:
@@ -331,11 +333,10 @@ def main():
         except Exception as e:  # a kernel this harness cannot specialise: record why, keep surveying
             rows.append(dict(name=c["name"], kernel=c["kernel"], skipped=f"{type(e).__name__}: {e}"))
         print(f"  {c['name']}: done", file=sys.stderr)
-    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                         text=True).stdout.strip()
+    git = commit()
     meta = dict(triton=triton.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"), git=git,
                 rev=a.rev, target=f"{TARGET.backend} sm_{TARGET.arch} warp {TARGET.warp_size}",
-                command=" ".join([Path(sys.executable).name] + sys.argv),
+                command=command(),
                 pythonpath=os.environ.get("PYTHONPATH", ""))
     out = Path(a.out)
     out.write_text(json.dumps(dict(meta=meta, kernels=rows), indent=1))
