@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tables_render import regions as other_regions  # the other sections' tables (this folder is on sys.path)
+from tables_scaling import regions as scaling_regions
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -215,6 +216,7 @@ def regions() -> dict[str, str]:
         "vs_mamba2_profile": mamba2_profile(_load(VS_MAMBA2_PROFILE_FILES)),
         "stage_profile": stage_profile(),
         **other_regions(),
+        **scaling_regions(),
     }
 
 

@@ -251,12 +251,12 @@ def _acc(r: dict) -> list[str]:
     return [f(a.get("mean_acc"), "{:.3f}"), f(a.get("mean_acc_norm"), "{:.3f}")]
 
 
-def paper_dense() -> str:
-    d = load(PAPER)["dense"]
+def paper_dense(name: str = PAPER) -> str:
+    d = load(name)["dense"]
     rows = [[k, f"{v['flops']:.3g}".replace("e+0", "e"), f"{v['valid_ppl']:.2f}", f"{v['ood_ppl']:.1f}", *_acc(v)]
             for k, v in d.items()]
     return table(["model", "FLOPs/window", "valid ppl", "ood ppl", "mean acc", "mean acc_norm"], rows) + \
-        "\n\n" + sources(PAPER)
+        "\n\n" + sources(name)
 
 
 def _by_budget(entries: list[dict], key: str, names: tuple[str, ...], bold_best: bool) -> list[list[str]]:
@@ -268,18 +268,18 @@ def _by_budget(entries: list[dict], key: str, names: tuple[str, ...], bold_best:
     return rows
 
 
-def paper_schedules() -> str:
+def paper_schedules(name: str = PAPER) -> str:
     names = ("calibrated", "linear", "uniform")
-    return table(["budget", *names], _by_budget(load(PAPER)["schedules"], "schedule", names, False))
+    return table(["budget", *names], _by_budget(load(name)["schedules"], "schedule", names, False))
 
 
-def paper_criteria() -> str:
+def paper_criteria(name: str = PAPER) -> str:
     names = ("last", "global", "delta", "output", "random")
-    return table(["budget", *names], _by_budget(load(PAPER)["criteria"], "criterion", names, True))
+    return table(["budget", *names], _by_budget(load(name)["criteria"], "criterion", names, True))
 
 
-def paper_equal_flops() -> str:
-    e = load(PAPER)["equal_flops"]
+def paper_equal_flops(name: str = PAPER) -> str:
+    e = load(name)["equal_flops"]
     models = {k: v for k, v in e.items() if k != "budget"}
     best = {k: min(v[k] for v in models.values()) for k in ("valid_ppl", "ood_ppl")}
     rows = [[k, *(f"**{v[q]:{fmt}}**" if v[q] == best[q] else f"{v[q]:{fmt}}" for q, fmt in
@@ -287,8 +287,8 @@ def paper_equal_flops() -> str:
     return table(["model", "valid ppl", "ood ppl", "mean acc", "mean acc_norm"], rows)
 
 
-def paper_context() -> str:
-    ctx = load(PAPER)["context"]
+def paper_context(name: str = PAPER) -> str:
+    ctx = load(name)["context"]
     names = [k for k in ctx[0] if k not in ("L", "note")]
     return table(["L", *names], [[str(r["L"]), *(f(r.get(n)) for n in names)] for r in ctx])
 
