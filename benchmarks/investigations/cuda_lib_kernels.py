@@ -1,0 +1,142 @@
+"""The ONNX Runtime library's hand-written CUDA kernels against our Triton kernels, one Mamba-1 layer (issue 18, item 2).
+
+Calls the library's exported launchers (kernels/cuda_kernels.h) through ctypes on torch tensors and torch's stream,
+so it needs neither onnxruntime-gpu nor an ONNX file: the selective scan, the fused `SelectiveScanScore` score
+(raw dt, softplus inside, protected suffix) and the causal conv (+SiLU), each against the op the PyTorch model runs
+(`backend="triton"`) on the same inputs; parity as relative RMS against that op, times as CUDA-event medians.
+
+    PYTHONPATH=.:benchmarks python3 benchmarks/investigations/cuda_lib_kernels.py --lib kernels/build/libsimba_ort_ops.so \\
+        --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from common import command, environment
+
+from simba_convert.ops.conv1d import causal_conv1d
+from simba_convert.ops.scan import selective_scan
+from simba_convert.ops.score import impact_score
+
+SHAPES = {"130m": 1536, "1.4b": 4096}  # d_inner of the model shape; N = 16, conv width 4
+PROTECT = 64
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    finite = torch.isfinite(b)
+    return float(((a - b)[finite].pow(2).mean() / b[finite].pow(2).mean().clamp_min(1e-300)).sqrt())
+
+
+def time_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def load(path: Path):
+    lib = ctypes.CDLL(str(path))
+    p, i64, c = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.simba_cuda_selective_scan.argtypes = [c] + [p] * 10 + [i64, i64, i64, c, p]
+    lib.simba_cuda_impact_score_raw.argtypes = [c, p, p, c, p, p, p, p, p, i64, i64, i64, c, c, c, i64, p]
+    lib.simba_cuda_causal_conv1d.argtypes = [c, p, p, p, p, i64, i64, i64, c, c, p]
+    lib.simba_cuda_error_string.restype = ctypes.c_char_p
+    return lib
+
+
+def case(lib, shape: str, B: int, L: int, dtype: torch.dtype, reps: int) -> dict:
+    D, N, K = SHAPES[shape], 16, 4
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x, dt, z = r(B, L, D).to(dtype), (r(B, L, D) - 2).to(dtype), r(B, L, D).to(dtype)
+    Bm, Cm = r(B, L, N).to(dtype), r(B, L, N).to(dtype)
+    A, Dk, bias = -torch.rand(D, N, device="cuda", generator=g) * 4, r(D), r(D) * 0.5
+    w, wb = r(D, K) * 0.5, r(D) * 0.1
+    half, stream = int(dtype == torch.float16), torch.cuda.current_stream().cuda_stream
+    y, last = torch.full_like(x, float("nan")), torch.full((B, D, N), float("nan"), device="cuda")
+    score = torch.full((B, L), float("nan"), device="cuda")
+    u = torch.full_like(x, float("nan"))
+
+    def ok(code):
+        if code != 0:
+            raise RuntimeError(lib.simba_cuda_error_string(code).decode())
+
+    def lib_scan():
+        ok(lib.simba_cuda_selective_scan(half, *(t.data_ptr() for t in (x, dt, A, Bm, Cm, Dk, z, bias, y, last)),
+                                         B, L, D, N, stream))
+
+    def lib_score():
+        ok(lib.simba_cuda_impact_score_raw(half, x.data_ptr(), dt.data_ptr(), 1, bias.data_ptr(), A.data_ptr(),
+                                           Bm.data_ptr(), Cm.data_ptr(), score.data_ptr(), B, L, D, N, 0, 0,
+                                           PROTECT, stream))
+
+    def lib_conv():
+        ok(lib.simba_cuda_causal_conv1d(half, x.data_ptr(), w.data_ptr(), wb.data_ptr(), u.data_ptr(), B, L, D, K, 1,
+                                        stream))
+
+    ours_scan = lambda: selective_scan(x, dt, A, Bm, Cm, Dk, z, bias, True, return_last_state=True,  # noqa: E731
+                                       backend="triton")
+    ours_score = lambda: impact_score(x, dt, A, Bm, Cm, criterion="last", delta_bias=bias,  # noqa: E731
+                                      delta_softplus=True, backend="triton")
+    ours_conv = lambda: causal_conv1d(x, w, wb, activation="silu", backend="triton")  # noqa: E731
+    lib_scan(), lib_score(), lib_conv()
+    torch.cuda.synchronize()
+    y_ref, last_ref = ours_scan()
+    s_ref = ours_score()[:, : L - PROTECT]
+    row = {"shape": shape, "B": B, "L": L, "D": D, "N": N, "dtype": str(dtype).removeprefix("torch."),
+           "scan_rel_rms": rel_rms(y.float(), y_ref.float()), "state_rel_rms": rel_rms(last, last_ref.float()),
+           "score_rel_rms": rel_rms(score[:, : L - PROTECT], s_ref),
+           "score_protected_inf": bool(torch.isinf(score[:, L - PROTECT:]).all()),
+           "conv_rel_rms": rel_rms(u.float(), ours_conv().float())}
+    for name, lib_fn, ours in (("scan", lib_scan, ours_scan), ("score", lib_score, ours_score),
+                               ("conv", lib_conv, ours_conv)):
+        row[f"{name}_lib_ms"] = time_ms(lib_fn, reps)
+        row[f"{name}_triton_ms"] = time_ms(ours, reps)
+        row[f"{name}_lib_over_triton"] = row[f"{name}_lib_ms"] / row[f"{name}_triton_ms"]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lib", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cases", default="130m:1x2048,130m:4x2048,1.4b:1x2048,1.4b:4x2048")
+    ap.add_argument("--dtypes", default="float32,float16")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    lib = load(args.lib)
+    rows = []
+    for dt in args.dtypes.split(","):
+        for c in args.cases.split(","):
+            shape, bl = c.split(":")
+            B, L = (int(v) for v in bl.split("x"))
+            rows.append(case(lib, shape, B, L, getattr(torch, dt), args.reps))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    res = {"meta": {**environment(torch.device("cuda")), "command": command()}, "rows": rows}
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print("| shape | B×L | dtype | scan lib / triton ms | score lib / triton ms | conv lib / triton ms | max rel RMS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        err = max(r["scan_rel_rms"], r["state_rel_rms"], r["score_rel_rms"], r["conv_rel_rms"])
+        print(f"| {r['shape']} | {r['B']}×{r['L']} | {r['dtype']} | " + " | ".join(
+            f"{r[k + '_lib_ms']:.3f} / {r[k + '_triton_ms']:.3f} ({r[k + '_lib_over_triton']:.1f}×)"
+            for k in ("scan", "score", "conv")) + f" | {err:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
