@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build libsimba_ort_ops.so, the ONNX Runtime custom-op library of the `simba` domain (kernels/README.md).
 #
-#   kernels/build.sh [--cuda | --no-cuda] [--out DIR] [--check]
+#   kernels/build.sh [--cuda | --no-cuda] [--aot] [--out DIR] [--check]
 #
 # --cuda      build the CUDA kernels too (an error if nvcc is missing); default: when nvcc is on PATH
 # --no-cuda   CPU kernels only
+# --aot       also compile our Triton kernels ahead of time into the library (implies --cuda; needs python3
+#             with triton; `python3 -m simba_convert.ops.aot`, architectures SIMBA_AOT_ARCHS, default "80 90")
 # --out DIR   output directory (default: kernels/build)
 # --check     compile only, into a temporary directory (CI compile check); prints nothing on success
 #
@@ -20,14 +22,15 @@ DEB_SHA256=14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08
 CACHE="${SIMBA_ORT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/simba-convert/ort-${DEB_VERSION}}"
 CUDA_ARCHS="${SIMBA_CUDA_ARCHS:-80 90}"
 
-cuda=auto out="$HERE/build" check=0
+cuda=auto out="$HERE/build" check=0 aot=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --cuda) cuda=yes ;;
     --no-cuda) cuda=no ;;
+    --aot) aot=1; cuda=yes ;;
     --out) out="$2"; shift ;;
     --check) check=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -89,7 +92,7 @@ if [[ "$(uname -m)" == x86_64 ]]; then CXXFLAGS+=(-DSIMBA_HAVE_AVX2); fi
 g++ "${CXXFLAGS[@]}" -c "$HERE/simba_ort_ops.cc" -o "$out/obj/simba_ort_ops.o"
 # Export RegisterCustomOps only: nothing of ours or of the static libraries can clash with the host process.
 # (and the extern "C" CUDA launchers, simba_cuda_*, for ctypes tests)
-printf '{ global: RegisterCustomOps; simba_cuda_*; local: *; };\n' >"$out/obj/exports.map"
+printf '{ global: RegisterCustomOps; simba_cuda_*; simba_aot_*; local: *; };\n' >"$out/obj/exports.map"
 LDFLAGS=(-shared -Wl,--exclude-libs,ALL -Wl,--no-undefined -Wl,--version-script="$out/obj/exports.map")
 LIBS=(-lpthread)
 if [[ "$cuda" == yes ]]; then
@@ -104,6 +107,16 @@ if [[ "$cuda" == yes ]]; then
   g++ "${CXXFLAGS[@]}" -DSIMBA_WITH_CUDA -c "$HERE/cuda_ops.cc" -o "$out/obj/cuda_ops.o"
   g++ "${CXXFLAGS[@]}" -DSIMBA_WITH_CUDA -c "$HERE/simba_ort_ops.cc" -o "$out/obj/simba_ort_ops.o"
   objs+=("$out/obj/cuda_kernels.o" "$out/obj/cuda_ops.o")
+  if [[ $aot == 1 ]]; then
+    # Our Triton kernels as cubins (simba_convert/ops/aot.py) and their launchers (aot_ops.cu)
+    aot_archs="${SIMBA_AOT_ARCHS:-80 90}"
+    PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" python3 -m simba_convert.ops.aot --quiet --out "$out/aot" \
+      --arch "${aot_archs// /,}"
+    gcc -O1 -fPIC -fvisibility=hidden -c "$out/aot/simba_aot_kernels.c" -o "$out/obj/simba_aot_kernels.o"
+    nvcc -std=c++17 -O3 -Xcompiler -fPIC,-fvisibility=hidden "${gencode[@]}" -I"$out/aot" -c "$HERE/aot_ops.cu" \
+      -o "$out/obj/aot_ops.o"
+    objs+=("$out/obj/simba_aot_kernels.o" "$out/obj/aot_ops.o")
+  fi
   # Static cudart: the library needs no CUDA runtime of its own and shares the driver context with ORT.
   LIBS+=(-L"$cuda_home/lib64" -L"$cuda_home/lib" -L"$cuda_home/targets/x86_64-linux/lib" -l:libcudart_static.a -ldl -lrt)
 fi

@@ -1,9 +1,11 @@
-"""The ONNX Runtime library's hand-written CUDA kernels against our Triton kernels, one Mamba-1 layer (issue 18, item 2).
+"""The ONNX Runtime library's CUDA kernels against our Triton kernels, one Mamba-1 layer (issue 18, item 2).
 
-Calls the library's exported launchers (kernels/cuda_kernels.h) through ctypes on torch tensors and torch's stream,
-so it needs neither onnxruntime-gpu nor an ONNX file: the selective scan, the fused `SelectiveScanScore` score
-(raw dt, softplus inside, protected suffix) and the causal conv (+SiLU), each against the op the PyTorch model runs
-(`backend="triton"`) on the same inputs; parity as relative RMS against that op, times as CUDA-event medians.
+Calls the library's exported launchers (kernels/cuda_kernels.h, aot_ops.h) through ctypes on torch tensors and
+torch's stream, so it needs neither onnxruntime-gpu nor an ONNX file: the hand-written selective scan, fused
+`SelectiveScanScore` score (raw dt, softplus inside, protected suffix) and causal conv (+SiLU), and, when the
+library was built with `--aot`, the scan compiled ahead of time from our Triton source; each against the op the
+PyTorch model runs (`backend="triton"`, JIT-compiled) on the same inputs. Parity as relative RMS against that op,
+times as CUDA-event medians. `--aot-lib LABEL=PATH` adds the AOT scan of another build (e.g. another triton).
 
     PYTHONPATH=.:benchmarks python3 benchmarks/investigations/cuda_lib_kernels.py --lib kernels/build/libsimba_ort_ops.so \\
         --out results.json
@@ -55,10 +57,28 @@ def load(path: Path):
     lib.simba_cuda_impact_score_raw.argtypes = [c, p, p, c, p, p, p, p, p, i64, i64, i64, c, c, c, i64, p]
     lib.simba_cuda_causal_conv1d.argtypes = [c, p, p, p, p, i64, i64, i64, c, c, p]
     lib.simba_cuda_error_string.restype = ctypes.c_char_p
+    if hasattr(lib, "simba_aot_selective_scan"):
+        lib.simba_aot_selective_scan.argtypes = [c] + [p] * 10 + [i64, i64, i64, c, p, ctypes.c_size_t, p]
+        lib.simba_aot_selective_scan_workspace.argtypes = [c, i64, i64, i64, c]
+        lib.simba_aot_selective_scan_workspace.restype = ctypes.c_size_t
+        lib.simba_aot_last_error.restype = ctypes.c_char_p
+        lib.simba_aot_triton_version_string.restype = ctypes.c_char_p
     return lib
 
 
-def case(lib, shape: str, B: int, L: int, dtype: torch.dtype, reps: int) -> dict:
+def aot_scan(lib, half, tensors, B, L, D, N, stream):
+    """A no-argument launch of the library's AOT scan on `tensors` (u, dt, A, B, C, D, z, bias, y, last)."""
+    ws = torch.empty(lib.simba_aot_selective_scan_workspace(half, B, L, D, N), dtype=torch.uint8, device="cuda")
+
+    def run():
+        code = lib.simba_aot_selective_scan(half, *(t.data_ptr() for t in tensors), B, L, D, N, ws.data_ptr(),
+                                            ws.numel(), stream)
+        if code != 0:
+            raise RuntimeError(f"AOT scan: code {code}: {lib.simba_aot_last_error().decode()}")
+    return run
+
+
+def case(lib, aot_libs: dict, shape: str, B: int, L: int, dtype: torch.dtype, reps: int) -> dict:
     D, N, K = SHAPES[shape], 16, 4
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
@@ -107,6 +127,14 @@ def case(lib, shape: str, B: int, L: int, dtype: torch.dtype, reps: int) -> dict
         row[f"{name}_lib_ms"] = time_ms(lib_fn, reps)
         row[f"{name}_triton_ms"] = time_ms(ours, reps)
         row[f"{name}_lib_over_triton"] = row[f"{name}_lib_ms"] / row[f"{name}_triton_ms"]
+    for label, alib in aot_libs.items():
+        y_a, last_a = torch.full_like(x, float("nan")), torch.full((B, D, N), float("nan"), device="cuda")
+        run = aot_scan(alib, half, (x, dt, A, Bm, Cm, Dk, z, bias, y_a, last_a), B, L, D, N, stream)
+        run()
+        torch.cuda.synchronize()
+        row[f"scan_aot_{label}_rel_rms"] = max(rel_rms(y_a.float(), y_ref.float()), rel_rms(last_a, last_ref.float()))
+        row[f"scan_aot_{label}_ms"] = time_ms(run, reps)
+        row[f"scan_aot_{label}_over_triton"] = row[f"scan_aot_{label}_ms"] / row["scan_triton_ms"]
     return row
 
 
@@ -117,24 +145,36 @@ def main() -> int:
     ap.add_argument("--cases", default="130m:1x2048,130m:4x2048,1.4b:1x2048,1.4b:4x2048")
     ap.add_argument("--dtypes", default="float32,float16")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--aot-lib", action="append", default=[], metavar="LABEL=PATH",
+                    help="also time the AOT scan of this build (--lib's own is labelled 'lib' when it has one)")
     args = ap.parse_args()
     lib = load(args.lib)
+    aot_libs = {"lib": lib} if hasattr(lib, "simba_aot_selective_scan") else {}
+    for spec in args.aot_lib:
+        label, path = spec.split("=", 1)
+        aot_libs[label] = load(Path(path))
+    versions = {k: v.simba_aot_triton_version_string().decode() for k, v in aot_libs.items()}
     rows = []
     for dt in args.dtypes.split(","):
         for c in args.cases.split(","):
             shape, bl = c.split(":")
             B, L = (int(v) for v in bl.split("x"))
-            rows.append(case(lib, shape, B, L, getattr(torch, dt), args.reps))
+            rows.append(case(lib, aot_libs, shape, B, L, getattr(torch, dt), args.reps))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    res = {"meta": {**environment(torch.device("cuda")), "command": command()}, "rows": rows}
+    res = {"meta": {**environment(torch.device("cuda")), "command": command(), "aot_triton": versions},
+           "rows": rows}
     args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print("| shape | B×L | dtype | scan lib / triton ms | score lib / triton ms | conv lib / triton ms | max rel RMS |")
-    print("|---|---|---|---|---|---|---|")
+    aot_head = "".join(f" scan AOT {k} (triton {v}) ms |" for k, v in versions.items())
+    print("| shape | B×L | dtype | scan lib / triton ms | score lib / triton ms | conv lib / triton ms | max rel RMS |"
+          + aot_head)
+    print("|---" * (7 + len(versions)) + "|")
     for r in rows:
         err = max(r["scan_rel_rms"], r["state_rel_rms"], r["score_rel_rms"], r["conv_rel_rms"])
         print(f"| {r['shape']} | {r['B']}×{r['L']} | {r['dtype']} | " + " | ".join(
             f"{r[k + '_lib_ms']:.3f} / {r[k + '_triton_ms']:.3f} ({r[k + '_lib_over_triton']:.1f}×)"
-            for k in ("scan", "score", "conv")) + f" | {err:.1e} |")
+            for k in ("scan", "score", "conv")) + f" | {err:.1e} |" + "".join(
+            f" {r[f'scan_aot_{k}_ms']:.3f} ({r[f'scan_aot_{k}_over_triton']:.2f}×, {r[f'scan_aot_{k}_rel_rms']:.0e}) |"
+            for k in versions))
     return 0
 
 

@@ -1,0 +1,33 @@
+// extern "C" launchers of our Triton kernels compiled ahead of time (aot_ops.cu; cubins made by
+// `python3 -m simba_convert.ops.aot`, built in with `kernels/build.sh --aot`). Same conventions as
+// cuda_kernels.h: device pointers, `stream` a cudaStream_t, `half` = 1 for fp16 u/delta/B/C/z/y. They return
+// 0 on success, a cudaError_t (> 0), kSimbaAotUnsupported when no cubin fits this GPU or shape (then use the
+// simba_cuda_* kernel instead), or kSimbaAotDriverError (simba_aot_last_error() says what failed).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda_kernels.h"
+
+static constexpr int kSimbaAotUnsupported = -1;
+static constexpr int kSimbaAotDriverError = -2;
+
+extern "C" {
+// Bytes of device scratch simba_aot_selective_scan needs for this launch (A·log2 e transposed, fp32 copies of
+// fp16 B and C, the split forward's segment summaries).
+SIMBA_CUDA_API size_t simba_aot_selective_scan_workspace(int half, int64_t B, int64_t L, int64_t D, int N);
+// As simba_cuda_selective_scan (softplus(delta + delta_bias), D skip, SiLU(z) gate, last state), with the
+// kernel of scan/triton_seq.py and scan_forward's launch rules; `workspace` holds at least
+// simba_aot_selective_scan_workspace(...) bytes, 256-byte aligned.
+SIMBA_CUDA_API int simba_aot_selective_scan(int half, const void* u, const void* delta, const float* A,
+                                            const void* Bm, const void* Cm, const float* Dskip, const void* z,
+                                            const float* delta_bias, void* y, float* last_state, int64_t B,
+                                            int64_t L, int64_t D, int N, void* workspace, size_t workspace_bytes,
+                                            void* stream);
+// 1 when this process' current GPU has a cubin for the scan (and the CUDA driver library loads), else 0.
+SIMBA_CUDA_API int simba_aot_available(void);
+SIMBA_CUDA_API const char* simba_aot_triton_version_string(void);
+// The message of the last kSimbaAotUnsupported / kSimbaAotDriverError on this thread.
+SIMBA_CUDA_API const char* simba_aot_last_error(void);
+}
