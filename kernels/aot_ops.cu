@@ -1,8 +1,9 @@
 // Host side of the ahead-of-time compiled Triton kernels (aot_ops.h): finds the cubin for this GPU in the table
-// `python3 -m simba_convert.ops.aot` generated, loads it once per device, and launches it with the launch rules
-// of scan/triton.py's `scan_forward` (the "auto" forward of inference: split-sequence below 1024 programs from
-// L = 256, else one sequential pass; the PyTorch side's "chunk" kernel for short, small launches is replaced by the
-// sequential one here). The CUDA driver API is looked up with dlopen, so the library still loads where no driver
+// `python3 -m simba_convert.ops.aot` generated, loads them once per device, and launches them with the launch
+// rules of the PyTorch side: scan/triton.py's `scan_forward` (the "auto" forward of inference: split-sequence
+// below 1024 programs from L = 256, else one sequential pass; its "chunk" kernel for short, small launches is
+// replaced by the sequential one here) and score/triton.py's `impact_score_triton` (`last`, fused softplus,
+// `default_config`'s block sizes, chunks and warps). The CUDA driver API is looked up with dlopen, so the library still loads where no driver
 // is installed (the CPU kernels need none).
 #include <cuda.h>
 #include <cuda_fp16.h>
@@ -21,6 +22,8 @@
 namespace {
 
 constexpr int kBlockD = 32, kNP = 16, kChunk = 16;  // simba_convert/ops/aot.py: BLOCK_D, NP, CHUNK
+constexpr int kOpScan = 0, kOpScoreSums = 1, kOpScoreLast = 2;  // aot.py SPECS: op
+constexpr int kScoreBlockT = 32;
 constexpr int64_t kSplitMinLen = 256, kSplitBelowPrograms = 1024, kSplitTargetPrograms = 8192;
 constexpr int64_t kSplitMinSteps = 64, kSplitMaxSegments = 16;  // scan/triton.py SPLIT_*
 constexpr float kLog2e = 1.4426950408889634f;
@@ -67,11 +70,11 @@ std::string driver_message(CUresult res) {
 
 // The table entry for (kind, half, aligned) on a GPU of compute capability `cc` (major*10 + minor): the exact
 // architecture, or sm_80's cubin on a later 8.x GPU (binary compatible within a major version).
-int find_kernel(int cc, int kind, int half, int aligned) {
+int find_kernel(int cc, int op, int variant, int half, int aligned) {
   for (int pass = 0; pass < 2; ++pass) {
     for (int i = 0; i < simba_aot_kernel_count; ++i) {
       const simba_aot_kernel& k = simba_aot_kernels[i];
-      if (k.kind != kind || k.half != half || k.aligned != aligned) continue;
+      if (k.op != op || k.variant != variant || k.half != half || k.aligned != aligned) continue;
       if (pass == 0 ? k.arch == cc : (k.arch / 10 == cc / 10 && k.arch % 10 == 0 && cc / 10 == 8)) return i;
     }
   }
@@ -101,7 +104,7 @@ int functions(int dev, const std::vector<CUfunction>** out) {
     const int cc = cc_major * 10 + cc_minor;
     for (int i = 0; i < simba_aot_kernel_count; ++i) {
       const simba_aot_kernel& k = simba_aot_kernels[i];
-      if (find_kernel(cc, k.kind, k.half, k.aligned) != i) continue;
+      if (find_kernel(cc, k.op, k.variant, k.half, k.aligned) != i) continue;
       CUmodule mod = nullptr;
       CUresult r = driver().module_load_data(&mod, k.cubin);
       if (r == CUDA_SUCCESS) r = driver().module_get_function(&fns[i], mod, k.function);
@@ -136,24 +139,64 @@ int64_t segments(int64_t B, int64_t L, int64_t D, int64_t* seg_len) {
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
-struct Workspace {
+// Carves float buffers out of a workspace (or, with base == nullptr, only counts its bytes).
+struct Carver {
+  char* base;
+  size_t off = 0;
+  float* take(size_t floats) {
+    float* p = base ? reinterpret_cast<float*>(base + off) : nullptr;
+    off += align256(sizeof(float) * floats);
+    return p;
+  }
+};
+
+struct ScanWorkspace {
   float *a2t, *b, *c, *hend, *dsum;
 };
 
-size_t layout(int half, int64_t B, int64_t L, int64_t D, int N, char* base, Workspace* w) {
-  const int64_t S = [&] { int64_t s; return segments(B, L, D, &s); }();
-  size_t off = 0;
-  auto take = [&](size_t bytes) {
-    float* p = base ? reinterpret_cast<float*>(base + off) : nullptr;
-    off += align256(bytes);
-    return p;
-  };
-  w->a2t = take(sizeof(float) * N * D);
-  w->b = half ? take(sizeof(float) * B * L * N) : nullptr;
-  w->c = half ? take(sizeof(float) * B * L * N) : nullptr;
-  w->hend = S > 1 ? take(sizeof(float) * B * (S - 1) * D * N) : nullptr;
-  w->dsum = S > 1 ? take(sizeof(float) * B * (S - 1) * D) : nullptr;
-  return off;
+size_t scan_layout(int half, int64_t B, int64_t L, int64_t D, int N, char* base, ScanWorkspace* w) {
+  int64_t seg_len = L;
+  const int64_t S = segments(B, L, D, &seg_len);
+  Carver c{base};
+  w->a2t = c.take(N * D);
+  w->b = half ? c.take(B * L * N) : nullptr;
+  w->c = half ? c.take(B * L * N) : nullptr;
+  w->hend = S > 1 ? c.take(B * (S - 1) * D * N) : nullptr;
+  w->dsum = S > 1 ? c.take(B * (S - 1) * D) : nullptr;
+  return c.off;
+}
+
+// score/triton.py default_config("last", programs, fused_softplus=True, L) and _launch_last's chunk count.
+struct ScoreLaunch {
+  int variant, block_d;
+  int64_t chunks, chunk_tiles, n_dblk;
+};
+
+ScoreLaunch score_launch(int64_t B, int64_t L, int64_t D) {
+  const int64_t programs = B * cdiv(D, 32), n_tiles = cdiv(L, kScoreBlockT);
+  ScoreLaunch s{programs >= 2048 ? 2 : 1, 32, 1, n_tiles, 0};
+  if (programs <= 256 && L >= 128) {
+    const int64_t want = std::max<int64_t>(1, std::min<int64_t>({32, L / 64, n_tiles}));
+    s.chunk_tiles = cdiv(n_tiles, want);
+    s.chunks = cdiv(n_tiles, s.chunk_tiles);
+    if (s.chunks > 1) s = ScoreLaunch{0, 16, s.chunks, s.chunk_tiles, 0};
+    else s = ScoreLaunch{1, 32, 1, n_tiles, 0};  // one chunk: the unchunked kernel (never with L >= 128 today)
+  }
+  s.n_dblk = cdiv(D, s.block_d);
+  return s;
+}
+
+struct ScoreWorkspace {
+  float *a2t, *part, *sums;
+};
+
+size_t score_layout(int64_t B, int64_t L, int64_t D, int N, char* base, ScoreWorkspace* w) {
+  const ScoreLaunch s = score_launch(B, L, D);
+  Carver c{base};
+  w->a2t = c.take(N * D);
+  w->part = c.take(B * s.n_dblk * L);
+  w->sums = s.chunks > 1 ? c.take(B * s.chunks * D) : nullptr;
+  return c.off;
 }
 
 __global__ void log2e_transposed_kernel(const float* __restrict__ A, float* __restrict__ out, int64_t D, int N) {
@@ -164,6 +207,23 @@ __global__ void log2e_transposed_kernel(const float* __restrict__ A, float* __re
 __global__ void upcast_kernel(const __half* __restrict__ x, float* __restrict__ out, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __half2float(x[i]);
+}
+
+// score[b, t] = max over the channel blocks of part[b, :, t] (the torch.amax of impact_score_triton); the last
+// `protect` positions of each row score +inf (SelectiveScanScore's contract).
+__global__ void score_max_kernel(const float* __restrict__ part, float* __restrict__ score, int64_t B, int64_t L,
+                                 int64_t n_dblk, int64_t protect) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // over [B, L]
+  if (i >= B * L) return;
+  const int64_t b = i / L, t = i % L;
+  if (t >= L - protect) {
+    score[i] = __int_as_float(0x7f800000);
+    return;
+  }
+  const float* p = part + b * n_dblk * L + t;
+  float m = p[0];
+  for (int64_t j = 1; j < n_dblk; ++j) m = fmaxf(m, p[j * L]);
+  score[i] = m;
 }
 
 int launch(CUfunction fn, const simba_aot_kernel& k, unsigned gx, unsigned gy, unsigned gz, cudaStream_t stream,
@@ -177,13 +237,81 @@ int launch(CUfunction fn, const simba_aot_kernel& k, unsigned gx, unsigned gy, u
   return 0;
 }
 
+// The current device, its compute capability and its loaded functions; non-zero when AOT cannot run here.
+struct Device {
+  int index = 0, cc = 0;
+  const std::vector<CUfunction>* fns = nullptr;
+};
+
+int current_device(Device* d) {
+  if (!driver().ok) return fail(kSimbaAotUnsupported, "the CUDA driver library (libcuda.so.1) did not load");
+  cudaError_t e = cudaGetDevice(&d->index);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  if (d->index >= kMaxDevices) return fail(kSimbaAotUnsupported, "device index out of range");
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d->index);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d->index);
+  d->cc = major * 10 + minor;
+  return functions(d->index, &d->fns);
+}
+
+// A workspace for one call: the caller's, or (workspace == nullptr) a stream-ordered allocation freed after the
+// call's launches on the same stream.
+struct CallWorkspace {
+  void* ptr = nullptr;
+  bool owned = false;
+  cudaStream_t stream = nullptr;
+  ~CallWorkspace() {
+    if (owned) cudaFreeAsync(ptr, stream);
+  }
+};
+
+int get_workspace(void* given, size_t given_bytes, size_t need, cudaStream_t stream, CallWorkspace* ws) {
+  ws->stream = stream;
+  if (given) {
+    if (given_bytes < need) return fail(kSimbaAotUnsupported, "workspace too small");
+    ws->ptr = given;
+    return 0;
+  }
+  cudaError_t e = cudaMallocAsync(&ws->ptr, std::max<size_t>(need, 256), stream);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  ws->owned = true;
+  return 0;
+}
+
+std::vector<void*> param_list(CUdeviceptr* ptrs, int n_ptrs, const int32_t* ints, int n_ints) {
+  std::vector<void*> params;
+  for (int i = 0; i < n_ptrs; ++i) params.push_back(&ptrs[i]);
+  for (int i = 0; i < n_ints; ++i) params.push_back(const_cast<int32_t*>(&ints[i]));
+  return params;
+}
+
+CUdeviceptr dptr(const void* p) { return reinterpret_cast<CUdeviceptr>(p); }
+
 }  // namespace
 
 extern "C" {
 
 size_t simba_aot_selective_scan_workspace(int half, int64_t B, int64_t L, int64_t D, int N) {
-  Workspace w{};
-  return layout(half, B, L, D, N, nullptr, &w);
+  ScanWorkspace w{};
+  return scan_layout(half, B, L, D, N, nullptr, &w);
+}
+
+size_t simba_aot_impact_score_last_workspace(int64_t B, int64_t L, int64_t D, int N) {
+  ScoreWorkspace w{};
+  return score_layout(B, L, D, N, nullptr, &w);
+}
+
+int64_t simba_aot_scan_segments(int64_t B, int64_t L, int64_t D, int64_t* seg_len) {
+  return segments(B, L, D, seg_len);
+}
+
+void simba_aot_score_plan(int64_t B, int64_t L, int64_t D, int64_t* out) {
+  const ScoreLaunch s = score_launch(B, L, D);
+  out[0] = s.variant;
+  out[1] = s.block_d;
+  out[2] = s.chunks;
+  out[3] = s.chunk_tiles;
 }
 
 const char* simba_aot_last_error(void) { return last_error.c_str(); }
@@ -196,38 +324,32 @@ int simba_aot_available(void) {
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return find_kernel(major * 10 + minor, 0, 0, 1) >= 0 ? 1 : 0;
+  return find_kernel(major * 10 + minor, kOpScan, 0, 0, 1) >= 0 ? 1 : 0;
 }
 
 int simba_aot_selective_scan(int half, const void* u, const void* delta, const float* A, const void* Bm,
                              const void* Cm, const float* Dskip, const void* z, const float* delta_bias, void* y,
                              float* last_state, int64_t B, int64_t L, int64_t D, int N, void* workspace,
                              size_t workspace_bytes, void* stream_ptr) {
-  if (!driver().ok) return fail(kSimbaAotUnsupported, "the CUDA driver library (libcuda.so.1) did not load");
   if (N != kNP) return fail(kSimbaAotUnsupported, "the compiled scan has d_state 16, got " + std::to_string(N));
-  if (B * L * std::max<int64_t>(D, N) >= (int64_t{1} << 31) || B > 65535)
+  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
     return fail(kSimbaAotUnsupported, "the compiled scan takes 32-bit sizes");
   if (L == 0 || B == 0 || D == 0) return 0;
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  if (dev >= kMaxDevices) return fail(kSimbaAotUnsupported, "device index out of range");
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  const int cc = major * 10 + minor, aligned = D % 16 == 0 ? 1 : 0;
+  Device dev;
+  if (int rc = current_device(&dev)) return rc;
+  const int aligned = D % 16 == 0 ? 1 : 0;
   int64_t seg_len = L;
   const int64_t S = segments(B, L, D, &seg_len);
-  const int kinds[2] = {S > 1 ? 1 : 0, 2};
-  int idx[2] = {find_kernel(cc, kinds[0], half, aligned), find_kernel(cc, kinds[1], half, aligned)};
+  const int idx[2] = {find_kernel(dev.cc, kOpScan, S > 1 ? 1 : 0, half, aligned),
+                      find_kernel(dev.cc, kOpScan, 2, half, aligned)};
   if (idx[0] < 0 || (S > 1 && idx[1] < 0))
-    return fail(kSimbaAotUnsupported, "no scan cubin for sm_" + std::to_string(cc));
-  const std::vector<CUfunction>* fns = nullptr;
-  if (int rc = functions(dev, &fns)) return rc;
-  Workspace w{};
-  if (layout(half, B, L, D, N, static_cast<char*>(workspace), &w) > workspace_bytes)
-    return fail(kSimbaAotUnsupported, "workspace too small");
+    return fail(kSimbaAotUnsupported, "no scan cubin for sm_" + std::to_string(dev.cc));
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  ScanWorkspace w{};
+  CallWorkspace ws;
+  if (int rc = get_workspace(workspace, workspace_bytes, scan_layout(half, B, L, D, N, nullptr, &w), stream, &ws))
+    return rc;
+  scan_layout(half, B, L, D, N, static_cast<char*>(ws.ptr), &w);
   log2e_transposed_kernel<<<static_cast<unsigned>(cdiv(D * N, 256)), 256, 0, stream>>>(A, w.a2t, D, N);
   const void* bp = Bm;
   const void* cp = Cm;
@@ -238,33 +360,75 @@ int simba_aot_selective_scan(int half, const void* u, const void* delta, const f
     bp = w.b;
     cp = w.c;
   }
-  if ((e = cudaGetLastError()) != cudaSuccess) return static_cast<int>(e);
-  // The kernel's non-constexpr arguments in order (simba_convert/ops/aot.py SCAN_ARGS without the constexprs
-  // and the unit strides); pointers the specialisation never reads still take their slots.
-  const void* ptrs[14] = {u, delta, z, bp, cp, w.a2t, Dskip, delta_bias, u, y, last_state, y,
-                          w.hend ? static_cast<const void*>(w.hend) : y, w.dsum ? static_cast<const void*>(w.dsum) : y};
-  CUdeviceptr dp[14];
-  for (int i = 0; i < 14; ++i) dp[i] = reinterpret_cast<CUdeviceptr>(ptrs[i]);
-  const int32_t ints[18] = {static_cast<int32_t>(L), static_cast<int32_t>(D), N,
-                            static_cast<int32_t>(cdiv(L, kChunk)), static_cast<int32_t>(seg_len),
-                            static_cast<int32_t>(S),
-                            static_cast<int32_t>(L * D), static_cast<int32_t>(D),   // u: b, t
-                            static_cast<int32_t>(L * D), static_cast<int32_t>(D),   // delta
-                            static_cast<int32_t>(L * D), static_cast<int32_t>(D),   // z
-                            static_cast<int32_t>(L * N), N,                         // B (fp32 rows)
-                            static_cast<int32_t>(L * N), N,                         // C
-                            static_cast<int32_t>(L * D), static_cast<int32_t>(D)};  // y
-  std::vector<void*> params;
-  for (auto& p : dp) params.push_back(&p);
-  for (const auto& v : ints) params.push_back(const_cast<int32_t*>(&v));
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return static_cast<int>(e);
+  // SCAN_ARGS without the constexprs: 14 pointers (those the specialisation never reads still take their slots),
+  // then L, Dm, N, n_chunks, seg_len, n_seg and the non-unit strides of u, delta, z, B, C (fp32 rows), y.
+  CUdeviceptr ptrs[14] = {dptr(u), dptr(delta), dptr(z), dptr(bp), dptr(cp), dptr(w.a2t), dptr(Dskip),
+                          dptr(delta_bias), dptr(u), dptr(y), dptr(last_state), dptr(y),
+                          dptr(w.hend ? static_cast<void*>(w.hend) : y), dptr(w.dsum ? static_cast<void*>(w.dsum) : y)};
+  const int32_t LD = static_cast<int32_t>(L * D), Di = static_cast<int32_t>(D), LN = static_cast<int32_t>(L * N);
+  const int32_t ints[18] = {static_cast<int32_t>(L), Di, N, static_cast<int32_t>(cdiv(L, kChunk)),
+                            static_cast<int32_t>(seg_len), static_cast<int32_t>(S),
+                            LD, Di, LD, Di, LD, Di, LN, N, LN, N, LD, Di};
+  std::vector<void*> params = param_list(ptrs, 14, ints, 18);
   const unsigned gx = static_cast<unsigned>(cdiv(D, kBlockD)), gy = static_cast<unsigned>(B);
   if (S > 1) {
-    if (int rc = launch((*fns)[idx[0]], simba_aot_kernels[idx[0]], gx, gy, static_cast<unsigned>(S - 1), stream,
+    if (int rc = launch((*dev.fns)[idx[0]], simba_aot_kernels[idx[0]], gx, gy, static_cast<unsigned>(S - 1), stream,
                         params))
       return rc;
-    return launch((*fns)[idx[1]], simba_aot_kernels[idx[1]], gx, gy, static_cast<unsigned>(S), stream, params);
+    return launch((*dev.fns)[idx[1]], simba_aot_kernels[idx[1]], gx, gy, static_cast<unsigned>(S), stream, params);
   }
-  return launch((*fns)[idx[0]], simba_aot_kernels[idx[0]], gx, gy, 1, stream, params);
+  return launch((*dev.fns)[idx[0]], simba_aot_kernels[idx[0]], gx, gy, 1, stream, params);
+}
+
+int simba_aot_impact_score_last(int half, const void* u, const void* delta, const float* delta_bias, const float* A,
+                                const void* Bm, const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N,
+                                int64_t protect, void* workspace, size_t workspace_bytes, void* stream_ptr) {
+  if (N != kNP) return fail(kSimbaAotUnsupported, "the compiled score has d_state 16, got " + std::to_string(N));
+  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
+    return fail(kSimbaAotUnsupported, "the compiled score takes 32-bit sizes");
+  if (L == 0 || B == 0) return 0;
+  Device dev;
+  if (int rc = current_device(&dev)) return rc;
+  const int aligned = D % 16 == 0 ? 1 : 0;
+  const ScoreLaunch s = score_launch(B, L, D);
+  const int last_idx = find_kernel(dev.cc, kOpScoreLast, s.variant, half, aligned);
+  const int sums_idx = find_kernel(dev.cc, kOpScoreSums, 0, half, aligned);
+  if (last_idx < 0 || (s.chunks > 1 && sums_idx < 0))
+    return fail(kSimbaAotUnsupported, "no score cubin for sm_" + std::to_string(dev.cc));
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  ScoreWorkspace w{};
+  CallWorkspace ws;
+  if (int rc = get_workspace(workspace, workspace_bytes, score_layout(B, L, D, N, nullptr, &w), stream, &ws)) return rc;
+  score_layout(B, L, D, N, static_cast<char*>(ws.ptr), &w);
+  log2e_transposed_kernel<<<static_cast<unsigned>(cdiv(D * N, 256)), 256, 0, stream>>>(A, w.a2t, D, N);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return static_cast<int>(e);
+  const int32_t Li = static_cast<int32_t>(L), Di = static_cast<int32_t>(D), LD = static_cast<int32_t>(L * D);
+  const int32_t sums_b = static_cast<int32_t>(s.chunks * D);
+  if (s.chunks > 1) {
+    // SUMS_ARGS: delta, bias, mask, sums; L, D, s_db, s_dl, s_mb, s_ml, s_sb, s_sc, CHUNK
+    CUdeviceptr ptrs[4] = {dptr(delta), dptr(delta_bias), dptr(w.part), dptr(w.sums)};
+    const int32_t ints[9] = {Li, Di, LD, Di, 0, 0, sums_b, Di, static_cast<int32_t>(s.chunk_tiles * kScoreBlockT)};
+    std::vector<void*> params = param_list(ptrs, 4, ints, 9);
+    if (int rc = launch((*dev.fns)[sums_idx], simba_aot_kernels[sums_idx], static_cast<unsigned>(B),
+                        static_cast<unsigned>(s.n_dblk), static_cast<unsigned>(s.chunks), stream, params))
+      return rc;
+  }
+  // LAST_ARGS: u, delta, bias, a2t, B, C, tlast, mask, sums, part; L, D, s_ub, s_ul, s_db, s_dl, s_bb, s_bl,
+  // s_cb, s_cl, s_mb, s_ml, s_sb, s_sc, s_pb, s_pd, CHUNK_TILES (B and C in their own type, [B, L, N])
+  CUdeviceptr ptrs[10] = {dptr(u), dptr(delta), dptr(delta_bias), dptr(w.a2t), dptr(Bm), dptr(Cm), dptr(w.part),
+                          dptr(w.part), dptr(w.sums ? w.sums : w.part), dptr(w.part)};
+  const int32_t LN = static_cast<int32_t>(L * N);
+  const int32_t ints[17] = {Li, Di, LD, Di, LD, Di, LN, N, LN, N, 0, 0, sums_b, Di,
+                            static_cast<int32_t>(s.n_dblk * L), Li, static_cast<int32_t>(s.chunk_tiles)};
+  std::vector<void*> params = param_list(ptrs, 10, ints, 17);
+  if (int rc = launch((*dev.fns)[last_idx], simba_aot_kernels[last_idx], static_cast<unsigned>(B),
+                      static_cast<unsigned>(s.n_dblk), static_cast<unsigned>(s.chunks), stream, params))
+    return rc;
+  score_max_kernel<<<static_cast<unsigned>(cdiv(B * L, 256)), 256, 0, stream>>>(w.part, score, B, L, s.n_dblk,
+                                                                                 protect);
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? 0 : static_cast<int>(e);
 }
 
 }  // extern "C"

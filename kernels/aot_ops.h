@@ -19,15 +19,28 @@ extern "C" {
 SIMBA_CUDA_API size_t simba_aot_selective_scan_workspace(int half, int64_t B, int64_t L, int64_t D, int N);
 // As simba_cuda_selective_scan (softplus(delta + delta_bias), D skip, SiLU(z) gate, last state), with the
 // kernel of scan/triton_seq.py and scan_forward's launch rules; `workspace` holds at least
-// simba_aot_selective_scan_workspace(...) bytes, 256-byte aligned.
+// simba_aot_selective_scan_workspace(...) bytes, 256-byte aligned, or is nullptr (then allocated stream-ordered
+// for the call with cudaMallocAsync and freed after it).
 SIMBA_CUDA_API int simba_aot_selective_scan(int half, const void* u, const void* delta, const float* A,
                                             const void* Bm, const void* Cm, const float* Dskip, const void* z,
                                             const float* delta_bias, void* y, float* last_state, int64_t B,
                                             int64_t L, int64_t D, int N, void* workspace, size_t workspace_bytes,
                                             void* stream);
+// The `last` impact score of SelectiveScanScore with the kernels of score/triton.py (impact_score_triton: raw
+// delta, softplus(delta + delta_bias) inside, unsigned): score [B, L] fp32, the last `protect` positions +inf.
+// B and C are read in u's type. workspace == nullptr: allocated stream-ordered for the call (cudaMallocAsync).
+SIMBA_CUDA_API size_t simba_aot_impact_score_last_workspace(int64_t B, int64_t L, int64_t D, int N);
+SIMBA_CUDA_API int simba_aot_impact_score_last(int half, const void* u, const void* delta, const float* delta_bias,
+                                               const float* A, const void* Bm, const void* Cm, float* score,
+                                               int64_t B, int64_t L, int64_t D, int N, int64_t protect,
+                                               void* workspace, size_t workspace_bytes, void* stream);
 // 1 when this process' current GPU has a cubin for the scan (and the CUDA driver library loads), else 0.
 SIMBA_CUDA_API int simba_aot_available(void);
 SIMBA_CUDA_API const char* simba_aot_triton_version_string(void);
+// The launch plans (host only, no GPU needed; tests compare them with the PyTorch side's rules): the scan's
+// segment count (1 = one pass) and steps per segment, and the score's [variant, block_d, chunks, chunk_tiles].
+SIMBA_CUDA_API int64_t simba_aot_scan_segments(int64_t B, int64_t L, int64_t D, int64_t* seg_len);
+SIMBA_CUDA_API void simba_aot_score_plan(int64_t B, int64_t L, int64_t D, int64_t* out);
 // The message of the last kSimbaAotUnsupported / kSimbaAotDriverError on this thread.
 SIMBA_CUDA_API const char* simba_aot_last_error(void);
 }

@@ -116,6 +116,8 @@ if [[ "$cuda" == yes ]]; then
     nvcc -std=c++17 -O3 -Xcompiler -fPIC,-fvisibility=hidden "${gencode[@]}" -I"$out/aot" -c "$HERE/aot_ops.cu" \
       -o "$out/obj/aot_ops.o"
     objs+=("$out/obj/simba_aot_kernels.o" "$out/obj/aot_ops.o")
+    g++ "${CXXFLAGS[@]}" -DSIMBA_WITH_CUDA -DSIMBA_WITH_AOT -I"$cuda_home/include" -c "$HERE/cuda_ops.cc" \
+      -o "$out/obj/cuda_ops.o"
   fi
   # Static cudart: the library needs no CUDA runtime of its own and shares the driver context with ORT.
   LIBS+=(-L"$cuda_home/lib64" -L"$cuda_home/lib" -L"$cuda_home/targets/x86_64-linux/lib" -l:libcudart_static.a -ldl -lrt)

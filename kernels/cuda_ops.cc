@@ -5,6 +5,12 @@
 #include <cstdio>
 
 #include "cuda_kernels.h"
+#ifdef SIMBA_WITH_AOT
+#include <cstdlib>
+#include <cstring>
+
+#include "aot_ops.h"
+#endif
 
 namespace simba_ort {
 namespace {
@@ -17,6 +23,25 @@ Ort::Status cuda_status(int code, const char* op) {
   std::string msg = std::string(op) + " (CUDA): " + simba_cuda_error_string(code);
   return Ort::Status(msg.c_str(), ORT_EP_FAIL);
 }
+
+#ifdef SIMBA_WITH_AOT
+// Our Triton kernels compiled ahead of time (aot_ops.h) run where they have a cubin for the GPU and shape;
+// SIMBA_ORT_AOT=0 keeps the hand-written kernels (for comparisons). kSimbaAotUnsupported means "use those".
+bool aot_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SIMBA_ORT_AOT");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+Ort::Status aot_status(int code, const char* op) {
+  if (code == 0) return Ort::Status{nullptr};
+  std::string msg = std::string(op) + " (Triton AOT): " +
+                    (code < 0 ? std::string(simba_aot_last_error()) : std::string(simba_cuda_error_string(code)));
+  return Ort::Status(msg.c_str(), ORT_EP_FAIL);
+}
+#endif
 
 std::string check_state(int64_t N) {
   if (N >= 1 && N <= kSimbaCudaMaxState) return {};
@@ -39,6 +64,17 @@ Ort::Status SelectiveScanCuda(OrtKernelContext* ctx, const Tensor<T>& u, const T
   T* out = y.Allocate(u.Shape());
   float* last = last_state.Allocate({s.batch, s.dim, s.nstate});
   void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+#ifdef SIMBA_WITH_AOT
+  if (aot_enabled()) {
+    const int rc = simba_aot_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(),
+                                            D.Data(), z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim,
+                                            static_cast<int>(s.nstate), nullptr, 0, stream);
+    if (rc != kSimbaAotUnsupported) {
+      if (trace()) std::fprintf(stderr, "[simba] SelectiveScan ran the Triton AOT kernel\n");
+      return aot_status(rc, "SelectiveScan");
+    }
+  }
+#endif
   return cuda_status(
       simba_cuda_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), D.Data(),
                                 z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim,
@@ -98,6 +134,21 @@ struct SelectiveScanScoreCuda : ImpactScoreAttrs {
     float* sc = score.Allocate({s.batch, s.len});
     void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
     const int N = static_cast<int>(s.nstate);
+#ifdef SIMBA_WITH_AOT
+    if (aot_enabled() && criterion == simba::Criterion::kLast && !signed_score) {
+      int rc = simba_aot_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(),
+                                        D.Data(), z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim, N,
+                                        nullptr, 0, stream);
+      if (rc == 0)
+        rc = simba_aot_impact_score_last(is_half<T>(), u.Data(), delta.Data(), delta_bias.Data(), A.Data(),
+                                         B.Data(), C.Data(), sc, s.batch, s.len, s.dim, N, protect, nullptr, 0,
+                                         stream);
+      if (rc != kSimbaAotUnsupported) {
+        if (trace()) std::fprintf(stderr, "[simba] SelectiveScanScore ran the Triton AOT kernels\n");
+        return aot_status(rc, "SelectiveScanScore");
+      }
+    }
+#endif
     Ort::Status st = cuda_status(
         simba_cuda_selective_scan(is_half<T>(), u.Data(), delta.Data(), A.Data(), B.Data(), C.Data(), D.Data(),
                                   z.Data(), delta_bias.Data(), out, last, s.batch, s.len, s.dim, N, stream),

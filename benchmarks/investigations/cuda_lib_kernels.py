@@ -63,6 +63,7 @@ def load(path: Path):
         lib.simba_aot_selective_scan_workspace.restype = ctypes.c_size_t
         lib.simba_aot_last_error.restype = ctypes.c_char_p
         lib.simba_aot_triton_version_string.restype = ctypes.c_char_p
+        lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
     return lib
 
 
@@ -75,6 +76,16 @@ def aot_scan(lib, half, tensors, B, L, D, N, stream):
                                             ws.numel(), stream)
         if code != 0:
             raise RuntimeError(f"AOT scan: code {code}: {lib.simba_aot_last_error().decode()}")
+    return run
+
+
+def aot_score(lib, half, tensors, B, L, D, N, stream):
+    """A no-argument launch of the library's AOT `last` score (u, raw dt, bias, A, B, C, score), its own workspace."""
+    def run():
+        code = lib.simba_aot_impact_score_last(half, *(t.data_ptr() for t in tensors), B, L, D, N, PROTECT, None, 0,
+                                               stream)
+        if code != 0:
+            raise RuntimeError(f"AOT score: code {code}: {lib.simba_aot_last_error().decode()}")
     return run
 
 
@@ -135,6 +146,14 @@ def case(lib, aot_libs: dict, shape: str, B: int, L: int, dtype: torch.dtype, re
         row[f"scan_aot_{label}_rel_rms"] = max(rel_rms(y_a.float(), y_ref.float()), rel_rms(last_a, last_ref.float()))
         row[f"scan_aot_{label}_ms"] = time_ms(run, reps)
         row[f"scan_aot_{label}_over_triton"] = row[f"scan_aot_{label}_ms"] / row["scan_triton_ms"]
+        s_a = torch.full((B, L), float("nan"), device="cuda")
+        run = aot_score(alib, half, (x, dt, bias, A, Bm, Cm, s_a), B, L, D, N, stream)
+        run()
+        torch.cuda.synchronize()
+        row[f"score_aot_{label}_rel_rms"] = rel_rms(s_a[:, : L - PROTECT], s_ref)
+        row[f"score_aot_{label}_protected_inf"] = bool(torch.isinf(s_a[:, L - PROTECT:]).all())
+        row[f"score_aot_{label}_ms"] = time_ms(run, reps)
+        row[f"score_aot_{label}_over_triton"] = row[f"score_aot_{label}_ms"] / row["score_triton_ms"]
     return row
 
 
@@ -164,17 +183,17 @@ def main() -> int:
     res = {"meta": {**environment(torch.device("cuda")), "command": command(), "aot_triton": versions},
            "rows": rows}
     args.out.write_text(json.dumps(res, indent=1) + "\n")
-    aot_head = "".join(f" scan AOT {k} (triton {v}) ms |" for k, v in versions.items())
+    aot_head = "".join(f" scan AOT {k} (triton {v}) ms | score AOT {k} ms |" for k, v in versions.items())
     print("| shape | B×L | dtype | scan lib / triton ms | score lib / triton ms | conv lib / triton ms | max rel RMS |"
           + aot_head)
-    print("|---" * (7 + len(versions)) + "|")
+    print("|---" * (7 + 2 * len(versions)) + "|")
     for r in rows:
         err = max(r["scan_rel_rms"], r["state_rel_rms"], r["score_rel_rms"], r["conv_rel_rms"])
         print(f"| {r['shape']} | {r['B']}×{r['L']} | {r['dtype']} | " + " | ".join(
             f"{r[k + '_lib_ms']:.3f} / {r[k + '_triton_ms']:.3f} ({r[k + '_lib_over_triton']:.1f}×)"
             for k in ("scan", "score", "conv")) + f" | {err:.1e} |" + "".join(
-            f" {r[f'scan_aot_{k}_ms']:.3f} ({r[f'scan_aot_{k}_over_triton']:.2f}×, {r[f'scan_aot_{k}_rel_rms']:.0e}) |"
-            for k in versions))
+            f" {r[f'{op}_aot_{k}_ms']:.3f} ({r[f'{op}_aot_{k}_over_triton']:.2f}×, {r[f'{op}_aot_{k}_rel_rms']:.0e}) |"
+            for k in versions for op in ("scan", "score")))
     return 0
 
 

@@ -2,15 +2,16 @@
 
     python3 -m simba_convert.ops.aot --out kernels/build/aot [--arch 80,90]
 
-compiles the selective-scan forward kernel (`scan/triton_seq.py`, the kernel the PyTorch model runs) into cubins
-for each target architecture and each specialisation the library launches, and writes them as C arrays with a
-table describing each one (`simba_aot_kernels.c`, `simba_aot_kernels.h`). `kernels/aot_ops.cu` holds the host
-code that launches them (the same launch rules as `scan/triton.py`'s `scan_forward`); `kernels/build.sh --aot`
-runs this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runtime run one kernel source.
+compiles the kernels the PyTorch model runs for a Mamba-1 layer's SelectiveScanScore — the selective-scan forward
+(`scan/triton_seq.py`) and the fused `last` impact score (`score/triton.py`) — into cubins for each target
+architecture and each specialisation the library launches (`SPECS`), and writes them as C arrays with a table
+describing each one (`simba_aot_kernels.c`, `simba_aot_kernels.h`). `kernels/aot_ops.cu` holds the host code that
+launches them with the same launch rules as `scan_forward` and `impact_score_triton`; `kernels/build.sh --aot` runs
+this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runtime run one kernel source.
 
-No GPU is needed: Triton compiles for a named target (`GPUTarget("cuda", arch, 32)`). The kernel's parameter list
-is checked against the one the C launcher passes (`SCAN_PARAMS`): a change to the kernel's arguments fails here,
-at build time, instead of corrupting a launch.
+No GPU is needed: Triton compiles for a named target (`GPUTarget("cuda", arch, 32)`). Each kernel's argument list
+is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`): a change to a kernel's
+arguments fails here, at build time, instead of corrupting a launch.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# The seq kernel's arguments in order; the C launcher (kernels/aot_ops.cu, scan_params) passes the non-constexpr
-# ones in exactly this order.
+# Each kernel's arguments in order; the C launchers (kernels/aot_ops.cu) pass the non-constexpr ones in exactly
+# this order. A kernel whose arguments change fails `_kernel` below, at build time.
 SCAN_ARGS = (
     "u_ptr", "dl_ptr", "z_ptr", "b_ptr", "c_ptr", "a2t_ptr", "dskip_ptr", "bias_ptr", "h0_ptr",
     "y_ptr", "last_ptr", "chk_ptr", "hend_ptr", "dsum_ptr",
@@ -31,23 +32,69 @@ SCAN_ARGS = (
     "HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "HAS_H0", "STORE_LAST", "SAVE_CHK", "SPLIT", "READOUT",
     "T", "BD", "NP", "STAGES", "EVEN_N",
 )
-UNIT_STRIDES = ("su_d", "sdl_d", "sz_d", "sb_n", "sc_n", "sy_d")  # contiguous last dimensions: constant 1
-# Integers that are multiples of 16 whenever D is (the "aligned" variant tells the compiler so, as Triton's JIT
-# does by itself when it sees such values).
-D_MULTIPLES = ("Dm", "su_b", "su_t", "sdl_b", "sdl_t", "sz_b", "sz_t", "sy_b", "sy_t")
-KINDS = {  # kind id in the C table: the constexpr flags of the launch (`scan_forward`'s, inference, no h0)
-    0: dict(SPLIT=False, READOUT=True),  # seq: one pass
-    1: dict(SPLIT=True, READOUT=False, HAS_D=False, HAS_Z=False, STORE_LAST=False),  # split pass 1: summaries
-    2: dict(SPLIT=True, READOUT=True),  # split pass 2: readout
-}
-BLOCK_D, WARPS, STAGES, NP, CHUNK = 32, 1, 3, 16, 16  # scan/triton.py SEQ_AUTO, N = 16 (Mamba-1), CHUNK
-DTYPES = {0: "fp32", 1: "fp16"}  # the C launcher's `half` flag -> u, delta, z, y element type
+LAST_ARGS = (
+    "u_ptr", "delta_ptr", "bias_ptr", "a2t_ptr", "b_ptr", "c_ptr", "tlast_ptr", "mask_ptr", "sums_ptr", "part_ptr",
+    "L", "D", "s_ub", "s_ul", "s_ud", "s_db", "s_dl", "s_dd", "s_bb", "s_bl", "s_bn", "s_cb", "s_cl", "s_cn",
+    "s_mb", "s_ml", "s_sb", "s_sc", "s_pb", "s_pd", "CHUNK_TILES",
+    "N", "HAS_MASK", "HAS_CARRY", "SIGNED", "HAS_BIAS", "SOFTPLUS", "BLOCK_T", "BLOCK_D",
+)
+SUMS_ARGS = (
+    "delta_ptr", "bias_ptr", "mask_ptr", "sums_ptr", "L", "D", "s_db", "s_dl", "s_dd", "s_mb", "s_ml", "s_sb", "s_sc",
+    "CHUNK", "HAS_MASK", "HAS_BIAS", "SOFTPLUS", "BLOCK_T", "BLOCK_D",
+)
+BLOCK_D, STAGES, NP, CHUNK = 32, 3, 16, 16  # scan/triton.py SEQ_AUTO (1 warp), N = 16 (Mamba-1), CHUNK
+DTYPES = {0: "fp32", 1: "fp16"}  # the C launchers' `half` flag -> element type of the T-typed tensors
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One specialisation of one kernel: `op` and `variant` are its keys in the C table (aot_ops.cu's kOp*)."""
+
+    op: int
+    variant: int
+    module: str  # simba_convert.ops.<module>
+    kernel: str
+    args: tuple
+    const: dict  # constexpr values (the unit strides included)
+    typed: tuple  # pointer arguments of the T element type (the rest are fp32)
+    d_multiples: tuple  # integers that are multiples of 16 whenever D is
+    warps: int
+
+
+SCAN_CONST = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, STORE_LAST=True, SAVE_CHK=False,
+                  T=CHUNK, BD=BLOCK_D, NP=NP, STAGES=STAGES, EVEN_N=True,
+                  su_d=1, sdl_d=1, sz_d=1, sb_n=1, sc_n=1, sy_d=1)
+SCORE_CONST = dict(N=NP, HAS_MASK=False, SIGNED=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=32,
+                   s_ud=1, s_dd=1, s_bn=1, s_cn=1)
+_SCAN = dict(module="scan.triton_seq", kernel="_scan_fwd_seq_kernel", args=SCAN_ARGS,
+             typed=("u_ptr", "dl_ptr", "z_ptr", "y_ptr"),
+             d_multiples=("Dm", "su_b", "su_t", "sdl_b", "sdl_t", "sz_b", "sz_t", "sy_b", "sy_t"), warps=1)
+_LAST = dict(module="score.triton", kernel="_last_kernel", args=LAST_ARGS,
+             typed=("u_ptr", "delta_ptr", "b_ptr", "c_ptr"),
+             d_multiples=("D", "s_ub", "s_ul", "s_db", "s_dl", "s_sb", "s_sc"))
+SPECS = (
+    # op 0, the scan forward (scan_forward): 0 one sequential pass, 1 split pass 1 (segment summaries), 2 pass 2
+    Spec(0, 0, const=dict(SCAN_CONST, SPLIT=False, READOUT=True), **_SCAN),
+    Spec(0, 1, const=dict(SCAN_CONST, SPLIT=True, READOUT=False, HAS_D=False, HAS_Z=False, STORE_LAST=False),
+         **_SCAN),
+    Spec(0, 2, const=dict(SCAN_CONST, SPLIT=True, READOUT=True), **_SCAN),
+    # op 1, the `last` score's per-chunk delta sums (score/triton.py _launch_last, chunked layout)
+    Spec(1, 0, "score.triton", "_delta_chunk_sums_kernel", SUMS_ARGS,
+         dict(HAS_MASK=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=32, BLOCK_D=16, s_dd=1), ("delta_ptr",),
+         ("D", "s_db", "s_dl", "s_sb", "s_sc"), 1),
+    # op 2, the `last` score (default_config with fused softplus): 0 chunked (16 channels, 1 warp), 1 32 channels
+    # with 4 warps (below 2048 programs), 2 with 2 warps
+    Spec(2, 0, const=dict(SCORE_CONST, HAS_CARRY=True, BLOCK_D=16), warps=1, **_LAST),
+    Spec(2, 1, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=4, **_LAST),
+    Spec(2, 2, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=2, **_LAST),
+)
 
 
 @dataclass(frozen=True)
 class Compiled:
+    op: int
+    variant: int
     arch: int
-    kind: int
     half: int
     aligned: int
     cubin: bytes
@@ -57,47 +104,45 @@ class Compiled:
     scratch_params: int  # trailing pointer parameters the Triton ABI adds (global / profile scratch)
 
 
-def _scan_kernel():
-    from .scan import triton_seq
+def _kernel(spec: Spec):
+    import importlib
 
-    k = triton_seq._scan_fwd_seq_kernel
-    if tuple(k.arg_names) != SCAN_ARGS:
-        raise SystemExit("error: _scan_fwd_seq_kernel's arguments changed; update SCAN_ARGS here and scan_params "
-                         f"in kernels/aot_ops.cu together (now: {', '.join(k.arg_names)})")
+    k = getattr(importlib.import_module(f"simba_convert.ops.{spec.module}"), spec.kernel)
+    if tuple(k.arg_names) != spec.args:
+        raise SystemExit(f"error: {spec.kernel}'s arguments changed; update its argument list in "
+                         "simba_convert/ops/aot.py and its launcher in kernels/aot_ops.cu together "
+                         f"(now: {', '.join(k.arg_names)})")
     return k
 
 
-def compile_scan(arch: int, kind: int, half: int, aligned: int) -> Compiled:
-    """One cubin of the seq/split scan forward for `arch` (e.g. 90), launch `kind`, element type and alignment."""
+def compile_spec(spec: Spec, arch: int, half: int, aligned: int) -> Compiled:
+    """One cubin of `spec` for compute capability `arch` (e.g. 90), element type `half` and alignment."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel = _scan_kernel()
-    const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, STORE_LAST=True,
-                 SAVE_CHK=False, T=CHUNK, BD=BLOCK_D, NP=NP, STAGES=STAGES, EVEN_N=True)
-    const.update(KINDS[kind])
-    const.update({name: 1 for name in UNIT_STRIDES})
+    kernel = _kernel(spec)
     sig = {}
-    for i, name in enumerate(SCAN_ARGS):
-        if name in const:
+    for name in spec.args:
+        if name in spec.const:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            elem = DTYPES[half] if name in ("u_ptr", "dl_ptr", "z_ptr", "y_ptr") else "fp32"
-            sig[name] = "*" + elem
+            sig[name] = "*" + (DTYPES[half] if name in spec.typed else "fp32")
         else:
             sig[name] = "i32"
-    hinted = [n for n in SCAN_ARGS if n.endswith("_ptr")] + (list(D_MULTIPLES) + ["N"] if aligned else ["N"])
-    attrs = {(SCAN_ARGS.index(n),): [["tt.divisibility", 16]] for n in hinted}
-    src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=const, attrs=attrs)
+    hinted = [n for n in spec.args if n.endswith("_ptr")] + (list(spec.d_multiples) if aligned else [])
+    hinted += [n for n in ("N",) if n in spec.args and n not in spec.const]
+    attrs = {(spec.args.index(n),): [["tt.divisibility", 16]] for n in hinted}
+    src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=dict(spec.const), attrs=attrs)
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)
-    opts = backend.parse_options({"num_warps": WARPS, "num_stages": 1})
+    opts = backend.parse_options({"num_warps": spec.warps, "num_stages": 1})
     cc = triton.compile(src, target=target, options=opts.__dict__)
     md = cc.metadata
     if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
-        raise SystemExit("error: the scan kernel needs Triton global scratch memory; the AOT launcher passes none")
+        raise SystemExit(f"error: {spec.kernel} needs Triton global scratch memory; the AOT launcher passes none")
     extra = int(hasattr(md, "global_scratch_size")) + int(hasattr(md, "profile_scratch_size"))
-    return Compiled(arch, kind, half, aligned, cc.asm["cubin"], md.name, md.shared, WARPS * 32, extra)
+    return Compiled(spec.op, spec.variant, arch, half, aligned, cc.asm["cubin"], md.name, md.shared,
+                    spec.warps * 32, extra)
 
 
 def c_sources(kernels: list[Compiled], triton_version: str) -> tuple[str, str]:
@@ -107,8 +152,9 @@ def c_sources(kernels: list[Compiled], triton_version: str) -> tuple[str, str]:
 #include <stddef.h>
 
 typedef struct {
+  int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score (simba_convert/ops/aot.py)
+  int variant;         // the op's specialisation (SPECS there)
   int arch;            // compute capability major*10 + minor the cubin was built for
-  int kind;            // 0 seq, 1 split pass 1 (summaries), 2 split pass 2 (readout)
   int half;            // 1: u, delta, z, y are fp16; 0: fp32
   int aligned;         // 1: compiled assuming D % 16 == 0
   const unsigned char* cubin;
@@ -135,7 +181,8 @@ extern const char simba_aot_triton_version[];
         body.append(f"static const unsigned char cubin_{i}[{len(k.cubin)}] = {{{data}}};")
     body.append("const simba_aot_kernel simba_aot_kernels[] = {")
     for i, k in enumerate(kernels):
-        body.append(f'  {{{k.arch}, {k.kind}, {k.half}, {k.aligned}, cubin_{i}, sizeof(cubin_{i}), "{k.function}", '
+        body.append(f'  {{{k.op}, {k.variant}, {k.arch}, {k.half}, {k.aligned}, cubin_{i}, sizeof(cubin_{i}), '
+                    f'"{k.function}", '
                     f"{k.shared}u, {k.threads}u, {k.scratch_params}}},")
     body.append("};")
     body.append(f"const int simba_aot_kernel_count = {len(kernels)};")
@@ -159,10 +206,10 @@ def main(argv=None) -> int:
     for arch in archs:
         for half in DTYPES:
             for aligned in (1, 0):
-                for kind in KINDS:
-                    kernels.append(compile_scan(arch, kind, half, aligned))
+                for spec in SPECS:
+                    kernels.append(compile_spec(spec, arch, half, aligned))
                     if not args.quiet:
-                        print(f"sm_{arch} scan kind {kind} {DTYPES[half]} aligned={aligned}: "
+                        print(f"sm_{arch} {spec.kernel} variant {spec.variant} {DTYPES[half]} aligned={aligned}: "
                               f"{len(kernels[-1].cubin):,} bytes", file=sys.stderr)
     header, source = c_sources(kernels, triton.__version__)
     args.out.mkdir(parents=True, exist_ok=True)
