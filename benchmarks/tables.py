@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tables_render import regions as other_regions  # the other sections' tables (this folder is on sys.path)
+from tables_library import regions as library_regions
 from tables_scaling import regions as scaling_regions
 
 HERE = Path(__file__).resolve().parent
@@ -217,6 +218,7 @@ def regions() -> dict[str, str]:
         "stage_profile": stage_profile(),
         **other_regions(),
         **scaling_regions(),
+        **library_regions(),
     }
 
 

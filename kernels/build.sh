@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build libsimba_ort_ops.so, the ONNX Runtime custom-op library of the `simba` domain (kernels/README.md).
 #
-#   kernels/build.sh [--cuda | --no-cuda] [--aot] [--out DIR] [--check]
+#   kernels/build.sh [--cuda | --no-cuda] [--aot | --no-aot] [--out DIR] [--check]
 #
 # --cuda      build the CUDA kernels too (an error if nvcc is missing); default: when nvcc is on PATH
 # --no-cuda   CPU kernels only
-# --aot       also compile our Triton kernels ahead of time into the library (implies --cuda; needs python3
-#             with triton; `python3 -m simba_convert.ops.aot`, architectures SIMBA_AOT_ARCHS, default "80 90")
+# --aot       compile our Triton kernels ahead of time into the library (implies --cuda; needs python3 with
+#             triton; `python3 -m simba_convert.ops.aot`, architectures SIMBA_AOT_ARCHS, default "80 90").
+#             Default in a CUDA build when python3 imports triton; the CUDA ops then run these kernels and keep
+#             the hand-written ones for what has no cubin (kernels/README.md, "Triton AOT")
+# --no-aot    CUDA build with the hand-written kernels only
 # --out DIR   output directory (default: kernels/build)
 # --check     compile only, into a temporary directory (CI compile check); prints nothing on success
 #
@@ -22,15 +25,16 @@ DEB_SHA256=14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08
 CACHE="${SIMBA_ORT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/simba-convert/ort-${DEB_VERSION}}"
 CUDA_ARCHS="${SIMBA_CUDA_ARCHS:-80 90}"
 
-cuda=auto out="$HERE/build" check=0 aot=0
+cuda=auto out="$HERE/build" check=0 aot=auto
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --cuda) cuda=yes ;;
     --no-cuda) cuda=no ;;
     --aot) aot=1; cuda=yes ;;
+    --no-aot) aot=0 ;;
     --out) out="$2"; shift ;;
     --check) check=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -72,6 +76,10 @@ fetch_headers() {
 
 if [[ "$cuda" == auto ]]; then cuda=$(command -v nvcc >/dev/null && echo yes || echo no); fi
 if [[ "$cuda" == yes ]] && ! command -v nvcc >/dev/null; then echo "build.sh: --cuda given but nvcc is not on PATH" >&2; exit 1; fi
+if [[ "$aot" == auto ]]; then
+  aot=0
+  if [[ "$cuda" == yes ]] && python3 -c "import triton" >/dev/null 2>&1; then aot=1; fi
+fi
 
 ORT_INC="$(fetch_headers)"
 if [[ $check == 1 ]]; then out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT; fi
@@ -123,4 +131,4 @@ if [[ "$cuda" == yes ]]; then
   LIBS+=(-L"$cuda_home/lib64" -L"$cuda_home/lib" -L"$cuda_home/targets/x86_64-linux/lib" -l:libcudart_static.a -ldl -lrt)
 fi
 g++ "${LDFLAGS[@]}" "${objs[@]}" -o "$out/libsimba_ort_ops.so" "${LIBS[@]}"
-if [[ $check == 0 ]]; then echo "$out/libsimba_ort_ops.so (cuda: $cuda)"; fi
+if [[ $check == 0 ]]; then echo "$out/libsimba_ort_ops.so (cuda: $cuda, triton aot: $([[ $aot == 1 ]] && echo yes || echo no))"; fi
