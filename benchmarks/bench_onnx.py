@@ -50,6 +50,7 @@ from simba_convert.pruning.spec import PruningSpec  # noqa: E402
 SHAPES = {  # d_model, n_layer, vocab
     "mamba-tiny": (256, 8, 8192),
     "mamba-130m": (768, 24, 50280),
+    "mamba-1.4b": (2048, 48, 50280),
     "micro": (64, 2, 512),
 }
 
@@ -390,6 +391,11 @@ def main(argv=None):
                     help="a checkout of the code before a change (its simba_convert/ and kernels/build/): its exports "
                          "and library run as extra rows in the same rounds")
     ap.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch rows")
+    ap.add_argument("--no-portable", dest="portable", action="store_false",
+                    help="skip the stock-onnxruntime rows (their Scan bodies take seconds a run at large shapes)")
+    ap.add_argument("--extra-lib", action="append", default=[], metavar="LABEL=PATH",
+                    help="also run the files with this build of the library (rows 'library LABEL'), e.g. one built "
+                         "with --no-aot against the default build")
     ap.add_argument("--cuda", action="store_true", help="onnxruntime-gpu CUDA EP and PyTorch on the GPU")
     ap.add_argument("--smoke", action="store_true", help="a seconds-long CPU run on a micro model")
     args = ap.parse_args(argv)
@@ -441,9 +447,12 @@ def main(argv=None):
             res["exports"][f"{variant}{L or ''}"] = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
                                                          export_seconds=round(time.perf_counter() - t0, 1),
                                                          op_counts=file_op_counts(path))
-            files[(variant, L)] = {"portable": (path, False)}
+            files[(variant, L)] = {"portable": (path, False)} if args.portable or not lib else {}
             if lib:
                 files[(variant, L)]["library"] = (path, lib)
+            for spec in args.extra_lib:
+                label, extra = spec.split("=", 1)
+                files[(variant, L)][f"library {label}"] = (path, Path(extra))
         if args.baseline and args.lengths:
             base_jobs = [(v, (1.0,) * dense.config.n_layer if v == "dense" else specs[L][0],
                           Path(tmp) / "baseline" / f"{v}{L or ''}" / "model.onnx") for v, L, _ in jobs]

@@ -205,7 +205,7 @@ def kernel_rows(cfg, bsz, L, dev, bw) -> list[dict]:
     from simba_convert.ops.scan import selective_scan
     from simba_convert.pruning.select import gather_rows, select_kept_dense_rows, select_kept_dense_rows_ref
 
-    d, D, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    d, D, N, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv
     bf = torch.bfloat16
     g = torch.Generator(dev).manual_seed(2)
     xz = torch.randn(bsz, L, 2 * D, device=dev, dtype=bf, generator=g)  # in_proj's output, token-major

@@ -30,7 +30,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --cuda) cuda=yes ;;
     --no-cuda) cuda=no ;;
-    --aot) aot=1; cuda=yes ;;
+    --aot) aot=explicit; cuda=yes ;;
     --no-aot) aot=0 ;;
     --out) out="$2"; shift ;;
     --check) check=1 ;;
@@ -115,11 +115,17 @@ if [[ "$cuda" == yes ]]; then
   g++ "${CXXFLAGS[@]}" -DSIMBA_WITH_CUDA -c "$HERE/cuda_ops.cc" -o "$out/obj/cuda_ops.o"
   g++ "${CXXFLAGS[@]}" -DSIMBA_WITH_CUDA -c "$HERE/simba_ort_ops.cc" -o "$out/obj/simba_ort_ops.o"
   objs+=("$out/obj/cuda_kernels.o" "$out/obj/cuda_ops.o")
-  if [[ $aot == 1 ]]; then
+  if [[ $aot != 0 ]]; then
     # Our Triton kernels as cubins (simba_convert/ops/aot.py) and their launchers (aot_ops.cu)
     aot_archs="${SIMBA_AOT_ARCHS:-80 90}"
-    PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" python3 -m simba_convert.ops.aot --quiet --out "$out/aot" \
-      --arch "${aot_archs// /,}"
+    if ! PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" python3 -m simba_convert.ops.aot --quiet --out "$out/aot" \
+        --arch "${aot_archs// /,}"; then
+      [[ $aot == explicit ]] && { echo "build.sh: the Triton AOT step failed" >&2; exit 1; }
+      echo "build.sh: warning: the Triton AOT step failed; building the hand-written CUDA kernels only (--no-aot to skip it)" >&2
+      aot=0
+    fi
+  fi
+  if [[ $aot != 0 ]]; then
     gcc -O1 -fPIC -fvisibility=hidden -c "$out/aot/simba_aot_kernels.c" -o "$out/obj/simba_aot_kernels.o"
     nvcc -std=c++17 -O3 -Xcompiler -fPIC,-fvisibility=hidden "${gencode[@]}" -I"$out/aot" -c "$HERE/aot_ops.cu" \
       -o "$out/obj/aot_ops.o"
@@ -131,4 +137,4 @@ if [[ "$cuda" == yes ]]; then
   LIBS+=(-L"$cuda_home/lib64" -L"$cuda_home/lib" -L"$cuda_home/targets/x86_64-linux/lib" -l:libcudart_static.a -ldl -lrt)
 fi
 g++ "${LDFLAGS[@]}" "${objs[@]}" -o "$out/libsimba_ort_ops.so" "${LIBS[@]}"
-if [[ $check == 0 ]]; then echo "$out/libsimba_ort_ops.so (cuda: $cuda, triton aot: $([[ $aot == 1 ]] && echo yes || echo no))"; fi
+if [[ $check == 0 ]]; then echo "$out/libsimba_ort_ops.so (cuda: $cuda, triton aot: $([[ $aot != 0 ]] && echo yes || echo no))"; fi
