@@ -18,13 +18,13 @@ def library_kernels() -> str:
     versions = run["meta"]["aot_triton"]
     rows = []
     for r in run["rows"]:
-        for op in ("scan", "score"):
-            aot = [f"{r[f'{op}_aot_{k}_ms']:.3f} ({r[f'{op}_aot_{k}_over_triton']:.2f}×)" for k in labels]
-            err = max(r[f"{op}_aot_{k}_rel_rms"] for k in labels)
+        for op in ("scan", "score", "conv"):  # runs before the conv had an AOT kernel have no conv_aot_* keys
+            aot = [f"{r[f'{op}_aot_{k}_ms']:.3f} ({r[f'{op}_aot_{k}_over_triton']:.2f}×)" if f"{op}_aot_{k}_ms" in r
+                   else "—" for k in labels]
+            errs = [r[f"{op}_aot_{k}_rel_rms"] for k in labels if f"{op}_aot_{k}_rel_rms" in r]
             rows.append([r["shape"], f"{r['B']}×{r['L']}", r["dtype"], op, f"{r[f'{op}_triton_ms']:.3f}",
-                         f"{r[f'{op}_lib_ms']:.3f} ({r[f'{op}_lib_over_triton']:.1f}×)", *aot, f"{err:.0e}"])
-        rows.append([r["shape"], f"{r['B']}×{r['L']}", r["dtype"], "conv", f"{r['conv_triton_ms']:.3f}",
-                     f"{r['conv_lib_ms']:.3f} ({r['conv_lib_over_triton']:.1f}×)", *(["—"] * len(labels)), "—"])
+                         f"{r[f'{op}_lib_ms']:.3f} ({r[f'{op}_lib_over_triton']:.1f}×)", *aot,
+                         f"{max(errs):.0e}" if errs else "—"])
     head = ["shape", "B×L", "dtype", "op", "Triton JIT (PyTorch) ms", "hand CUDA ms (× JIT)",
             *(f"Triton AOT, triton {versions[k]} ms (× JIT)" for k in labels), "AOT max rel RMS vs JIT"]
     return table(head, rows) + "\n\n" + sources(LIBRARY)

@@ -3,8 +3,9 @@
 // rules of the PyTorch side: scan/triton.py's `scan_forward` (the "auto" forward of inference: split-sequence
 // below 1024 programs from L = 256, else one sequential pass; its "chunk" kernel for short, small launches is
 // replaced by the sequential one here) and score/triton.py's `impact_score_triton` (`last`, fused softplus,
-// `default_config`'s block sizes, chunks and warps). The CUDA driver API is looked up with dlopen, so the library still loads where no driver
-// is installed (the CPU kernels need none).
+// `default_config`'s block sizes, chunks and warps), and conv1d/triton.py's `causal_conv1d_triton`. The CUDA
+// driver API is looked up with dlopen, so the library still loads where no driver is installed (the CPU kernels
+// need none).
 #include <cuda.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -22,7 +23,8 @@
 namespace {
 
 constexpr int kBlockD = 32, kNP = 16, kChunk = 16;  // simba_convert/ops/aot.py: BLOCK_D, NP, CHUNK
-constexpr int kOpScan = 0, kOpScoreSums = 1, kOpScoreLast = 2;  // aot.py SPECS: op
+constexpr int kOpScan = 0, kOpScoreSums = 1, kOpScoreLast = 2, kOpConv = 3;  // aot.py SPECS: op
+constexpr int kConvWidth = 4, kConvBlockL = 32, kConvBlockD = 128;  // aot.py: the conv spec
 constexpr int kScoreBlockT = 32;
 constexpr int64_t kSplitMinLen = 256, kSplitBelowPrograms = 1024, kSplitTargetPrograms = 8192;
 constexpr int64_t kSplitMinSteps = 64, kSplitMaxSegments = 16;  // scan/triton.py SPLIT_*
@@ -429,6 +431,27 @@ int simba_aot_impact_score_last(int half, const void* u, const void* delta, cons
                                                                                  protect);
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? 0 : static_cast<int>(e);
+}
+
+int simba_aot_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u, int64_t B,
+                            int64_t L, int64_t D, int K, int silu, void* stream_ptr) {
+  if (K != kConvWidth) return fail(kSimbaAotUnsupported, "the compiled conv has width 4, got " + std::to_string(K));
+  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
+    return fail(kSimbaAotUnsupported, "the compiled conv takes 32-bit sizes");
+  if (L == 0 || B == 0 || D == 0) return 0;
+  Device dev;
+  if (int rc = current_device(&dev)) return rc;
+  const int idx = find_kernel(dev.cc, kOpConv, silu ? 0 : 1, half, D % 16 == 0 ? 1 : 0);
+  if (idx < 0) return fail(kSimbaAotUnsupported, "no conv cubin for sm_" + std::to_string(dev.cc));
+  // CONV_ARGS without the constexprs: x, w, bias, state (unread), out; L, D, s_xb, s_xl, s_wd, s_sb, s_sd, s_sk,
+  // s_ob, s_ol (x and out contiguous [B, L, D], weight [D, K])
+  CUdeviceptr ptrs[5] = {dptr(x), dptr(weight), dptr(bias), dptr(x), dptr(u)};
+  const int32_t LD = static_cast<int32_t>(L * D), Di = static_cast<int32_t>(D);
+  const int32_t ints[10] = {static_cast<int32_t>(L), Di, LD, Di, K, 0, 0, 0, LD, Di};
+  std::vector<void*> params = param_list(ptrs, 5, ints, 10);
+  return launch((*dev.fns)[idx], simba_aot_kernels[idx], static_cast<unsigned>(cdiv(L, kConvBlockL)),
+                static_cast<unsigned>(cdiv(D, kConvBlockD)), static_cast<unsigned>(B),
+                static_cast<cudaStream_t>(stream_ptr), params);
 }
 
 }  // extern "C"

@@ -37,6 +37,10 @@ SIMBA_CUDA_API int simba_aot_impact_score_last(int half, const void* u, const vo
 // 1 when this process' current GPU has a cubin for the scan (and the CUDA driver library loads), else 0.
 SIMBA_CUDA_API int simba_aot_available(void);
 SIMBA_CUDA_API const char* simba_aot_triton_version_string(void);
+// As simba_cuda_causal_conv1d (x, u [B, L, D] contiguous, weight [D, K] fp32, bias [D] fp32), with
+// conv1d/triton.py's kernel; K = 4 only (else kSimbaAotUnsupported).
+SIMBA_CUDA_API int simba_aot_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u,
+                                           int64_t B, int64_t L, int64_t D, int K, int silu, void* stream);
 // The launch plans (host only, no GPU needed; tests compare them with the PyTorch side's rules): the scan's
 // segment count (1 = one pass) and steps per segment, and the score's [variant, block_d, chunks, chunk_tiles].
 SIMBA_CUDA_API int64_t simba_aot_scan_segments(int64_t B, int64_t L, int64_t D, int64_t* seg_len);

@@ -174,6 +174,13 @@ struct CausalConv1dCuda : ConvAttrs {
     const std::vector<int64_t>& xs = x.Shape();
     T* out = u.Allocate(xs);
     void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+#ifdef SIMBA_WITH_AOT
+    if (aot_enabled()) {
+      const int rc = simba_aot_causal_conv1d(is_half<T>(), x.Data(), weight.Data(), bias.Data(), out, xs[0], xs[1],
+                                             xs[2], static_cast<int>(weight.Shape()[1]), silu ? 1 : 0, stream);
+      if (rc != kSimbaAotUnsupported) return aot_status(rc, "CausalConv1d");
+    }
+#endif
     return cuda_status(simba_cuda_causal_conv1d(is_half<T>(), x.Data(), weight.Data(), bias.Data(), out, xs[0], xs[1],
                                                 xs[2], static_cast<int>(weight.Shape()[1]), silu ? 1 : 0, stream),
                        "CausalConv1d");

@@ -103,6 +103,7 @@ def load(path: Path) -> ctypes.CDLL:
     lib.simba_aot_score_plan.argtypes = [i64, i64, i64, ctypes.POINTER(i64)]
     lib.simba_aot_selective_scan.argtypes = [c] + [p] * 10 + [i64, i64, i64, c, p, ctypes.c_size_t, p]
     lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
+    lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 5 + [i64, i64, i64, c, c, p]
     lib.simba_aot_last_error.restype = ctypes.c_char_p
     return lib
 
@@ -147,12 +148,15 @@ def test_without_a_gpu_the_launch_is_refused_cleanly(aot_lib):
         assert aot_lib.simba_aot_last_error().decode()
     rc = aot_lib.simba_aot_selective_scan(0, *([None] * 10), 1, 64, 32, 8, None, 0, None)
     assert rc == -1 and b"d_state 16" in aot_lib.simba_aot_last_error()
+    rc = aot_lib.simba_aot_causal_conv1d(0, *([None] * 5), 1, 64, 32, 3, 1, None)
+    assert rc == -1 and b"width 4" in aot_lib.simba_aot_last_error()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("B,L,D", [(1, 2048, 1536), (2, 100, 96), (1, 300, 64), (4, 63, 256)])
 def test_gpu_aot_kernels_match_the_jit_ones(aot_lib, dtype, B, L, D):
+    from simba_convert.ops.conv1d import causal_conv1d
     from simba_convert.ops.scan import selective_scan
     from simba_convert.ops.score import impact_score
 
@@ -180,3 +184,11 @@ def test_gpu_aot_kernels_match_the_jit_ones(aot_lib, dtype, B, L, D):
     assert_matches(last, last_ref.float())
     assert_matches(score[:, : L - P], s_ref[:, : L - P])
     assert torch.isinf(score[:, L - P:]).all()
+    w, wb = r(D, 4) * 0.5, r(D) * 0.1
+    for silu in (1, 0):
+        u = poison_like(x)
+        rc = aot_lib.simba_aot_causal_conv1d(half, x.data_ptr(), w.data_ptr(), wb.data_ptr(), u.data_ptr(), B, L, D, 4,
+                                             silu, stream)
+        assert rc == 0, aot_lib.simba_aot_last_error()
+        torch.cuda.synchronize()
+        assert_matches(u, causal_conv1d(x, w, wb, activation="silu" if silu else None, backend="triton"), dtype)

@@ -64,6 +64,8 @@ def load(path: Path):
         lib.simba_aot_last_error.restype = ctypes.c_char_p
         lib.simba_aot_triton_version_string.restype = ctypes.c_char_p
         lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
+        if hasattr(lib, "simba_aot_causal_conv1d"):
+            lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 5 + [i64, i64, i64, c, c, p]
     return lib
 
 
@@ -154,6 +156,19 @@ def case(lib, aot_libs: dict, shape: str, B: int, L: int, dtype: torch.dtype, re
         row[f"score_aot_{label}_protected_inf"] = bool(torch.isinf(s_a[:, L - PROTECT:]).all())
         row[f"score_aot_{label}_ms"] = time_ms(run, reps)
         row[f"score_aot_{label}_over_triton"] = row[f"score_aot_{label}_ms"] / row["score_triton_ms"]
+        if hasattr(alib, "simba_aot_causal_conv1d"):
+            u_a = torch.full_like(x, float("nan"))
+
+            def run_conv(lib_=alib, u_a=u_a):
+                code = lib_.simba_aot_causal_conv1d(half, x.data_ptr(), w.data_ptr(), wb.data_ptr(), u_a.data_ptr(),
+                                                    B, L, D, K, 1, stream)
+                if code != 0:
+                    raise RuntimeError(f"AOT conv: code {code}: {lib_.simba_aot_last_error().decode()}")
+            run_conv()
+            torch.cuda.synchronize()
+            row[f"conv_aot_{label}_rel_rms"] = rel_rms(u_a.float(), ours_conv().float())
+            row[f"conv_aot_{label}_ms"] = time_ms(run_conv, reps)
+            row[f"conv_aot_{label}_over_triton"] = row[f"conv_aot_{label}_ms"] / row["conv_triton_ms"]
     return row
 
 

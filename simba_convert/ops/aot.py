@@ -2,15 +2,16 @@
 
     python3 -m simba_convert.ops.aot --out kernels/build/aot [--arch 80,90]
 
-compiles the kernels the PyTorch model runs for a Mamba-1 layer's SelectiveScanScore — the selective-scan forward
-(`scan/triton_seq.py`) and the fused `last` impact score (`score/triton.py`) — into cubins for each target
+compiles the kernels the PyTorch model runs for a Mamba-1 layer's custom ops — the selective-scan forward
+(`scan/triton_seq.py`), the fused `last` impact score (`score/triton.py`) and the causal conv
+(`conv1d/triton.py`) — into cubins for each target
 architecture and each specialisation the library launches (`SPECS`), and writes them as C arrays with a table
 describing each one (`simba_aot_kernels.c`, `simba_aot_kernels.h`). `kernels/aot_ops.cu` holds the host code that
 launches them with the same launch rules as `scan_forward` and `impact_score_triton`; `kernels/build.sh --aot` runs
 this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runtime run one kernel source.
 
 No GPU is needed: Triton compiles for a named target (`GPUTarget("cuda", arch, 32)`). Each kernel's argument list
-is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`): a change to a kernel's
+is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`, `CONV_ARGS`): a change to a kernel's
 arguments fails here, at build time, instead of corrupting a launch.
 """
 
@@ -37,6 +38,11 @@ LAST_ARGS = (
     "L", "D", "s_ub", "s_ul", "s_ud", "s_db", "s_dl", "s_dd", "s_bb", "s_bl", "s_bn", "s_cb", "s_cl", "s_cn",
     "s_mb", "s_ml", "s_sb", "s_sc", "s_pb", "s_pd", "CHUNK_TILES",
     "N", "HAS_MASK", "HAS_CARRY", "SIGNED", "HAS_BIAS", "SOFTPLUS", "BLOCK_T", "BLOCK_D",
+)
+CONV_ARGS = (
+    "x_ptr", "w_ptr", "bias_ptr", "state_ptr", "out_ptr", "L", "D",
+    "s_xb", "s_xl", "s_xd", "s_wd", "s_wk", "s_sb", "s_sd", "s_sk", "s_ob", "s_ol", "s_od",
+    "K", "HAS_BIAS", "HAS_STATE", "SILU", "BLOCK_L", "BLOCK_D",
 )
 SUMS_ARGS = (
     "delta_ptr", "bias_ptr", "mask_ptr", "sums_ptr", "L", "D", "s_db", "s_dl", "s_dd", "s_mb", "s_ml", "s_sb", "s_sc",
@@ -87,6 +93,11 @@ SPECS = (
     Spec(2, 0, const=dict(SCORE_CONST, HAS_CARRY=True, BLOCK_D=16), warps=1, **_LAST),
     Spec(2, 1, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=4, **_LAST),
     Spec(2, 2, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=2, **_LAST),
+    # op 3, the causal conv (conv1d/triton.py LaunchConfig: 32 steps x 128 channels, 2 warps; width 4, bias, no
+    # initial state): 0 with SiLU, 1 without
+    *(Spec(3, v, "conv1d.triton", "_causal_conv1d_fwd_kernel", CONV_ARGS,
+           dict(K=4, HAS_BIAS=True, HAS_STATE=False, SILU=v == 0, BLOCK_L=32, BLOCK_D=128, s_xd=1, s_wk=1, s_od=1),
+           ("x_ptr", "out_ptr"), ("D", "s_xb", "s_xl", "s_ob", "s_ol"), 2) for v in (0, 1)),
 )
 
 
@@ -152,7 +163,7 @@ def c_sources(kernels: list[Compiled], triton_version: str) -> tuple[str, str]:
 #include <stddef.h>
 
 typedef struct {
-  int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score (simba_convert/ops/aot.py)
+  int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score, 3 causal conv (ops/aot.py)
   int variant;         // the op's specialisation (SPECS there)
   int arch;            // compute capability major*10 + minor the cubin was built for
   int half;            // 1: u, delta, z, y are fp16; 0: fp32
