@@ -24,6 +24,7 @@ mamba2-tiny: the bundled Mamba-2 (no fallback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -393,6 +394,13 @@ def main(argv=None):
     ap.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch rows")
     ap.add_argument("--no-portable", dest="portable", action="store_false",
                     help="skip the stock-onnxruntime rows (their Scan bodies take seconds a run at large shapes)")
+    ap.add_argument("--export-dir", type=Path, default=None,
+                    help="keep the exported files here and reuse those exported before with the same model, weights, "
+                         "dtype, protect and keep ratios (export.json beside each); default: a temporary folder")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export (into --export-dir) and stop: exports can then run as parallel processes, each with "
+                         "--variants, before one timing run reuses them")
+    ap.add_argument("--variants", default="dense,sparse", help="with --export-only: which files to export")
     ap.add_argument("--extra-lib", action="append", default=[], metavar="LABEL=PATH",
                     help="also run the files with this build of the library (rows 'library LABEL'), e.g. one built "
                          "with --no-aot against the default build")
@@ -435,24 +443,40 @@ def main(argv=None):
                rows=[], exports={}, profile={})
     res = {**environment(device), **res}  # the versions and command it records; commit and device refined above
     run_ort = not args.cuda or "CUDAExecutionProvider" in ort.get_available_providers()
-    with tempfile.TemporaryDirectory() as tmp:
-        if not run_ort:  # no onnxruntime-gpu: only the raw kernels below
+    if args.export_only and args.export_dir is None:
+        ap.error("--export-only needs --export-dir")
+    folder = contextlib.nullcontext(str(args.export_dir)) if args.export_dir else tempfile.TemporaryDirectory()
+    with folder as tmp:
+        if not run_ort and not args.export_only:  # no onnxruntime-gpu: only the raw kernels below
             args.lengths = []
         files = {}  # (variant, L or None) -> {path name: (file, library)}
         jobs = [("dense", None, dense)] + [("sparse", L, m) for L, m in models["sparse"].items()] if args.lengths else []
+        if args.export_only:
+            jobs = [j for j in jobs if j[0] in args.variants.split(",")]
         for variant, L, model in jobs:
-            path = Path(tmp) / f"{variant}{L or ''}" / "model.onnx"
-            t0 = time.perf_counter()
-            rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False, step=False)
-            res["exports"][f"{variant}{L or ''}"] = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
-                                                         export_seconds=round(time.perf_counter() - t0, 1),
-                                                         op_counts=file_op_counts(path))
+            path = Path(tmp) / f"{args.model}-{args.dtype}" / f"{variant}{L or ''}" / "model.onnx"
+            key = dict(model=args.model, weights=weights, dtype=args.dtype, protect=args.protect, variant=variant,
+                       keep_ratios=list(specs[L][0]) if L else None)
+            meta = path.parent / "export.json"
+            old = json.loads(meta.read_text()) if meta.is_file() and path.is_file() else {}
+            if old.get("key") == key:
+                res["exports"][f"{variant}{L or ''}"] = dict(old["report"], reused=str(path))
+            else:
+                t0 = time.perf_counter()
+                rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False,
+                                  step=False)
+                report = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
+                              export_seconds=round(time.perf_counter() - t0, 1), op_counts=file_op_counts(path))
+                res["exports"][f"{variant}{L or ''}"] = report
+                meta.write_text(json.dumps({"key": key, "report": report}, indent=1))
             files[(variant, L)] = {"portable": (path, False)} if args.portable or not lib else {}
             if lib:
                 files[(variant, L)]["library"] = (path, lib)
             for spec in args.extra_lib:
                 label, extra = spec.split("=", 1)
                 files[(variant, L)][f"library {label}"] = (path, Path(extra))
+        if args.export_only:
+            args.lengths, args.threads = [], []
         if args.baseline and args.lengths:
             base_jobs = [(v, (1.0,) * dense.config.n_layer if v == "dense" else specs[L][0],
                           Path(tmp) / "baseline" / f"{v}{L or ''}" / "model.onnx") for v, L, _ in jobs]
@@ -486,7 +510,7 @@ def main(argv=None):
                 f"{v}{L or ''}/{name}": node_providers(p, lb, providers, feed, None)
                 for (v, L), fs in files.items() for name, (p, lb) in fs.items()}
             print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
-    if args.cuda:
+    if args.cuda and not args.export_only:
         import ctypes
 
         if lib and hasattr(ctypes.CDLL(str(lib)), "simba_cuda_selective_scan"):
