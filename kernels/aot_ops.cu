@@ -257,6 +257,15 @@ int current_device(Device* d) {
   return functions(d->index, &d->fns);
 }
 
+// The start of every launcher: sizes the 32-bit kernels take, no work on an empty input (*empty), the current
+// device's functions. Non-zero: the code to return.
+int begin(const char* what, int64_t B, int64_t L, int64_t D, Device* dev, bool* empty) {
+  *empty = L == 0 || B == 0 || D == 0;
+  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
+    return fail(kSimbaAotUnsupported, std::string("the compiled ") + what + " takes 32-bit sizes");
+  return *empty ? 0 : current_device(dev);
+}
+
 // A workspace for one call: the caller's, or (workspace == nullptr) a stream-ordered allocation freed after the
 // call's launches on the same stream.
 struct CallWorkspace {
@@ -334,11 +343,9 @@ int simba_aot_selective_scan(int half, const void* u, const void* delta, const f
                              float* last_state, int64_t B, int64_t L, int64_t D, int N, void* workspace,
                              size_t workspace_bytes, void* stream_ptr) {
   if (N != kNP) return fail(kSimbaAotUnsupported, "the compiled scan has d_state 16, got " + std::to_string(N));
-  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
-    return fail(kSimbaAotUnsupported, "the compiled scan takes 32-bit sizes");
-  if (L == 0 || B == 0 || D == 0) return 0;
   Device dev;
-  if (int rc = current_device(&dev)) return rc;
+  bool empty = false;
+  if (int rc = begin("scan", B, L, D, &dev, &empty); rc != 0 || empty) return rc;
   const int aligned = D % 16 == 0 ? 1 : 0;
   int64_t seg_len = L;
   const int64_t S = segments(B, L, D, &seg_len);
@@ -387,11 +394,9 @@ int simba_aot_impact_score_last(int half, const void* u, const void* delta, cons
                                 const void* Bm, const void* Cm, float* score, int64_t B, int64_t L, int64_t D, int N,
                                 int64_t protect, void* workspace, size_t workspace_bytes, void* stream_ptr) {
   if (N != kNP) return fail(kSimbaAotUnsupported, "the compiled score has d_state 16, got " + std::to_string(N));
-  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
-    return fail(kSimbaAotUnsupported, "the compiled score takes 32-bit sizes");
-  if (L == 0 || B == 0) return 0;
   Device dev;
-  if (int rc = current_device(&dev)) return rc;
+  bool empty = false;
+  if (int rc = begin("score", B, L, D, &dev, &empty); rc != 0 || empty) return rc;
   const int aligned = D % 16 == 0 ? 1 : 0;
   const ScoreLaunch s = score_launch(B, L, D);
   const int last_idx = find_kernel(dev.cc, kOpScoreLast, s.variant, half, aligned);
@@ -436,11 +441,9 @@ int simba_aot_impact_score_last(int half, const void* u, const void* delta, cons
 int simba_aot_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u, int64_t B,
                             int64_t L, int64_t D, int K, int silu, void* stream_ptr) {
   if (K != kConvWidth) return fail(kSimbaAotUnsupported, "the compiled conv has width 4, got " + std::to_string(K));
-  if (B * L * D >= (int64_t{1} << 31) || B > 65535)
-    return fail(kSimbaAotUnsupported, "the compiled conv takes 32-bit sizes");
-  if (L == 0 || B == 0 || D == 0) return 0;
   Device dev;
-  if (int rc = current_device(&dev)) return rc;
+  bool empty = false;
+  if (int rc = begin("conv", B, L, D, &dev, &empty); rc != 0 || empty) return rc;
   const int idx = find_kernel(dev.cc, kOpConv, silu ? 0 : 1, half, D % 16 == 0 ? 1 : 0);
   if (idx < 0) return fail(kSimbaAotUnsupported, "no conv cubin for sm_" + std::to_string(dev.cc));
   // CONV_ARGS without the constexprs: x, w, bias, state (unread), out; L, D, s_xb, s_xl, s_wd, s_sb, s_sd, s_sk,
