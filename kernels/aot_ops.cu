@@ -94,16 +94,19 @@ Loaded& loaded() {
   return l;
 }
 
-// Every cubin of the table loaded into the current device's primary context (once per device).
-int functions(int dev, const std::vector<CUfunction>** out) {
+int compute_capability(int dev) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major * 10 + minor;
+}
+
+// Every cubin of the table for compute capability `cc` loaded into device `dev`'s primary context (once per device).
+int functions(int dev, int cc, const std::vector<CUfunction>** out) {
   Loaded& l = loaded();
   std::call_once(l.once[dev], [&] {
     cudaFree(nullptr);  // makes the device's primary context current on this thread
     std::vector<CUfunction> fns(simba_aot_kernel_count, nullptr);
-    int cc_major = 0, cc_minor = 0;
-    cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, dev);
-    const int cc = cc_major * 10 + cc_minor;
     for (int i = 0; i < simba_aot_kernel_count; ++i) {
       const simba_aot_kernel& k = simba_aot_kernels[i];
       if (find_kernel(cc, k.op, k.variant, k.half, k.aligned) != i) continue;
@@ -239,22 +242,25 @@ int launch(CUfunction fn, const simba_aot_kernel& k, unsigned gx, unsigned gy, u
   return 0;
 }
 
-// The current device, its compute capability and its loaded functions; non-zero when AOT cannot run here.
+// A device, its compute capability and (after current_device) its loaded functions.
 struct Device {
   int index = 0, cc = 0;
   const std::vector<CUfunction>* fns = nullptr;
 };
 
-int current_device(Device* d) {
+// The current device and its compute capability (no cubin loaded); non-zero when AOT cannot run here.
+int locate_device(Device* d) {
   if (!driver().ok) return fail(kSimbaAotUnsupported, "the CUDA driver library (libcuda.so.1) did not load");
   cudaError_t e = cudaGetDevice(&d->index);
   if (e != cudaSuccess) return static_cast<int>(e);
   if (d->index >= kMaxDevices) return fail(kSimbaAotUnsupported, "device index out of range");
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d->index);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d->index);
-  d->cc = major * 10 + minor;
-  return functions(d->index, &d->fns);
+  d->cc = compute_capability(d->index);
+  return 0;
+}
+
+int current_device(Device* d) {
+  if (int rc = locate_device(d)) return rc;
+  return functions(d->index, d->cc, &d->fns);
 }
 
 // The start of every launcher: sizes the 32-bit kernels take, no work on an empty input (*empty), the current
@@ -329,13 +335,8 @@ const char* simba_aot_last_error(void) { return last_error.c_str(); }
 const char* simba_aot_triton_version_string(void) { return simba_aot_triton_version; }
 
 int simba_aot_available(void) {
-  if (!driver().ok) return 0;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev >= kMaxDevices) return 0;
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  return find_kernel(major * 10 + minor, kOpScan, 0, 0, 1) >= 0 ? 1 : 0;
+  Device d;
+  return locate_device(&d) == 0 && find_kernel(d.cc, kOpScan, 0, 0, 1) >= 0 ? 1 : 0;
 }
 
 int simba_aot_selective_scan(int half, const void* u, const void* delta, const float* A, const void* Bm,

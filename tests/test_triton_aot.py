@@ -35,8 +35,8 @@ def test_kernel_arguments_match_the_launchers_and_a_change_fails():
     r = run_clean(
         "import dataclasses, json\n"
         "from simba_convert.ops import aot\n"
-        "for s in aot.SPECS: aot._kernel(s)\n"
-        "bad = dataclasses.replace(aot.SPECS[0], args=aot.SPECS[0].args[:-1])\n"
+        "for s in aot.specs(): aot._kernel(s)\n"
+        "bad = dataclasses.replace(aot.specs()[0], args=aot.specs()[0].args[:-1])\n"
         "try:\n    aot._kernel(bad)\nexcept SystemExit as e:\n    print(json.dumps(str(e)))\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "arguments changed" in json.loads(r.stdout.strip().splitlines()[-1])
@@ -47,7 +47,7 @@ def test_compiles_offline_for_sm90():
         "import json\nfrom simba_convert.ops import aot\n"
         "out = []\n"
         "for i in (0, 5):\n"
-        "    k = aot.compile_spec(aot.SPECS[i], 90, 1, 1)\n"
+        "    k = aot.compile_spec(aot.specs()[i], 90, 1, 1)\n"
         "    out.append(dict(elf=k.cubin[:4].hex(), size=len(k.cubin), fn=k.function, threads=k.threads,\n"
         "                    scratch=k.scratch_params, shared=k.shared))\n"
         "print(json.dumps(out))\n")

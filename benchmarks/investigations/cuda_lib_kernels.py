@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
-from common import command, environment
+from common import command, environment, median_ms, rel_rms
 
 from simba_convert.ops.conv1d import causal_conv1d
 from simba_convert.ops.scan import selective_scan
@@ -31,23 +30,8 @@ SHAPES = {"130m": 1536, "1.4b": 4096}  # d_inner of the model shape; N = 16, con
 PROTECT = 64
 
 
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    finite = torch.isfinite(b)
-    return float(((a - b)[finite].pow(2).mean() / b[finite].pow(2).mean().clamp_min(1e-300)).sqrt())
-
-
 def time_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return median_ms(fn, "cuda", reps=reps, warmup=1)
 
 
 def load(path: Path):

@@ -5,7 +5,7 @@
 compiles the kernels the PyTorch model runs for a Mamba-1 layer's custom ops — the selective-scan forward
 (`scan/triton_seq.py`), the fused `last` impact score (`score/triton.py`) and the causal conv
 (`conv1d/triton.py`) — into cubins for each target
-architecture and each specialisation the library launches (`SPECS`), and writes them as C arrays with a table
+architecture and each specialisation the library launches (`specs()`), and writes them as C arrays with a table
 describing each one (`simba_aot_kernels.c`, `simba_aot_kernels.h`). `kernels/aot_ops.cu` holds the host code that
 launches them with the same launch rules as `scan_forward` and `impact_score_triton`; `kernels/build.sh --aot` runs
 this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runtime run one kernel source.
@@ -18,6 +18,7 @@ a kernel's arguments fails here, at build time, instead of corrupting a launch.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ SUMS_ARGS = (
     "delta_ptr", "bias_ptr", "mask_ptr", "sums_ptr", "L", "D", "s_db", "s_dl", "s_dd", "s_mb", "s_ml", "s_sb", "s_sc",
     "CHUNK", "HAS_MASK", "HAS_BIAS", "SOFTPLUS", "BLOCK_T", "BLOCK_D",
 )
-BLOCK_D, STAGES, NP, CHUNK = 32, 3, 16, 16  # scan/triton.py SEQ_AUTO (1 warp), N = 16 (Mamba-1), CHUNK
+NP = 16  # d_state of the compiled kernels (Mamba-1's); aot_ops.cu refuses others
 DTYPES = {0: "fp32", 1: "fp16"}  # the C launchers' `half` flag -> element type of the T-typed tensors
 
 
@@ -67,38 +68,51 @@ class Spec:
     warps: int
 
 
-SCAN_CONST = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, STORE_LAST=True, SAVE_CHK=False,
-                  T=CHUNK, BD=BLOCK_D, NP=NP, STAGES=STAGES, EVEN_N=True,
-                  su_d=1, sdl_d=1, sz_d=1, sb_n=1, sc_n=1, sy_d=1)
-SCORE_CONST = dict(N=NP, HAS_MASK=False, SIGNED=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=32,
-                   s_ud=1, s_dd=1, s_bn=1, s_cn=1)
-_SCAN = dict(module="scan.triton_seq", kernel="_scan_fwd_seq_kernel", args=SCAN_ARGS,
-             typed=("u_ptr", "dl_ptr", "z_ptr", "y_ptr"),
-             d_multiples=("Dm", "su_b", "su_t", "sdl_b", "sdl_t", "sz_b", "sz_t", "sy_b", "sy_t"), warps=1)
-_LAST = dict(module="score.triton", kernel="_last_kernel", args=LAST_ARGS,
-             typed=("u_ptr", "delta_ptr", "b_ptr", "c_ptr"),
-             d_multiples=("D", "s_ub", "s_ul", "s_db", "s_dl", "s_sb", "s_sc"))
-SPECS = (
-    # op 0, the scan forward (scan_forward): 0 one sequential pass, 1 split pass 1 (segment summaries), 2 pass 2
-    Spec(0, 0, const=dict(SCAN_CONST, SPLIT=False, READOUT=True), **_SCAN),
-    Spec(0, 1, const=dict(SCAN_CONST, SPLIT=True, READOUT=False, HAS_D=False, HAS_Z=False, STORE_LAST=False),
-         **_SCAN),
-    Spec(0, 2, const=dict(SCAN_CONST, SPLIT=True, READOUT=True), **_SCAN),
-    # op 1, the `last` score's per-chunk delta sums (score/triton.py _launch_last, chunked layout)
-    Spec(1, 0, "score.triton", "_delta_chunk_sums_kernel", SUMS_ARGS,
-         dict(HAS_MASK=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=32, BLOCK_D=16, s_dd=1), ("delta_ptr",),
-         ("D", "s_db", "s_dl", "s_sb", "s_sc"), 1),
-    # op 2, the `last` score (default_config with fused softplus): 0 chunked (16 channels, 1 warp), 1 32 channels
-    # with 4 warps (below 2048 programs), 2 with 2 warps
-    Spec(2, 0, const=dict(SCORE_CONST, HAS_CARRY=True, BLOCK_D=16), warps=1, **_LAST),
-    Spec(2, 1, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=4, **_LAST),
-    Spec(2, 2, const=dict(SCORE_CONST, HAS_CARRY=False, BLOCK_D=32), warps=2, **_LAST),
-    # op 3, the causal conv (conv1d/triton.py LaunchConfig: 32 steps x 128 channels, 2 warps; width 4, bias, no
-    # initial state): 0 with SiLU, 1 without
-    *(Spec(3, v, "conv1d.triton", "_causal_conv1d_fwd_kernel", CONV_ARGS,
-           dict(K=4, HAS_BIAS=True, HAS_STATE=False, SILU=v == 0, BLOCK_L=32, BLOCK_D=128, s_xd=1, s_wk=1, s_od=1),
-           ("x_ptr", "out_ptr"), ("D", "s_xb", "s_xl", "s_ob", "s_ol"), 2) for v in (0, 1)),
-)
+@functools.lru_cache(maxsize=1)
+def specs() -> tuple[Spec, ...]:
+    """Every specialisation the library launches, with the block sizes, stages and warps read from the launch
+    configs the PyTorch side uses (so the cubins follow them; aot_ops.cu's copies are checked by the plan tests)."""
+    from .conv1d.triton import default_config as conv_config
+    from .scan.triton import CHUNK, SEQ_AUTO
+    from .score.triton import default_config as score_config
+
+    chunked = score_config("last", 1, True, 128)  # the B = 1 layout: chunks, 16 channels
+    wide, many = (score_config("last", n, True, None) for n in (1, 2048))  # 32 channels: below / from 2048 programs
+    conv = conv_config()
+    scan_const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, STORE_LAST=True,
+                      SAVE_CHK=False, T=CHUNK, BD=SEQ_AUTO["fwd_block_d"], NP=NP, STAGES=SEQ_AUTO["fwd_stages"],
+                      EVEN_N=True, su_d=1, sdl_d=1, sz_d=1, sb_n=1, sc_n=1, sy_d=1)
+    score_const = dict(N=NP, HAS_MASK=False, SIGNED=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=chunked["block_t"],
+                       s_ud=1, s_dd=1, s_bn=1, s_cn=1)
+    scan = dict(module="scan.triton_seq", kernel="_scan_fwd_seq_kernel", args=SCAN_ARGS,
+                typed=("u_ptr", "dl_ptr", "z_ptr", "y_ptr"),
+                d_multiples=("Dm", "su_b", "su_t", "sdl_b", "sdl_t", "sz_b", "sz_t", "sy_b", "sy_t"),
+                warps=SEQ_AUTO["fwd_warps"])
+    last = dict(module="score.triton", kernel="_last_kernel", args=LAST_ARGS,
+                typed=("u_ptr", "delta_ptr", "b_ptr", "c_ptr"),
+                d_multiples=("D", "s_ub", "s_ul", "s_db", "s_dl", "s_sb", "s_sc"))
+    return (
+        # op 0, the scan forward (scan_forward): 0 one sequential pass, 1 split pass 1 (segment summaries), 2 pass 2
+        Spec(0, 0, const=dict(scan_const, SPLIT=False, READOUT=True), **scan),
+        Spec(0, 1, const=dict(scan_const, SPLIT=True, READOUT=False, HAS_D=False, HAS_Z=False, STORE_LAST=False),
+             **scan),
+        Spec(0, 2, const=dict(scan_const, SPLIT=True, READOUT=True), **scan),
+        # op 1, the `last` score's per-chunk delta sums (score/triton.py _launch_last, chunked layout)
+        Spec(1, 0, "score.triton", "_delta_chunk_sums_kernel", SUMS_ARGS,
+             dict(HAS_MASK=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=chunked["block_t"],
+                  BLOCK_D=chunked["block_d"], s_dd=1),
+             ("delta_ptr",), ("D", "s_db", "s_dl", "s_sb", "s_sc"), chunked["num_warps"]),
+        # op 2, the `last` score (default_config with fused softplus): 0 chunked, 1 unchunked below 2048 programs,
+        # 2 from 2048 programs
+        *(Spec(2, v, const=dict(score_const, HAS_CARRY=v == 0, BLOCK_D=c["block_d"]), warps=c["num_warps"], **last)
+          for v, c in enumerate((chunked, wide, many))),
+        # op 3, the causal conv (conv1d/triton.py's launch config; width 4, bias, no initial state): 0 with SiLU,
+        # 1 without
+        *(Spec(3, v, "conv1d.triton", "_causal_conv1d_fwd_kernel", CONV_ARGS,
+               dict(K=4, HAS_BIAS=True, HAS_STATE=False, SILU=v == 0, BLOCK_L=conv.block_l, BLOCK_D=conv.block_d,
+                    s_xd=1, s_wk=1, s_od=1),
+               ("x_ptr", "out_ptr"), ("D", "s_xb", "s_xl", "s_ob", "s_ol"), conv.num_warps) for v in (0, 1)),
+    )
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,7 @@ def c_sources(kernels: list[Compiled], triton_version: str) -> tuple[str, str]:
 
 typedef struct {
   int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score, 3 causal conv (ops/aot.py)
-  int variant;         // the op's specialisation (SPECS there)
+  int variant;         // the op's specialisation (specs() there)
   int arch;            // compute capability major*10 + minor the cubin was built for
   int half;            // 1: u, delta, z, y are fp16; 0: fp32
   int aligned;         // 1: compiled assuming D % 16 == 0
@@ -218,7 +232,7 @@ def main(argv=None) -> int:
     for arch in archs:
         for half in DTYPES:
             for aligned in (1, 0):
-                for spec in SPECS:
+                for spec in specs():
                     kernels.append(compile_spec(spec, arch, half, aligned))
                     if not args.quiet:
                         print(f"sm_{arch} {spec.kernel} variant {spec.variant} {DTYPES[half]} aligned={aligned}: "
