@@ -140,6 +140,8 @@ def category(op: str) -> str:
 def git_commit() -> str | None:
     import subprocess
 
+    if os.environ.get("SIMBA_BENCH_COMMIT"):  # a tree copied to a GPU machine may carry stale git metadata
+        return os.environ["SIMBA_BENCH_COMMIT"]
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -269,6 +271,29 @@ def profile(path, library, feed, runs: int, threads) -> dict:
             "top_nodes": dict(list(r2(by_node).items())[:20])}
 
 
+def gpu_profile(files, providers, vocab: int, args) -> dict:
+    """{"L=.. B=.. variant path": GPU kernels of one session run by stage}: CUPTI (torch.profiler) records every
+    kernel and copy of the process, onnxruntime's included, where ORT's own profiler times the CUDA EP's nodes on
+    the host (launch time only). kernel_profile.breakdown groups them as for the PyTorch model."""
+    from kernel_profile import breakdown
+
+    out = {}
+    for (variant, L), fs in files.items():
+        for name, (path, lib) in fs.items():
+            sess = make_session(path, lib, providers, None)
+            for bsz in args.batch:
+                n = L or args.lengths[0]
+                feed = {"input_ids": np.random.default_rng(n + bsz).integers(0, vocab, (bsz, n))}
+                sess.run(None, feed)
+                r = breakdown(lambda: sess.run(None, feed), calls=2)
+                key = f"L={n} B={bsz} {variant} {name}"
+                out[key] = dict(r, kernels=dict(list(r["kernels"].items())[:20]))
+                print(f"  gpu profile {key}: wall {r['wall_ms']:.1f} kernels {r['kernel_ms']:.1f} "
+                      f"{ {k: round(v, 2) for k, v in r['stages'].items()} }", file=sys.stderr, flush=True)
+            del sess
+    return out
+
+
 def file_op_counts(path) -> dict:
     """{op type: nodes} of an ONNX file's main graph (what the exporter wrote; function bodies not counted)."""
     import collections
@@ -357,6 +382,9 @@ def markdown(res: dict) -> str:
     for key, prof in res.get("profile", {}).items():
         out += f"\nProfile {key}: {prof['wall_ms']:.1f} ms/run, nodes {prof['nodes_ms']:.1f} ms ({prof['node_count']} nodes): "
         out += ", ".join(f"{k} {v:.1f}" for k, v in prof["by_category"].items()) + "\n"
+    for key, prof in res.get("gpu_profile", {}).items():
+        out += (f"\nGPU profile {key}: {prof['wall_ms']:.1f} ms/run, kernels {prof['kernel_ms']:.1f} ms: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in prof["stages"].items()) + "\n")
     if res.get("node_providers"):
         out += "\nNodes per execution provider (one profiled run): " + "; ".join(
             f"{k}: " + ", ".join(f"{op} {provs}" for op, provs in v.items()
@@ -405,6 +433,8 @@ def main(argv=None):
                     help="also run the files with this build of the library (rows 'library LABEL'), e.g. one built "
                          "with --no-aot against the default build")
     ap.add_argument("--cuda", action="store_true", help="onnxruntime-gpu CUDA EP and PyTorch on the GPU")
+    ap.add_argument("--gpu-profile", action="store_true",
+                    help="with --cuda: each file's GPU kernels by stage (torch.profiler sees onnxruntime's kernels)")
     ap.add_argument("--smoke", action="store_true", help="a seconds-long CPU run on a micro model")
     args = ap.parse_args(argv)
     device = "cuda" if args.cuda else "cpu"
@@ -427,7 +457,8 @@ def main(argv=None):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             print("onnxruntime has no CUDAExecutionProvider: only the raw CUDA kernels are measured", file=sys.stderr)
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else ["CPUExecutionProvider"])
-    dense, weights = build_model(args.model, device, args.torch_dtype)
+    # Exports trace on the CPU (the same seeded weights as on the GPU): nothing in a file depends on the device.
+    dense, weights = build_model(args.model, "cpu" if args.export_only else device, args.torch_dtype)
     specs = {L: budget_ratios(dense.config, args.budget, L, args.protect) for L in args.lengths}
     models = {"dense": dense, "sparse": {L: PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
                                          for L, (r, _) in specs.items()}}
@@ -510,6 +541,8 @@ def main(argv=None):
                 f"{v}{L or ''}/{name}": node_providers(p, lb, providers, feed, None)
                 for (v, L), fs in files.items() for name, (p, lb) in fs.items()}
             print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
+            if args.gpu_profile:
+                res["gpu_profile"] = gpu_profile(files, providers, dense.config.vocab_size, args)
     if args.cuda and not args.export_only:
         import ctypes
 

@@ -54,8 +54,9 @@ def build_models(cfg: Mamba2Config, dev, dtype):
     return ours, impls
 
 
-def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
-    """GPU time of one graph replay by stage, for mamba_ssm, our dense and our pruned models."""
+def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev, everies=(1,)) -> list[dict]:
+    """GPU time of one graph replay by stage, for mamba_ssm, our dense and our pruned models (`linear` stepped over
+    each K in `everies`)."""
     from kernel_profile import breakdown
 
     ids = torch.randint(0, cfg.vocab_size, (bsz, L), device=dev)
@@ -63,8 +64,10 @@ def profile_rows(cfg, ours, impls, bsz, L, budgets, backend, dev) -> list[dict]:
     models = [(n, f) for n, f in impls.items() if callable(f)]
     models.append(("ours-dense", lambda x: ours(x, num_last=bvm.P)))
     for b in budgets:
-        pm = PrunedMambaLM(ours, PruningSpec(schedules.schedule_for_budget("linear", cfg, b, L, bvm.P), protect=bvm.P))
-        models.append((f"ours-pruned-{b}", lambda x, pm=pm: pm(x, num_last=bvm.P)))
+        for k in everies:
+            r = schedules.schedule_for_budget("linear", cfg, b, L, bvm.P, every=k)
+            pm = PrunedMambaLM(ours, PruningSpec(r, protect=bvm.P))
+            models.append((f"ours-pruned-{b}" + (f"-every{k}" if k > 1 else ""), lambda x, pm=pm: pm(x, num_last=bvm.P)))
     rows = []
     for name, fn in models:
         g = bvm.Captured(fn, ids)
@@ -209,6 +212,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--profile", default="", help="BxL cases to profile by stage (graph replay)")
     ap.add_argument("--profile-backend", default="auto")
+    ap.add_argument("--profile-every", default="1", help="K values of the profiled pruned models")
     ap.add_argument("--ssd", default="", help="BxL cases for the SSD kernel table")
     ap.add_argument("--ssd-sweep", action="store_true", help="also time launch configs of our SSD forward")
     ap.add_argument("--skip-models", action="store_true", help="only the profile")
@@ -244,7 +248,8 @@ def main():
                                                       "profile": prows}, indent=1))
     if dev.type == "cuda":
         for bsz, L in parse(args.profile):
-            prows += profile_rows(cfg, ours, impls, bsz, L, budgets, args.profile_backend, dev)
+            prows += profile_rows(cfg, ours, impls, bsz, L, budgets, args.profile_backend, dev,
+                                  [int(k) for k in args.profile_every.split(",")])
     table = bvm.markdown(meta, rows, [], [])
     if srows:
         table += "\n\n" + ssd_table(srows)

@@ -22,6 +22,7 @@ from common import commit, versions  # the shared helper (this folder is on sys.
 
 # (stage, substrings of the kernel name), first match wins; kernel names of ours, mamba_ssm's, cuBLAS and torch's.
 STAGES = (
+    ("memcpy", ("memcpy", "memset")),  # host <-> device copies (onnxruntime's between CPU and CUDA nodes)
     ("score", ("_last_kernel", "_global_kernel", "_delta_chunk_sums", "impact")),
     ("selection", ("_select_kept", "topk", "sort", "radix", "bitonic", "gatherTopK")),
     ("scan", ("scan", "_ssm_", "selective", "_chunk_outer", "_state_pass", "_chunk_cumsum", "_chunk_state",

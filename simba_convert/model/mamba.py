@@ -18,6 +18,7 @@ from ..ops.score import impact_score
 from ..ops.scan import selective_scan, step_size
 from ..ops.step import conv_step, ssm_step
 from .config import MambaConfig
+from .derived import derived_params
 from .lm import LayerNorm, PreNormBlock, RMSNorm, StackedLM, make_norm  # noqa: F401  (re-exported)
 
 
@@ -74,32 +75,20 @@ class MambaMixer(nn.Module):
         # FalconMamba's eps for the norm of dt, B and C; None for Mamba-1 (no norm, no extra op).
         self.bcdt_rms_eps = cfg.mixer_rms_eps if cfg.bcdt_rms else None
         self.backend = "auto"
-        self._fp32_cache = None  # (parameter versions, (A, D, delta_bias)): see fp32_params
 
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())
 
     def fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A [D, N], D [D], delta_bias [D]) in fp32, as the scan, the step and the score take them.
-
-        Formed once and reused while the parameters keep their storage and version and no gradient flows to
-        them (inference): forming them costs ~5 small launches a layer, about 1 ms of a 1.4B forward at B=1 on
-        the H200 (benchmarks/kernel_profile.py). A carries A·log2 e transposed, [N, D], for the Triton scan
+        """(A [D, N], D [D], delta_bias [D]) in fp32, as the scan, the step and the score take them; formed once for
+        inference (model/derived.py). The cached A carries A·log2 e transposed, [N, D], for the Triton scan
         (`ops._triton_common.log2e_transposed`)."""
-        params = (self.A_log, self.D, self.dt_proj.bias)
-        # Inference tensors (a model built under torch.inference_mode) keep no version counter: an in-place update
-        # could not be seen, so nothing is cached for them.
-        if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or any(p.is_inference() for p in params):
-            return self.A(), self.D.float(), self.dt_proj.bias.float()
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._fp32_cache is None or self._fp32_cache[0] != key:
-            # Ordinary tensors even under inference_mode, so a later frozen-weight autograd pass may use them.
-            with torch.inference_mode(False), torch.no_grad():
-                A = -torch.exp(self.A_log.detach().float())
-                A._simba_log2e_t = (A * 1.4426950408889634).t().contiguous()
-                derived = (A, self.D.detach().float().clone(), self.dt_proj.bias.detach().float().clone())
-            self._fp32_cache = (key, derived)
-        return self._fp32_cache[1]
+
+        def log2e(out):
+            out[0]._simba_log2e_t = (out[0] * 1.4426950408889634).t().contiguous()
+
+        return derived_params(self, (self.A_log, self.D, self.dt_proj.bias),
+                              lambda: (self.A(), self.D.float(), self.dt_proj.bias.float()), log2e)
 
     def _ssm_inputs(self, u: torch.Tensor):
         """u [.., D] -> dt [.., D] (dt_proj without its bias), Bm, Cm [.., N]; every path (forward on each backend,

@@ -54,8 +54,8 @@ def mixer_forward(mixer, h: torch.Tensor, conv_state, ssm_state, return_state: b
     else:  # continuing a sequence: causal_conv1d's initial states want a layout we do not keep; ours reads any
         xBC_c = causal_conv1d(xBC, w, mixer.conv1d.bias, initial_state=conv_state, activation="silu", backend="auto")
     x, B, C = mixer._heads(xBC_c)
-    A = mixer.A()
-    D = mixer.D.float().view(c.nheads, c.headdim) if c.D_has_hdim else mixer.D.float()
+    A, D, _ = mixer.fp32_params()
+    D = D.view(c.nheads, c.headdim) if c.D_has_hdim else D
     kw = {} if not c.has_dt_limit else dict(dt_limit=tuple(c.dt_limit))
     res = scan_fn(x, dt, A, B, C, chunk_size=c.chunk_size, D=D,
                   z=None if c.gated_rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)), dt_bias=mixer.dt_bias,

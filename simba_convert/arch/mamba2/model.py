@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...model.derived import derived_params
 from ...model.lm import PreNormBlock, StackedLM
 from ...ops.backend import MODEL_BACKENDS, resolve_model
 from ...ops.conv1d import causal_conv1d, conv_state_from
@@ -92,6 +93,12 @@ class Mamba2Mixer(nn.Module):
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())
 
+    def fp32_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A [H], D [H] or [D], dt_bias [H]) in fp32, as the scan, the step and the score take them; formed once
+        for inference (model/derived.py)."""
+        return derived_params(self, (self.A_log, self.D, self.dt_bias),
+                              lambda: (self.A(), self.D.float(), self.dt_bias.float()))
+
     def _split(self, zxbcdt: torch.Tensor):
         c = self.cfg
         return torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1)  # z, xBC, dt
@@ -106,7 +113,7 @@ class Mamba2Mixer(nn.Module):
     def _scan_dt(self, dt: torch.Tensor):
         """(dt, dt_bias, dt_softplus) for the scan. With a step-size limit delta is formed and clamped here, since
         the scan's contract has no clamp; mamba_ssm and transformers clamp it after the softplus the same way."""
-        bias = self.dt_bias.float()
+        bias = self.fp32_params()[2]
         if not self.cfg.has_dt_limit:
             return dt, bias, True
         return step_size(dt, bias, True).clamp(*self.cfg.dt_limit), None, False
@@ -114,7 +121,7 @@ class Mamba2Mixer(nn.Module):
     def _skip_and_gate(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor, backend: str) -> torch.Tensor:
         """y [..., H, P] -> [..., D] with the per-channel skip (D_has_hdim) and the gate (normed or plain)."""
         if self.cfg.D_has_hdim:
-            y = (y.float() + x.float() * self.D.float().view(x.shape[-2:])).to(y.dtype)
+            y = (y.float() + x.float() * self.fp32_params()[1].view(x.shape[-2:])).to(y.dtype)
         y = y.flatten(-2)
         if self.cfg.gated_rmsnorm:
             return self.norm(y, z, backend)
@@ -137,9 +144,9 @@ class Mamba2Mixer(nn.Module):
         w = self.conv1d.weight.squeeze(1)
         xBC_c = causal_conv1d(xBC, w, self.conv1d.bias, initial_state=conv_state, activation="silu", backend=backend)
         x, B, C = self._heads(xBC_c)
-        A = self.A()
+        A, Dskip, _ = self.fp32_params()
         sdt, sbias, softplus = self._scan_dt(dt)
-        res = ssd_scan(x, sdt, A, B, C, D=None if self.cfg.D_has_hdim else self.D.float(), dt_bias=sbias,
+        res = ssd_scan(x, sdt, A, B, C, D=None if self.cfg.D_has_hdim else Dskip, dt_bias=sbias,
                        dt_softplus=softplus, initial_state=ssm_state, return_final_state=return_state,
                        chunk_size=self.cfg.chunk_size, backend=backend)
         y, last = res if return_state else (res, None)
@@ -154,7 +161,7 @@ class Mamba2Mixer(nn.Module):
             extras.append((conv_state_from(xBC, self.cfg.d_conv, conv_state), last))
         if return_internals:
             x, dt, A, B, C = inner
-            extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=self.dt_bias.float(), A=A, B=B, C=C,
+            extras.append(Mamba2Internals(x=x, dt=dt, dt_bias=self.fp32_params()[2], A=A, B=B, C=C,
                                           dt_limit=self.cfg.dt_limit))
         return (out, *extras) if extras else out
 
@@ -172,8 +179,9 @@ class Mamba2Mixer(nn.Module):
         # The step-size limit applies here as in the forward, so that decoding continues the sequence the forward
         # computed (mamba_ssm's and transformers' step paths skip it: see config.py).
         sdt, sbias, softplus = self._scan_dt(dt)
-        y, ssm_state = ssd_step_ref(x, sdt, self.A(), B, C, None if self.cfg.D_has_hdim else self.D.float(), sbias,
-                                    softplus, ssm_state)
+        A, Dskip, _ = self.fp32_params()
+        y, ssm_state = ssd_step_ref(x, sdt, A, B, C, None if self.cfg.D_has_hdim else Dskip, sbias, softplus,
+                                    ssm_state)
         return self.out_proj(self._skip_and_gate(y, x, z, backend)), conv_state, ssm_state
 
 
