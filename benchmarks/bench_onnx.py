@@ -115,6 +115,24 @@ def node_providers(path, library, providers, feed, threads) -> dict:
     return {op: {prov: len(names) for prov, names in provs.items()} for op, provs in sorted(seen.items())}
 
 
+class BoundRun:
+    """One session's run through IO binding: input_ids copied from the host each run, every output left in the
+    GPU's memory (what a serving loop that decodes on the GPU does); `outputs()` copies them back for the checks."""
+
+    def __init__(self, sess, feed):
+        self.sess, self.io = sess, sess.io_binding()
+        self.io.bind_cpu_input("input_ids", feed["input_ids"])
+        for o in sess.get_outputs():
+            self.io.bind_output(o.name, "cuda")
+
+    def __call__(self):
+        self.sess.run_with_iobinding(self.io)
+        self.io.synchronize_outputs()
+
+    def outputs(self):
+        return self.io.copy_outputs_to_cpu()
+
+
 def rel_rms(out, ref) -> float:
     o, r = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     return float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30))
@@ -207,6 +225,13 @@ def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
             row["rel_rms_vs_pytorch"] = rel_rms(out[0], ref_logits)
             row["kept_match"] = bool(np.array_equal(out[1], ref_mask))
             cases.append(row)
+            if args.iobinding:
+                bound = BoundRun(sess, feed)
+                bound()
+                got = bound.outputs()
+                cases.append(dict(variant=variant, runtime="onnxruntime", path=f"{path_name}+iobinding", fn=bound,
+                                  rel_rms_vs_pytorch=rel_rms(got[0], ref_logits),
+                                  kept_match=bool(np.array_equal(got[1], ref_mask))))
     for c in cases:
         c["runs_ms"] = []
         for _ in range(args.warmup):
@@ -433,6 +458,10 @@ def main(argv=None):
                     help="also run the files with this build of the library (rows 'library LABEL'), e.g. one built "
                          "with --no-aot against the default build")
     ap.add_argument("--cuda", action="store_true", help="onnxruntime-gpu CUDA EP and PyTorch on the GPU")
+    ap.add_argument("--no-kernel-parity", dest="kernel_parity", action="store_false",
+                    help="with --cuda: skip the table of the library's hand-written CUDA kernels against PyTorch")
+    ap.add_argument("--iobinding", action="store_true",
+                    help="with --cuda: also time every session through IO binding, outputs left on the GPU")
     ap.add_argument("--gpu-profile", action="store_true",
                     help="with --cuda: each file's GPU kernels by stage (torch.profiler sees onnxruntime's kernels)")
     ap.add_argument("--smoke", action="store_true", help="a seconds-long CPU run on a micro model")
@@ -487,7 +516,7 @@ def main(argv=None):
         for variant, L, model in jobs:
             path = Path(tmp) / f"{args.model}-{args.dtype}" / f"{variant}{L or ''}" / "model.onnx"
             key = dict(model=args.model, weights=weights, dtype=args.dtype, protect=args.protect, variant=variant,
-                       keep_ratios=list(specs[L][0]) if L else None)
+                       keep_ratios=list(specs[L][0]) if L else None, commit=res["commit"])
             meta = path.parent / "export.json"
             old = json.loads(meta.read_text()) if meta.is_file() and path.is_file() else {}
             if old.get("key") == key:
@@ -543,7 +572,7 @@ def main(argv=None):
             print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
             if args.gpu_profile:
                 res["gpu_profile"] = gpu_profile(files, providers, dense.config.vocab_size, args)
-    if args.cuda and not args.export_only:
+    if args.cuda and not args.export_only and args.kernel_parity:
         import ctypes
 
         if lib and hasattr(ctypes.CDLL(str(lib)), "simba_cuda_selective_scan"):

@@ -3,7 +3,8 @@
 // rules of the PyTorch side: scan/triton.py's `scan_forward` (the "auto" forward of inference: split-sequence
 // below 1024 programs from L = 256, else one sequential pass; its "chunk" kernel for short, small launches is
 // replaced by the sequential one here) and score/triton.py's `impact_score_triton` (`last`, fused softplus,
-// `default_config`'s block sizes, chunks and warps), and conv1d/triton.py's `causal_conv1d_triton`. The CUDA
+// `default_config`'s block sizes, chunks and warps), conv1d/triton.py's `causal_conv1d_triton` and
+// pruning/select_triton.py's `select_kept_dense_rows_triton` (its block: the row's power of two, >= 16). The CUDA
 // driver API is looked up with dlopen, so the library still loads where no driver is installed (the CPU kernels
 // need none).
 #include <cuda.h>
@@ -23,9 +24,10 @@
 namespace {
 
 constexpr int kBlockD = 32, kNP = 16, kChunk = 16;  // simba_convert/ops/aot.py: BLOCK_D, NP, CHUNK
-constexpr int kOpScan = 0, kOpScoreSums = 1, kOpScoreLast = 2, kOpConv = 3;  // aot.py SPECS: op
+constexpr int kOpScan = 0, kOpScoreSums = 1, kOpScoreLast = 2, kOpConv = 3, kOpSelect = 4;  // aot.py specs()
 constexpr int kConvWidth = 4, kConvBlockL = 32, kConvBlockD = 128;  // aot.py: the conv spec
 constexpr int kScoreBlockT = 32;
+constexpr int kSelectMinLog2 = 4, kSelectMaxLog2 = 14;  // aot.py SELECT_BLOCKS
 constexpr int64_t kSplitMinLen = 256, kSplitBelowPrograms = 1024, kSplitTargetPrograms = 8192;
 constexpr int64_t kSplitMinSteps = 64, kSplitMaxSegments = 16;  // scan/triton.py SPLIT_*
 constexpr float kLog2e = 1.4426950408889634f;
@@ -455,6 +457,27 @@ int simba_aot_causal_conv1d(int half, const void* x, const float* weight, const 
   std::vector<void*> params = param_list(ptrs, 5, ints, 10);
   return launch((*dev.fns)[idx], simba_aot_kernels[idx], static_cast<unsigned>(cdiv(L, kConvBlockL)),
                 static_cast<unsigned>(cdiv(D, kConvBlockD)), static_cast<unsigned>(B),
+                static_cast<cudaStream_t>(stream_ptr), params);
+}
+
+int simba_aot_select_kept(const float* score, int64_t* slots, int64_t B, int64_t L, int64_t k, int64_t protect,
+                          void* stream_ptr) {
+  int log2 = kSelectMinLog2;
+  while ((int64_t{1} << log2) < L && log2 <= kSelectMaxLog2) ++log2;
+  if (log2 > kSelectMaxLog2)
+    return fail(kSimbaAotUnsupported, "the compiled selection holds rows of up to 16384 scores, got " +
+                                          std::to_string(L));
+  Device dev;
+  bool empty = false;
+  if (int rc = begin("selection", B, L, 1, &dev, &empty); rc != 0 || empty || k == 0) return rc;
+  const int idx = find_kernel(dev.cc, kOpSelect, log2, 0, 1);
+  if (idx < 0) return fail(kSimbaAotUnsupported, "no selection cubin for sm_" + std::to_string(dev.cc));
+  // SELECT_ARGS without BLOCK: scores, slots; L, n_prot, k, s_row, o_row (both contiguous)
+  CUdeviceptr ptrs[2] = {dptr(score), dptr(slots)};
+  const int32_t Li = static_cast<int32_t>(L), ki = static_cast<int32_t>(k);
+  const int32_t ints[5] = {Li, static_cast<int32_t>(std::min(protect, L)), ki, Li, ki};
+  std::vector<void*> params = param_list(ptrs, 2, ints, 5);
+  return launch((*dev.fns)[idx], simba_aot_kernels[idx], static_cast<unsigned>(B), 1, 1,
                 static_cast<cudaStream_t>(stream_ptr), params);
 }
 

@@ -41,6 +41,10 @@ SIMBA_CUDA_API const char* simba_aot_triton_version_string(void);
 // conv1d/triton.py's kernel; K = 4 only (else kSimbaAotUnsupported).
 SIMBA_CUDA_API int simba_aot_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u,
                                            int64_t B, int64_t L, int64_t D, int K, int silu, void* stream);
+// SelectKept with pruning/select_triton.py's kernel: slots [B, k] int64 (ascending) of score [B, L] fp32, the last
+// min(protect, L) positions kept; rows of up to 16384 scores (else kSimbaAotUnsupported); k <= L.
+SIMBA_CUDA_API int simba_aot_select_kept(const float* score, int64_t* slots, int64_t B, int64_t L, int64_t k,
+                                         int64_t protect, void* stream);
 // The launch plans (host only, no GPU needed; tests compare them with the PyTorch side's rules): the scan's
 // segment count (1 = one pass) and steps per segment, and the score's [variant, block_d, chunks, chunk_tiles].
 SIMBA_CUDA_API int64_t simba_aot_scan_segments(int64_t B, int64_t L, int64_t D, int64_t* seg_len);

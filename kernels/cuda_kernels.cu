@@ -8,8 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda_kernels.h"
+#include "select_kept.h"
 
 namespace {
 
@@ -249,6 +251,22 @@ extern "C" int simba_cuda_impact_score_raw(int half, const void* u, const void* 
   if (B == 0 || L == 0 || D == 0) return 0;
   return dispatch<ScoreFn>(half, N, u, delta, raw_is_t, dbias, A, Bm, Cm, score, B, L, D, N, criterion, signed_score,
                            protect, static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int simba_cuda_select_kept_host(const float* score, int64_t* slots, int64_t B, int64_t L, int64_t k,
+                                           int64_t protect, void* stream) {
+  if (B == 0 || k == 0) return 0;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  std::vector<float> host(static_cast<size_t>(B * L));
+  std::vector<int64_t> out(static_cast<size_t>(B * k));
+  cudaError_t e = cudaMemcpyAsync(host.data(), score, sizeof(float) * host.size(), cudaMemcpyDeviceToHost, s);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  for (int64_t b = 0; b < B; ++b)
+    simba::select_kept_row(host.data() + b * L, L, k, protect < L ? protect : L, out.data() + b * k);
+  e = cudaMemcpyAsync(slots, out.data(), sizeof(int64_t) * out.size(), cudaMemcpyHostToDevice, s);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);  // `out` is freed on return
+  return static_cast<int>(e);
 }
 
 extern "C" const char* simba_cuda_error_string(int code) {

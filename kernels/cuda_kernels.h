@@ -27,5 +27,9 @@ SIMBA_CUDA_API int simba_cuda_impact_score_raw(int half, const void* u, const vo
 // u [B, L, D] = act(bias + causal depthwise conv of x [B, L, D] with weight [D, K]); act = SiLU when silu.
 SIMBA_CUDA_API int simba_cuda_causal_conv1d(int half, const void* x, const float* weight, const float* bias, void* u,
                                             int64_t B, int64_t L, int64_t D, int K, int silu, void* stream);
+// SelectKept without a compiled kernel for this GPU or length: score copied to the host, each row chosen there
+// (select_kept.h), the slots copied back; synchronises `stream` (a fallback, not a fast path).
+SIMBA_CUDA_API int simba_cuda_select_kept_host(const float* score, int64_t* slots, int64_t B, int64_t L, int64_t k,
+                                               int64_t protect, void* stream);
 SIMBA_CUDA_API const char* simba_cuda_error_string(int code);
 }

@@ -187,6 +187,35 @@ struct CausalConv1dCuda : ConvAttrs {
   }
 };
 
+// SelectKept: the compiled Triton selection where it has a cubin (rows up to 16384 on sm_80/sm_90), else the host
+// fallback. k is a CPU input (SelectKeptInputMemory): the count is read without a device synchronisation.
+struct SelectKeptCuda : KeepAttrs {
+  using KeepAttrs::KeepAttrs;
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& score, const Tensor<int64_t>& k,
+                      Tensor<int64_t>& slots) {
+    int64_t B = 0, L = 0, K = 0;
+    std::string err = check_select(score.Shape(), k.Shape(), k.Data(), *this, &B, &L, &K);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] SelectKept cuda B=%lld L=%lld k=%lld protect=%lld\n", (long long)B,
+                              (long long)L, (long long)K, (long long)protect);
+    int64_t* out = slots.Allocate({B, K});
+    if (B == 0 || K == 0) return Ort::Status{nullptr};
+    void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+#ifdef SIMBA_WITH_AOT
+    if (aot_enabled()) {
+      const int rc = simba_aot_select_kept(score.Data(), out, B, L, K, protect, stream);
+      if (rc != kSimbaAotUnsupported) return aot_status(rc, "SelectKept");
+    }
+#endif
+    return cuda_status(simba_cuda_select_kept_host(score.Data(), out, B, L, K, protect, stream), "SelectKept");
+  }
+};
+
+OrtMemType ORT_API_CALL SelectKeptInputMemory(const OrtCustomOp*, size_t index) {
+  return index == 1 ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+}
+
 }  // namespace
 
 void add_cuda_ops(OpList& ops) {
@@ -200,6 +229,8 @@ void add_cuda_ops(OpList& ops) {
   ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCuda<Ort::Float16_t>>("SelectiveScanScore", kCuda));
   ops.emplace_back(CreateLiteCustomOp<CausalConv1dCuda<float>>("CausalConv1d", kCuda));
   ops.emplace_back(CreateLiteCustomOp<CausalConv1dCuda<Ort::Float16_t>>("CausalConv1d", kCuda));
+  ops.emplace_back(CreateLiteCustomOp<SelectKeptCuda>("SelectKept", kCuda));
+  ops.back()->GetInputMemoryType = SelectKeptInputMemory;
 }
 
 }  // namespace simba_ort

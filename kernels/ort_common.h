@@ -8,12 +8,14 @@
 #undef ORT_API_MANUAL_INIT
 #include "onnxruntime_lite_custom_op.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "select_kept.h"
 #include "simba_kernels.h"
 
 namespace simba_ort {
@@ -136,6 +138,32 @@ struct SsdAttrs : ImpactScoreAttrs {
     try { dt_softplus = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("dt_softplus") != 0; } catch (const Ort::Exception&) {}
   }
 };
+
+// SelectKept's attribute protect (>= 0): the last min(protect, L) positions are always kept.
+struct KeepAttrs {
+  int64_t protect = 0;
+
+  KeepAttrs(const OrtApi*, const OrtKernelInfo* info) {
+    try { protect = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("protect"); } catch (const Ort::Exception&) {}
+    if (protect < 0) protect = 0;
+  }
+};
+
+// score [B, L], k [1] (host memory) with min(protect, L) <= k <= L -> B, L, K.
+inline std::string check_select(const std::vector<int64_t>& score, const std::vector<int64_t>& k_shape,
+                                const int64_t* k, const KeepAttrs& at, int64_t* B, int64_t* L, int64_t* K) {
+  if (score.size() != 2) return "SelectKept: score must be [B, L]";
+  int64_t n = 1;
+  for (int64_t d : k_shape) n *= d;
+  if (n != 1 || k_shape.size() > 1) return "SelectKept: k must hold one count ([1] or a scalar)";
+  *B = score[0];
+  *L = score[1];
+  *K = *k;
+  if (*K < std::min(at.protect, *L) || *K > *L)
+    return "SelectKept: need min(protect, L) <= k <= L, got k = " + std::to_string(*K) + ", L = " +
+           std::to_string(*L) + ", protect = " + std::to_string(at.protect);
+  return {};
+}
 
 using OpList = std::vector<std::unique_ptr<OrtCustomOp>>;
 

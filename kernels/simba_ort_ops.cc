@@ -1,7 +1,8 @@
 // ONNX Runtime entry point of libsimba_ort_ops.so: registers the `simba` domain (SelectiveScan,
-// ImpactScore, SelectiveScanScore, CausalConv1d; Mamba-2's SsdScan, SsdScanScore) for the CPU execution provider
+// ImpactScore, SelectiveScanScore, CausalConv1d, SelectKept; Mamba-2's SsdScan, SsdScanScore) for the CPU execution provider
 // (fp32 and fp16) and, when built with SIMBA_WITH_CUDA, the Mamba-1 ops for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
 // Built against the API-21 headers (ORT 1.21); older runtimes get an error status instead of a crash.
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 
@@ -245,6 +246,32 @@ struct SsdScanScoreCpu : SsdAttrs {
   }
 };
 
+// SelectKept: select_kept_row (select_kept.h) for each row, on ORT's thread pool.
+Ort::Status SelectKeptCpu(OrtKernelContext* ctx, const KeepAttrs& at, const Tensor<float>& score,
+                          const Tensor<int64_t>& k, Tensor<int64_t>& slots) {
+  int64_t B = 0, L = 0, K = 0;
+  std::string err = check_select(score.Shape(), k.Shape(), k.Data(), at, &B, &L, &K);
+  if (!err.empty()) return bad(err);
+  if (trace()) std::fprintf(stderr, "[simba] SelectKept cpu B=%lld L=%lld k=%lld protect=%lld\n", (long long)B,
+                            (long long)L, (long long)K, (long long)at.protect);
+  struct Args {
+    const float* score;
+    int64_t* out;
+    int64_t L, K, protect;
+  } a{score.Data(), slots.Allocate({B, K}), L, K, std::min(at.protect, L)};
+  auto job = [](const Args& a, int64_t b) { simba::select_kept_row(a.score + b * a.L, a.L, a.K, a.protect, a.out + b * a.K); };
+  if (K > 0) run_jobs<Args>(ctx, a, job, B);
+  return Ort::Status{nullptr};
+}
+
+struct SelectKeptCpuOp : KeepAttrs {
+  using KeepAttrs::KeepAttrs;
+  Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& score, const Tensor<int64_t>& k,
+                      Tensor<int64_t>& slots) {
+    return SelectKeptCpu(ctx, *this, score, k, slots);
+  }
+};
+
 // The ops and the domain must outlive every session that uses them (ONNX.md pitfall 12).
 std::mutex g_mutex;
 OpList g_ops;
@@ -262,6 +289,7 @@ void build_domain() {
   g_ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCpu<Ort::Float16_t>>("SelectiveScanScore", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<float>>("CausalConv1d", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<Ort::Float16_t>>("CausalConv1d", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SelectKeptCpuOp>("SelectKept", kCpu));
   // Mamba-2's ops have CPU kernels only: in a CUDA session onnxruntime runs them on the CPU provider.
   g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<float>>("SsdScan", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<Ort::Float16_t>>("SsdScan", kCpu));

@@ -104,6 +104,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.simba_aot_selective_scan.argtypes = [c] + [p] * 10 + [i64, i64, i64, c, p, ctypes.c_size_t, p]
     lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
     lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 5 + [i64, i64, i64, c, c, p]
+    lib.simba_aot_select_kept.argtypes = [p, p, i64, i64, i64, i64, p]
+    lib.simba_cuda_select_kept_host.argtypes = [p, p, i64, i64, i64, i64, p]
     lib.simba_aot_last_error.restype = ctypes.c_char_p
     return lib
 
@@ -192,3 +194,26 @@ def test_gpu_aot_kernels_match_the_jit_ones(aot_lib, dtype, B, L, D):
         assert rc == 0, aot_lib.simba_aot_last_error()
         torch.cuda.synchronize()
         assert_matches(u, causal_conv1d(x, w, wb, activation="silu" if silu else None, backend="triton"), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,L", [(1, 1), (2, 63), (3, 100), (1, 2048), (4, 2048), (2, 5000), (1, 16384)])
+def test_gpu_aot_selection_is_the_jit_ones_and_the_host_fallback_agrees(aot_lib, B, L):
+    from simba_convert.pruning.select import select_kept_dense_rows_ref
+    from simba_convert.pruning.select_triton import select_kept_dense_rows_triton
+
+    if not aot_lib.simba_aot_available():
+        pytest.skip("no cubin for this GPU in the library")
+    g = torch.Generator(device="cuda").manual_seed(L)
+    score = torch.randn(B, L, device="cuda", generator=g).round(decimals=1)  # ties at the threshold
+    stream = torch.cuda.current_stream().cuda_stream
+    for protect, k in {(0, 1), (min(L, 64), max(min(L, 64), (L * 3) // 5)), (min(L, 7), L)}:
+        jit = select_kept_dense_rows_triton(score, protect, k)
+        ref = select_kept_dense_rows_ref(score.clone(), protect, k)
+        for fn in (aot_lib.simba_aot_select_kept, aot_lib.simba_cuda_select_kept_host):
+            slots = torch.full((B, k), -7, dtype=torch.int64, device="cuda")
+            rc = fn(score.data_ptr(), slots.data_ptr(), B, L, k, protect, stream)
+            assert rc == 0, aot_lib.simba_aot_last_error()
+            torch.cuda.synchronize()
+            assert torch.equal(slots, jit), (fn.__name__, protect, k)
+        assert torch.equal(jit, ref)

@@ -217,6 +217,18 @@ def causal_conv1d_function(opset: int, kernel_size: int, silu: bool) -> onnx.Fun
                                 [helper.make_opsetid("", opset)], attributes=["kernel_size", "silu"])
 
 
+def select_kept_function(opset: int, protect: int) -> onnx.FunctionProto:
+    """SelectKept(score, k) -> slots [B, k]: the top k of the score with the last `protect` positions +inf (TopK keeps
+    the lower position of a tie), their positions put in order by a second TopK (smallest first). Differs from the
+    kernels only where a real score is +inf or NaN (the kernels rank protected positions above +inf, NaN as -inf)."""
+    b = _Builder("sk_")
+    key = protected(b, "score", "score", protect)
+    _, top = b.op("TopK", key, "k", outputs=2, axis=-1, largest=1, sorted=1)
+    b.op("TopK", top, "k", outputs=["slots", b.fresh("order")], axis=-1, largest=0, sorted=1)
+    return helper.make_function(DOMAIN, "SelectKept", ["score", "k"], ["slots"], b.nodes,
+                                [helper.make_opsetid("", opset)], attributes=["protect"])
+
+
 def node_attributes(node: onnx.NodeProto) -> dict:
     """A node's attributes by name, strings decoded."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -237,6 +249,7 @@ _BODIES = {
     "SelectiveScanScore": (selective_scan_score_function, lambda node, attrs: score_settings(attrs)),
     "CausalConv1d": (causal_conv1d_function, lambda node, attrs: (
         int(attrs["kernel_size"]), bool(attrs.get("silu", 1)))),
+    "SelectKept": (select_kept_function, lambda node, attrs: (int(attrs.get("protect", 0)),)),
 }
 
 

@@ -14,7 +14,8 @@ computes what `PrunedMambaLM.forward` and `.prefill` compute for unpadded input,
     recurrent state after its own (compacted) sequence, as `PrunedMambaLM.prefill` returns them, for `StepGraph`.
 Work no output needs is not in the graph: a pruned layer gathers the mixer's output y [B, k, D] (before out_proj)
 of the tokens the next layer keeps (the dropped tokens' out_proj rows are never formed), and the last layer
-projects only the P' protected rows. Top-k is TopK and the row gathers are GatherND.
+projects only the P' protected rows. The choice of the kept tokens is one `simba` SelectKept node (its reference
+body: TopK, then TopK of the indices to restore their order) and the row gathers are GatherND.
 A layer whose ratio equals the previous one keeps every token, so it is exported without scoring (a dense model
 has no scores at all).
 
@@ -39,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..model.lm import RMSNorm
 from . import torch_ops  # noqa: F401  (registers torch.ops.simba.*)
 
 EXPORT_CRITERIA = ("last", "global", "delta", "output")
@@ -88,6 +90,27 @@ def conv_window(x: torch.Tensor, K: int) -> torch.Tensor:
     return torch.cat([pad, x[:, -(K - 1):]], dim=1)[:, -(K - 1):].transpose(1, 2)
 
 
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """`RMSNorm` as x / sqrt(mean(x²) + eps) · w: the form onnxruntime fuses into one SimplifiedLayerNormalization node
+    (x · rsqrt(..) exports as Sqrt, Reciprocal and Mul, which it leaves as seven nodes a norm)."""
+    xf = x.float()
+    return (xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()).to(norm.weight.dtype)
+
+
+def _add_norm(layer, hidden: torch.Tensor, residual: torch.Tensor | None):
+    """`layer.add_norm` (`add_rms_norm_ref`'s arithmetic) with its RMSNorm in the form `_rms_norm` exports."""
+    if not isinstance(layer.norm, RMSNorm):
+        return layer.add_norm(hidden, residual)
+    residual = hidden if residual is None else hidden.to(residual.dtype) + residual
+    h = _rms_norm(layer.norm, residual)
+    return h, residual.float() if layer.residual_in_fp32 else residual
+
+
+def _head(dense, stream: torch.Tensor) -> torch.Tensor:
+    norm = dense.backbone.norm_f
+    return dense.lm_head(_rms_norm(norm, stream) if isinstance(norm, RMSNorm) else norm(stream))
+
+
 def _rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """x [B, l, d] at slots [B, k] -> [B, k, d]: GatherND of whole rows with batch_dims=1 (`simba::gather_rows`, a
     standard-op translation; advanced indexing built its batch index with nine nodes per call)."""
@@ -128,13 +151,12 @@ class PrefillGraph(nn.Module):
         k = torch.ceil(torch.round(torch.tensor(r, dtype=torch.float64) * n * 1e9) / 1e9).long()
         return torch.minimum(torch.maximum(k, L.clamp(max=self.protect)), L)
 
-    @staticmethod
-    def _slots(key: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """[B, k] slots of the top-k keys (the protected ones are +inf), in original order."""
+    def _slots(self, key: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """[B, k] slots of the top-k keys (the last P protected), in original order: one `SelectKept` node."""
         k = k.item()
         torch._check(k >= 1)
         torch._check(k <= key.shape[1])
-        return torch.topk(key, k, dim=1, sorted=True).indices.sort(dim=1).values
+        return torch.ops.simba.select_kept(key, k, self.protect)
 
     def forward(self, input_ids: torch.Tensor):
         bsz, L = input_ids.shape
@@ -147,7 +169,7 @@ class PrefillGraph(nn.Module):
         counts = self._counts(n, L_t) if any(r != 1.0 for r in self.ratios) else None
         for i, layer in enumerate(layers):
             kept.append(torch.zeros(bsz, L, dtype=torch.bool, device=input_ids.device).scatter(1, pos, True))
-            h, residual = layer.add_norm(hidden, residual)
+            h, residual = _add_norm(layer, hidden, residual)
             mixer = layer.mixer
             last = i + 1 == len(layers)
             prune = not last and self.ratios[i + 1] != self.ratios[i]
@@ -173,7 +195,7 @@ class PrefillGraph(nn.Module):
                 residual = _rows(residual, slots)
                 pos = torch.gather(pos, 1, slots)
         stream = hidden.to(residual.dtype) + residual
-        logits = self.dense.head(stream)
+        logits = _head(self.dense, stream)
         return logits, torch.stack(kept), torch.stack(conv_states), torch.stack(ssm_states)
 
 
@@ -189,9 +211,9 @@ class StepGraph(nn.Module):
         hidden, residual = self.dense.backbone.embedding(token), None
         new_conv, new_ssm = [], []
         for i, layer in enumerate(self.dense.backbone.layers):
-            h, residual = layer.add_norm(hidden, residual)
+            h, residual = _add_norm(layer, hidden, residual)
             hidden, cs, ss = self.arch.step(layer.mixer, h, conv_states[i], ssm_states[i])
             new_conv.append(cs)
             new_ssm.append(ss)
-        logits = self.dense.head(hidden.to(residual.dtype) + residual)
+        logits = _head(self.dense, hidden.to(residual.dtype) + residual)
         return logits, torch.stack(new_conv), torch.stack(new_ssm)

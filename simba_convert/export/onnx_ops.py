@@ -1,7 +1,7 @@
 """The `simba` ONNX domain on the export side: op schemas and the exporter's translations to bare nodes.
 
 The translations emit one bare `simba` node per call (SelectiveScan, ImpactScore, SelectiveScanScore,
-CausalConv1d, SsdScan, SsdScanScore; `gather_rows` becomes a standard GatherND). They must be bodiless: the
+CausalConv1d, SsdScan, SsdScanScore, SelectKept; `gather_rows` becomes a standard GatherND). They must be bodiless: the
 exporter inlines every model-local function it meets (ONNX.md pitfall 1), so the reference bodies
 (`functions.py`, `functions_ssd.py`) are attached only after export.
 
@@ -25,13 +25,18 @@ Op contracts (also kernels/README.md):
       chunked and the sequential forms of the scan differ only in how sums are grouped.
   SsdScanScore(x, dt, A, B, C, D, dt_bias) -> (y, final_state, score): SsdScan and the layer's Mamba-2 impact score
       (`impact_score_ssd_ref`, attributes criterion, signed, protect as SelectiveScanScore's) of the same delta.
+  SelectKept(score, k) -> slots: score [B, L] float, k [1] int64 (read on the host: a CPU input on every
+      provider) with protect <= k <= L; slots [B, k] int64, ascending: the last min(protect, L) positions and
+      the best of the rest, ties at the threshold to the lowest positions, NaN ranked as -inf
+      (`pruning.select.select_kept_dense_rows`, the PyTorch model's choice). Attribute protect >= 0.
 """
 
 from __future__ import annotations
 
 DOMAIN = "simba"
 VERSION = 1
-OP_TYPES = ("SelectiveScan", "ImpactScore", "SelectiveScanScore", "CausalConv1d", "SsdScan", "SsdScanScore")
+OP_TYPES = ("SelectiveScan", "ImpactScore", "SelectiveScanScore", "CausalConv1d", "SsdScan", "SsdScanScore",
+            "SelectKept")
 
 _T = ("T", ["tensor(float)", "tensor(float16)"], "activations: fp32 or fp16 (computed in fp32)")
 _F = ("F", ["tensor(float)"], "parameters and fp32 results")
@@ -113,6 +118,13 @@ def register_schemas() -> None:
             attributes=[dt_softplus, *_score_attributes(OpSchema)],
         ),
     ]
+    schemas.append(OpSchema(
+        "SelectKept", DOMAIN, VERSION,
+        doc="Slots [B, k] (ascending) of the k tokens a pruned layer keeps: the protected suffix, then the best scores.",
+        inputs=[param("score", "F"), param("k", "I")], outputs=[param("slots", "I")],
+        type_constraints=[_F, ("I", ["tensor(int64)"], "counts and positions")],
+        attributes=[OpSchema.Attribute("protect", OpSchema.AttrType.INT, "positions at the end always kept")],
+    ))
     for s in schemas:
         if not onnx.defs.has(s.name, s.domain):
             onnx.defs.register_schema(s)
@@ -151,12 +163,17 @@ def translation_table() -> dict:
     def gather_rows(x, slots):  # standard ops: no custom node, no reference body
         return op.GatherND(x, op.Unsqueeze(slots, op.Constant(value_ints=[-1])), batch_dims=1)
 
+    def select_kept(score, k, protect: int):
+        count = op.Constant(value_ints=[k]) if isinstance(k, int) else op.Reshape(k, op.Constant(value_ints=[-1]))
+        return simba.SelectKept(score, count, protect=int(protect))
+
     def causal_conv1d(x, weight, bias, kernel_size: int):
         return simba.CausalConv1d(x, weight, bias, kernel_size=int(kernel_size), silu=1)
 
     return {
         torch.ops.simba.causal_conv1d.default: causal_conv1d,
         torch.ops.simba.gather_rows.default: gather_rows,
+        torch.ops.simba.select_kept.default: select_kept,
         torch.ops.simba.selective_scan.default: selective_scan,
         torch.ops.simba.impact_score.default: impact_score,
         torch.ops.simba.selective_scan_score.default: selective_scan_score,

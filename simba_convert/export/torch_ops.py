@@ -9,6 +9,7 @@ specialising, ONNX.md pitfall 9) the Python loop of the reference. Their ONNX tr
 Shapes: u, delta, z [B, L, D]; A [D, N]; B, C [B, L, N]; D (skip), delta_bias [D]; state [B, D, N].
 Mamba-2 (`simba::ssd_scan`, `simba::ssd_scan_score`): x [B, L, H, P]; dt [B, L, H] fp32; A, D, dt_bias [H];
 B, C [B, L, G, N]; state [B, H, P, N].
+`simba::select_kept(score [B, L], k, protect) -> slots [B, k]`: the pruned graph's choice of the kept tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..ops.scan import selective_scan as _selective_scan
 from ..ops.score import impact_score
 from ..ops.score_ssd import impact_score_ssd
 from ..ops.ssd import ssd_scan as _ssd_scan
+from ..pruning.select import select_kept_dense_rows
 
 # The criteria with a kernel in the `simba` domain; `delta` and `output` export as standard ONNX ops.
 KERNEL_CRITERIA = ("last", "global")
@@ -143,3 +145,16 @@ def gather_rows(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 @gather_rows.register_fake
 def _(x, slots):
     return x.new_empty(x.shape[0], slots.shape[1], x.shape[2])
+
+
+@torch.library.custom_op("simba::select_kept", mutates_args=())
+def select_kept(score: torch.Tensor, k: int, protect: int) -> torch.Tensor:
+    """Slots [B, k] int64, ascending: the last min(protect, L) positions of score [B, L] and the best of the rest,
+    ties at the threshold to the lowest positions (`select_kept_dense_rows`, what the PyTorch model runs; the
+    exported node `SelectKept` replaces a TopK and the TopK that sorted its indices)."""
+    return select_kept_dense_rows(score.float().clone(), min(int(protect), score.shape[1]), int(k))
+
+
+@select_kept.register_fake
+def _(score, k, protect):
+    return score.new_empty(score.shape[0], k, dtype=torch.int64)

@@ -3,15 +3,16 @@
     python3 -m simba_convert.ops.aot --out kernels/build/aot [--arch 80,90]
 
 compiles the kernels the PyTorch model runs for a Mamba-1 layer's custom ops — the selective-scan forward
-(`scan/triton_seq.py`), the fused `last` impact score (`score/triton.py`) and the causal conv
-(`conv1d/triton.py`) — into cubins for each target
+(`scan/triton_seq.py`), the fused `last` impact score (`score/triton.py`), the causal conv
+(`conv1d/triton.py`) — and the choice of the kept tokens (`pruning/select_triton.py`) into cubins for each target
 architecture and each specialisation the library launches (`specs()`), and writes them as C arrays with a table
 describing each one (`simba_aot_kernels.c`, `simba_aot_kernels.h`). `kernels/aot_ops.cu` holds the host code that
 launches them with the same launch rules as `scan_forward` and `impact_score_triton`; `kernels/build.sh --aot` runs
 this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runtime run one kernel source.
 
 No GPU is needed: Triton compiles for a named target (`GPUTarget("cuda", arch, 32)`). Each kernel's argument list
-is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`, `CONV_ARGS`): a change to
+is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`, `CONV_ARGS`,
+`SELECT_ARGS`): a change to
 a kernel's arguments fails here, at build time, instead of corrupting a launch.
 """
 
@@ -49,6 +50,8 @@ SUMS_ARGS = (
     "delta_ptr", "bias_ptr", "mask_ptr", "sums_ptr", "L", "D", "s_db", "s_dl", "s_dd", "s_mb", "s_ml", "s_sb", "s_sc",
     "CHUNK", "HAS_MASK", "HAS_BIAS", "SOFTPLUS", "BLOCK_T", "BLOCK_D",
 )
+SELECT_ARGS = ("s_ptr", "out_ptr", "L", "n_prot", "k", "s_row", "o_row", "BLOCK")
+SELECT_BLOCKS = range(4, 15)  # log2 of the selection's row block: 16 ... 16384 (select_triton.MAX_L)
 NP = 16  # d_state of the compiled kernels (Mamba-1's); aot_ops.cu refuses others
 DTYPES = {0: "fp32", 1: "fp16"}  # the C launchers' `half` flag -> element type of the T-typed tensors
 
@@ -59,13 +62,15 @@ class Spec:
 
     op: int
     variant: int
-    module: str  # simba_convert.ops.<module>
+    module: str  # simba_convert.<module>
     kernel: str
     args: tuple
     const: dict  # constexpr values (the unit strides included)
-    typed: tuple  # pointer arguments of the T element type (the rest are fp32)
+    typed: tuple  # pointer arguments of the T element type (the rest are fp32, or as `pointers` says)
     d_multiples: tuple  # integers that are multiples of 16 whenever D is
     warps: int
+    pointers: tuple = ()  # (name, Triton element type) of pointers of another fixed type
+    per_dtype: bool = True  # False: one cubin (fp32, aligned) serves every T; the table keys it half 0, aligned 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,6 +79,7 @@ def specs() -> tuple[Spec, ...]:
     configs the PyTorch side uses (so the cubins follow them; aot_ops.cu's copies are checked by the plan tests)."""
     from .conv1d.triton import default_config as conv_config
     from .scan.triton import CHUNK, SEQ_AUTO
+    from ..pruning.select_triton import num_warps_for
     from .score.triton import default_config as score_config
 
     chunked = score_config("last", 1, True, 128)  # the B = 1 layout: chunks, 16 channels
@@ -84,11 +90,11 @@ def specs() -> tuple[Spec, ...]:
                       EVEN_N=True, su_d=1, sdl_d=1, sz_d=1, sb_n=1, sc_n=1, sy_d=1)
     score_const = dict(N=NP, HAS_MASK=False, SIGNED=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=chunked["block_t"],
                        s_ud=1, s_dd=1, s_bn=1, s_cn=1)
-    scan = dict(module="scan.triton_seq", kernel="_scan_fwd_seq_kernel", args=SCAN_ARGS,
+    scan = dict(module="ops.scan.triton_seq", kernel="_scan_fwd_seq_kernel", args=SCAN_ARGS,
                 typed=("u_ptr", "dl_ptr", "z_ptr", "y_ptr"),
                 d_multiples=("Dm", "su_b", "su_t", "sdl_b", "sdl_t", "sz_b", "sz_t", "sy_b", "sy_t"),
                 warps=SEQ_AUTO["fwd_warps"])
-    last = dict(module="score.triton", kernel="_last_kernel", args=LAST_ARGS,
+    last = dict(module="ops.score.triton", kernel="_last_kernel", args=LAST_ARGS,
                 typed=("u_ptr", "delta_ptr", "b_ptr", "c_ptr"),
                 d_multiples=("D", "s_ub", "s_ul", "s_db", "s_dl", "s_sb", "s_sc"))
     return (
@@ -98,7 +104,7 @@ def specs() -> tuple[Spec, ...]:
              **scan),
         Spec(0, 2, const=dict(scan_const, SPLIT=True, READOUT=True), **scan),
         # op 1, the `last` score's per-chunk delta sums (score/triton.py _launch_last, chunked layout)
-        Spec(1, 0, "score.triton", "_delta_chunk_sums_kernel", SUMS_ARGS,
+        Spec(1, 0, "ops.score.triton", "_delta_chunk_sums_kernel", SUMS_ARGS,
              dict(HAS_MASK=False, HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=chunked["block_t"],
                   BLOCK_D=chunked["block_d"], s_dd=1),
              ("delta_ptr",), ("D", "s_db", "s_dl", "s_sb", "s_sc"), chunked["num_warps"]),
@@ -108,10 +114,13 @@ def specs() -> tuple[Spec, ...]:
           for v, c in enumerate((chunked, wide, many))),
         # op 3, the causal conv (conv1d/triton.py's launch config; width 4, bias, no initial state): 0 with SiLU,
         # 1 without
-        *(Spec(3, v, "conv1d.triton", "_causal_conv1d_fwd_kernel", CONV_ARGS,
+        *(Spec(3, v, "ops.conv1d.triton", "_causal_conv1d_fwd_kernel", CONV_ARGS,
                dict(K=4, HAS_BIAS=True, HAS_STATE=False, SILU=v == 0, BLOCK_L=conv.block_l, BLOCK_D=conv.block_d,
                     s_xd=1, s_wk=1, s_od=1),
                ("x_ptr", "out_ptr"), ("D", "s_xb", "s_xl", "s_ob", "s_ol"), conv.num_warps) for v in (0, 1)),
+        # op 4, the kept tokens (select_kept_dense_rows_triton): variant v holds rows of up to 2^v scores
+        *(Spec(4, v, "pruning.select_triton", "_select_kept_rows_kernel", SELECT_ARGS, dict(BLOCK=1 << v), (), (),
+               num_warps_for(1 << v), pointers=(("out_ptr", "i64"),), per_dtype=False) for v in SELECT_BLOCKS),
     )
 
 
@@ -132,7 +141,7 @@ class Compiled:
 def _kernel(spec: Spec):
     import importlib
 
-    k = getattr(importlib.import_module(f"simba_convert.ops.{spec.module}"), spec.kernel)
+    k = getattr(importlib.import_module(f"simba_convert.{spec.module}"), spec.kernel)
     if tuple(k.arg_names) != spec.args:
         raise SystemExit(f"error: {spec.kernel}'s arguments changed; update its argument list in "
                          "simba_convert/ops/aot.py and its launcher in kernels/aot_ops.cu together "
@@ -151,7 +160,7 @@ def compile_spec(spec: Spec, arch: int, half: int, aligned: int) -> Compiled:
         if name in spec.const:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*" + (DTYPES[half] if name in spec.typed else "fp32")
+            sig[name] = "*" + dict(spec.pointers).get(name, DTYPES[half] if name in spec.typed else "fp32")
         else:
             sig[name] = "i32"
     hinted = [n for n in spec.args if n.endswith("_ptr")] + (list(spec.d_multiples) if aligned else [])
@@ -177,7 +186,7 @@ def c_sources(kernels: list[Compiled], triton_version: str) -> tuple[str, str]:
 #include <stddef.h>
 
 typedef struct {
-  int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score, 3 causal conv (ops/aot.py)
+  int op;              // 0 scan forward, 1 `last` score's chunk sums, 2 `last` score, 3 causal conv, 4 kept tokens
   int variant;         // the op's specialisation (specs() there)
   int arch;            // compute capability major*10 + minor the cubin was built for
   int half;            // 1: u, delta, z, y are fp16; 0: fp32
@@ -233,6 +242,8 @@ def main(argv=None) -> int:
         for half in DTYPES:
             for aligned in (1, 0):
                 for spec in specs():
+                    if not spec.per_dtype and (half or not aligned):
+                        continue
                     kernels.append(compile_spec(spec, arch, half, aligned))
                     if not args.quiet:
                         print(f"sm_{arch} {spec.kernel} variant {spec.variant} {DTYPES[half]} aligned={aligned}: "
