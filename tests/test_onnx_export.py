@@ -287,12 +287,14 @@ def test_export_report_and_file(name, exported):
     assert sum(n.op_type == "SelectiveScan" for n in custom) == n_layer - n_scores
     assert not [n for n in custom if n.op_type == "ImpactScore"]
     assert sum(n.op_type == "CausalConv1d" for n in custom) == n_layer
-    assert {f.name for f in m.functions} == ({"SelectiveScan", "SelectiveScanScore", "CausalConv1d"} if n_scores
-                                             else {"SelectiveScan", "CausalConv1d"})
+    assert sum(n.op_type == "SelectKept" for n in custom) == n_scores  # the kept tokens: one node, no TopK left
+    assert {f.name for f in m.functions} == ({"SelectiveScan", "SelectiveScanScore", "CausalConv1d", "SelectKept"}
+                                             if n_scores else {"SelectiveScan", "CausalConv1d"})
     # what the profile removed (BENCHMARKS.md, "ONNX export"): no softplus of a [B, L, D] tensor for the scores,
     # no [B, L, 2D] in_proj output split in two, no transposes around a grouped Conv, no GatherElements of rows
     ops = [n.op_type for n in m.graph.node]
     assert "Softplus" not in ops and ops.count("Split") == n_layer  # x_proj's (dt, B, C) only
+    assert "TopK" not in ops and "Reciprocal" not in ops  # RMSNorm as x / sqrt(..): onnxruntime fuses that form
     inits = {i.name for i in m.graph.initializer}
     # no grouped Conv; the Transposes left are of weights (folded at load) and of the [B, K-1, D] conv windows
     assert "Conv" not in ops

@@ -171,12 +171,15 @@ def test_export_report_and_file(case, exported):
     n_scored = pruned if case == "last" else 0  # `delta` is scored in standard ops
     assert sum(n.op_type == "SsdScanScore" for n in custom) == n_scored
     assert sum(n.op_type == "SsdScan" for n in custom) == cfg.n_layer - n_scored
-    assert sum(n.op_type == "CausalConv1d" for n in custom) == cfg.n_layer and len(custom) == 2 * cfg.n_layer
-    assert {f.name for f in m.functions} == {"CausalConv1d", "SsdScan"} | ({"SsdScanScore"} if n_scored else set())
+    assert sum(n.op_type == "SelectKept" for n in custom) == pruned  # the kept tokens, one node a pruned layer
+    assert sum(n.op_type == "CausalConv1d" for n in custom) == cfg.n_layer
+    assert len(custom) == 2 * cfg.n_layer + pruned
+    assert {f.name for f in m.functions} == ({"CausalConv1d", "SsdScan"} | ({"SsdScanScore"} if n_scored else set())
+                                             | ({"SelectKept"} if pruned else set()))
     softplus = {a.i for n in custom if n.op_type.startswith("Ssd") for a in n.attribute if a.name == "dt_softplus"}
     assert softplus == {int(not cfg.has_dt_limit)}  # with a limit the graph forms delta itself
     ops = [n.op_type for n in m.graph.node]
-    assert "Conv" not in ops and ops.count("TopK") == 2 * pruned  # the top-k, and the sort back to positions
+    assert "Conv" not in ops and "TopK" not in ops
     dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "seq"]  # symbolic, not specialised to the example input
     step = onnx.load(report["step"]["path"])
