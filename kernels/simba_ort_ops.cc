@@ -1,5 +1,6 @@
 // ONNX Runtime entry point of libsimba_ort_ops.so: registers the `simba` domain (SelectiveScan,
-// ImpactScore, SelectiveScanScore, CausalConv1d, SelectKept; Mamba-2's SsdScan, SsdScanScore) for the CPU execution provider
+// ImpactScore, SelectiveScanScore, CausalConv1d, SelectKept; Mamba-2's SsdScan, SsdScanScore) for the CPU execution
+// provider
 // (fp32 and fp16) and, when built with SIMBA_WITH_CUDA, the Mamba-1 ops for the CUDA one (cuda_ops.cc). Op contracts: kernels/README.md and simba_kernels.h.
 // Built against the API-21 headers (ORT 1.21); older runtimes get an error status instead of a crash.
 #include <algorithm>
@@ -277,7 +278,9 @@ Ort::Status SelectKeptCpu(OrtKernelContext* ctx, const KeepAttrs& at, const Tens
     int64_t* out;
     int64_t L, K, protect;
   } a{score.Data(), slots.Allocate({B, K}), L, K, std::min(at.protect, L)};
-  auto job = [](const Args& a, int64_t b) { simba::select_kept_row(a.score + b * a.L, a.L, a.K, a.protect, a.out + b * a.K); };
+  auto job = [](const Args& a, int64_t b) {
+    simba::select_kept_row(a.score + b * a.L, a.L, a.K, a.protect, a.out + b * a.K);
+  };
   if (K > 0) run_jobs<Args>(ctx, a, job, B);
   return Ort::Status{nullptr};
 }

@@ -1,6 +1,6 @@
 """The exported pruned file inside onnxruntime-gpu's CUDA provider with the library (GPU only; run with the device
-tool, onnxruntime-gpu on PYTHONPATH and SIMBA_ORT_OPS_LIB naming a library built with --cuda): every `simba` node runs on
-the CUDA provider, SelectKept's count is read on the host, and the kept sets and logits are PyTorch's."""
+tool, onnxruntime-gpu on PYTHONPATH and SIMBA_ORT_OPS_LIB naming a library built with --cuda): every `simba` node runs
+on the CUDA provider, SelectKept's count is read on the host, and the kept sets and logits are PyTorch's."""
 
 from __future__ import annotations
 

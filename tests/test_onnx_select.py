@@ -57,7 +57,8 @@ def test_library_breaks_ties_to_the_lowest_positions_and_ranks_nan_last(ops_libr
     (slots,) = sess.run(None, {"score": score.numpy(), "k": np.array([4], dtype=np.int64)})
     assert slots.tolist() == [[1, 2, 8, 9]]  # two 3.0s of four by position, then the protected 8 and 9
     ties = torch.zeros(1, 9)
-    (slots,) = ort_session(select_model(0), False).run(None, {"score": ties.numpy(), "k": np.array([4], dtype=np.int64)})
+    portable = ort_session(select_model(0), False)
+    (slots,) = portable.run(None, {"score": ties.numpy(), "k": np.array([4], dtype=np.int64)})
     assert slots.tolist() == [[0, 1, 2, 3]]  # the reference body: TopK keeps the lower index of a tie too
 
 

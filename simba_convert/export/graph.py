@@ -91,8 +91,8 @@ def conv_window(x: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """`RMSNorm` as x / sqrt(mean(x²) + eps) · w: the form onnxruntime fuses into one SimplifiedLayerNormalization node
-    (x · rsqrt(..) exports as Sqrt, Reciprocal and Mul, which it leaves as seven nodes a norm)."""
+    """`RMSNorm` as x / sqrt(mean(x²) + eps) · w: the form onnxruntime fuses into one SimplifiedLayerNormalization
+    node (x · rsqrt(..) exports as Sqrt, Reciprocal and Mul, which it leaves as seven nodes a norm)."""
     xf = x.float()
     return (xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()).to(norm.weight.dtype)
 

@@ -120,7 +120,7 @@ def register_schemas() -> None:
     ]
     schemas.append(OpSchema(
         "SelectKept", DOMAIN, VERSION,
-        doc="Slots [B, k] (ascending) of the k tokens a pruned layer keeps: the protected suffix, then the best scores.",
+        doc="Slots [B, k] (ascending) of the k tokens a pruned layer keeps: the protected suffix, then the best.",
         inputs=[param("score", "F"), param("k", "I")], outputs=[param("slots", "I")],
         type_constraints=[_F, ("I", ["tensor(int64)"], "counts and positions")],
         attributes=[OpSchema.Attribute("protect", OpSchema.AttrType.INT, "positions at the end always kept")],
