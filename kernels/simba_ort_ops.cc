@@ -266,30 +266,26 @@ struct SsdScanScoreCpu : SsdAttrs {
 };
 
 // SelectKept: select_kept_row (select_kept.h) for each row, on ORT's thread pool.
-Ort::Status SelectKeptCpu(OrtKernelContext* ctx, const KeepAttrs& at, const Tensor<float>& score,
-                          const Tensor<int64_t>& k, Tensor<int64_t>& slots) {
-  int64_t B = 0, L = 0, K = 0;
-  std::string err = check_select(score.Shape(), k.Shape(), k.Data(), at, &B, &L, &K);
-  if (!err.empty()) return bad(err);
-  if (trace()) std::fprintf(stderr, "[simba] SelectKept cpu B=%lld L=%lld k=%lld protect=%lld\n", (long long)B,
-                            (long long)L, (long long)K, (long long)at.protect);
-  struct Args {
-    const float* score;
-    int64_t* out;
-    int64_t L, K, protect;
-  } a{score.Data(), slots.Allocate({B, K}), L, K, std::min(at.protect, L)};
-  auto job = [](const Args& a, int64_t b) {
-    simba::select_kept_row(a.score + b * a.L, a.L, a.K, a.protect, a.out + b * a.K);
-  };
-  if (K > 0) run_jobs<Args>(ctx, a, job, B);
-  return Ort::Status{nullptr};
-}
-
-struct SelectKeptCpuOp : KeepAttrs {
+struct SelectKeptCpu : KeepAttrs {
   using KeepAttrs::KeepAttrs;
+
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& score, const Tensor<int64_t>& k,
                       Tensor<int64_t>& slots) {
-    return SelectKeptCpu(ctx, *this, score, k, slots);
+    int64_t B = 0, L = 0, K = 0;
+    std::string err = check_select(score.Shape(), k.Shape(), k.Data(), *this, &B, &L, &K);
+    if (!err.empty()) return bad(err);
+    if (trace()) std::fprintf(stderr, "[simba] SelectKept cpu B=%lld L=%lld k=%lld protect=%lld\n", (long long)B,
+                              (long long)L, (long long)K, (long long)protect);
+    struct Args {
+      const float* score;
+      int64_t* out;
+      int64_t L, K, protect;
+    } a{score.Data(), slots.Allocate({B, K}), L, K, std::min(protect, L)};
+    auto job = [](const Args& a, int64_t b) {
+      simba::select_kept_row(a.score + b * a.L, a.L, a.K, a.protect, a.out + b * a.K);
+    };
+    if (K > 0) run_jobs<Args>(ctx, a, job, B);
+    return Ort::Status{nullptr};
   }
 };
 
@@ -310,7 +306,7 @@ void build_domain() {
   g_ops.emplace_back(CreateLiteCustomOp<SelectiveScanScoreCpu<Ort::Float16_t>>("SelectiveScanScore", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<float>>("CausalConv1d", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<CausalConv1dCpu<Ort::Float16_t>>("CausalConv1d", kCpu));
-  g_ops.emplace_back(CreateLiteCustomOp<SelectKeptCpuOp>("SelectKept", kCpu));
+  g_ops.emplace_back(CreateLiteCustomOp<SelectKeptCpu>("SelectKept", kCpu));
   // Mamba-2's ops have CPU kernels only: in a CUDA session onnxruntime runs them on the CPU provider.
   g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<float>>("SsdScan", kCpu));
   g_ops.emplace_back(CreateLiteCustomOp<SsdScanCpu<Ort::Float16_t>>("SsdScan", kCpu));

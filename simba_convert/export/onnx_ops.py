@@ -1,8 +1,8 @@
 """The `simba` ONNX domain on the export side: op schemas and the exporter's translations to bare nodes.
 
 The translations emit one bare `simba` node per call (SelectiveScan, ImpactScore, SelectiveScanScore,
-CausalConv1d, SsdScan, SsdScanScore, SelectKept; `gather_rows` becomes a standard GatherND). They must be bodiless: the
-exporter inlines every model-local function it meets (ONNX.md pitfall 1), so the reference bodies
+CausalConv1d, SsdScan, SsdScanScore, SelectKept; `gather_rows` becomes a standard GatherND). They must be
+bodiless: the exporter inlines every model-local function it meets (ONNX.md pitfall 1), so the reference bodies
 (`functions.py`, `functions_ssd.py`) are attached only after export.
 
 Op contracts (also kernels/README.md):

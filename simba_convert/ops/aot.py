@@ -12,8 +12,7 @@ this module and compiles both into libsimba_ort_ops.so. So PyTorch and ONNX Runt
 
 No GPU is needed: Triton compiles for a named target (`GPUTarget("cuda", arch, 32)`). Each kernel's argument list
 is checked against the one its C launcher passes (`SCAN_ARGS`, `LAST_ARGS`, `SUMS_ARGS`, `CONV_ARGS`,
-`SELECT_ARGS`): a change to
-a kernel's arguments fails here, at build time, instead of corrupting a launch.
+`SELECT_ARGS`): a change to a kernel's arguments fails here, at build time, instead of corrupting a launch.
 """
 
 from __future__ import annotations
