@@ -195,10 +195,8 @@ struct SelectKeptCuda : KeepAttrs {
   Ort::Status Compute(OrtKernelContext* ctx, const Tensor<float>& score, const Tensor<int64_t>& k,
                       Tensor<int64_t>& slots) {
     int64_t B = 0, L = 0, K = 0;
-    std::string err = check_select(score.Shape(), k.Shape(), k.Data(), *this, &B, &L, &K);
+    std::string err = check_select("cuda", score.Shape(), k.Shape(), k.Data(), *this, &B, &L, &K);
     if (!err.empty()) return bad(err);
-    if (trace()) std::fprintf(stderr, "[simba] SelectKept cuda B=%lld L=%lld k=%lld protect=%lld\n", (long long)B,
-                              (long long)L, (long long)K, (long long)protect);
     int64_t* out = slots.Allocate({B, K});
     if (B == 0 || K == 0) return Ort::Status{nullptr};
     void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();

@@ -9,6 +9,7 @@
 #include "onnxruntime_lite_custom_op.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -149,9 +150,10 @@ struct KeepAttrs {
   }
 };
 
-// score [B, L], k [1] (host memory) with min(protect, L) <= k <= L -> B, L, K.
-inline std::string check_select(const std::vector<int64_t>& score, const std::vector<int64_t>& k_shape,
-                                const int64_t* k, const KeepAttrs& at, int64_t* B, int64_t* L, int64_t* K) {
+// score [B, L], k [1] (host memory) with min(protect, L) <= k <= L -> B, L, K (traced as running on `ep`).
+inline std::string check_select(const char* ep, const std::vector<int64_t>& score,
+                                const std::vector<int64_t>& k_shape, const int64_t* k, const KeepAttrs& at,
+                                int64_t* B, int64_t* L, int64_t* K) {
   if (score.size() != 2) return "SelectKept: score must be [B, L]";
   int64_t n = 1;
   for (int64_t d : k_shape) n *= d;
@@ -162,6 +164,8 @@ inline std::string check_select(const std::vector<int64_t>& score, const std::ve
   if (*K < std::min(at.protect, *L) || *K > *L)
     return "SelectKept: need min(protect, L) <= k <= L, got k = " + std::to_string(*K) + ", L = " +
            std::to_string(*L) + ", protect = " + std::to_string(at.protect);
+  if (trace()) std::fprintf(stderr, "[simba] SelectKept %s B=%lld L=%lld k=%lld protect=%lld\n", ep, (long long)*B,
+                            (long long)*L, (long long)*K, (long long)at.protect);
   return {};
 }
 
