@@ -11,6 +11,9 @@ weights, then times, per (L, batch, onnxruntime threads) and in interleaved roun
 library (the Scan reference functions), onnxruntime with libsimba_ort_ops, and PyTorch eager (PrunedMambaLM /
 MambaLM, logits of the protected positions only, as the files give). Each onnxruntime row also records its
 agreement with PyTorch (relative RMS of the protected logits, and whether the kept tokens match).
+--prune-every K [K ...] adds one sparse file per K (the schedule stepped over K layers: scores, a selection and
+the gathers at every K-th layer only; "sparse-everyK" rows); --cuda-tf32 0 turns off TF32 in the CUDA EP's MatMuls
+(onnxruntime's default is on; PyTorch's fp32 matmuls are exact), for parity runs.
 --baseline DIR adds the exports and library of another checkout (e.g. the code before a change) to the same
 rounds; --profile RUNS records ORT's profiler per op type, per category and per node for every file at B=1.
 
@@ -171,13 +174,13 @@ def git_commit() -> str | None:
                                   else "")
 
 
-def budget_ratios(cfg, budget: float, L: int, protect: int) -> tuple[tuple[float, ...], float]:
-    """The paper's linear schedule solved for `budget` at length L (what `simba-convert --schedule linear` picks),
-    and its exact FLOPs ratio there."""
+def budget_ratios(cfg, budget: float, L: int, protect: int, every: int = 1) -> tuple[tuple[float, ...], float]:
+    """The paper's linear schedule, stepped over `every` layers, solved for `budget` at length L (what
+    `simba-convert --schedule linear --prune-every K` picks), and its exact FLOPs ratio there."""
     from simba_convert.pruning.flops import flops_report
     from simba_convert.pruning.schedules import family, solve_budget
 
-    ratios = solve_budget(family("linear", cfg.n_layer), cfg, budget, L, protect)
+    ratios = solve_budget(family("linear", cfg.n_layer, every=every), cfg, budget, L, protect)
     return tuple(round(r, 6) for r in ratios), flops_report(cfg, ratios, L, protect).ratio
 
 
@@ -204,6 +207,21 @@ def export_baseline(src: Path, jobs: list[tuple[str, tuple, Path]], args) -> Non
     subprocess.run([sys.executable, "-c", code, arg], check=True, env=env, capture_output=True, cwd=src)
 
 
+def tag(variant: str, L: int | None) -> str:
+    """An export's folder and report key: "dense", "sparse2048", "sparse-every8-2048"."""
+    return variant if L is None else f"{variant}{L}" if variant == "sparse" else f"{variant}-{L}"
+
+
+def sparse_name(every: int) -> str:
+    """The variant name of the sparse file pruned every `every` layers ("sparse" for every layer)."""
+    return "sparse" if every == 1 else f"sparse-every{every}"
+
+
+def kept_overlap(got: np.ndarray, ref: np.ndarray) -> float:
+    """The fraction of PyTorch's kept (layer, row, position) entries that the file kept too (1.0: the same sets)."""
+    return float((got.astype(bool) & ref).sum() / max(1, ref.sum()))
+
+
 def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
     """Every variant x path at one (L, batch, threads), timed in interleaved rounds; ratios from this run."""
     from simba_convert.export.verify import reference_outputs
@@ -212,18 +230,19 @@ def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
     ids = torch.randint(0, dense.config.vocab_size, (bsz, L), generator=torch.Generator().manual_seed(L + bsz))
     feed = {"input_ids": ids.numpy()}
     cases = []
-    for variant in ("sparse", "dense"):
-        model = models[variant][L] if variant == "sparse" else dense
+    for variant in args.variant_names:
+        model = models[variant][L] if variant != "dense" else dense
         ref_logits, ref_mask = reference_outputs(model, ids.to(device), dtype=args.torch_dtype, protect=args.protect)
         if args.torch:
             P = min(args.protect, L)
             cases.append(dict(variant=variant, runtime="pytorch", path=args.torch_backend,
                               fn=lambda m=model, x=ids.to(device): m(x, num_last=P)))
-        for path_name, sess in sessions[(variant, L if variant == "sparse" else None, threads)].items():
+        for path_name, sess in sessions[(variant, L if variant != "dense" else None, threads)].items():
             out = sess.run(None, feed)
             row = dict(variant=variant, runtime="onnxruntime", path=path_name, fn=lambda s=sess: s.run(None, feed))
             row["rel_rms_vs_pytorch"] = rel_rms(out[0], ref_logits)
             row["kept_match"] = bool(np.array_equal(out[1], ref_mask))
+            row["kept_overlap"] = kept_overlap(out[1], ref_mask)
             cases.append(row)
             if args.iobinding:
                 bound = BoundRun(sess, feed)
@@ -231,7 +250,8 @@ def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
                 got = bound.outputs()
                 cases.append(dict(variant=variant, runtime="onnxruntime", path=f"{path_name}+iobinding", fn=bound,
                                   rel_rms_vs_pytorch=rel_rms(got[0], ref_logits),
-                                  kept_match=bool(np.array_equal(got[1], ref_mask))))
+                                  kept_match=bool(np.array_equal(got[1], ref_mask)),
+                                  kept_overlap=kept_overlap(got[1], ref_mask)))
     for c in cases:
         c["runs_ms"] = []
         for _ in range(args.warmup):
@@ -247,7 +267,7 @@ def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
         c.update(seq_len=L, batch=bsz, threads=threads or "default", median_ms=statistics.median(c["runs_ms"]),
                  min_ms=min(c["runs_ms"]))
         rows.append(c)
-        print(f"  L={L} B={bsz} threads={threads or 'default'} {c['variant']:6s} {c['runtime']:11s} {c['path']:17s} "
+        print(f"  L={L} B={bsz} threads={threads or 'default'} {c['variant']:13s} {c['runtime']:11s} {c['path']:17s} "
               f"{c['median_ms']:9.1f} ms", file=sys.stderr, flush=True)
     for c in rows:  # ratios measured in this run
         dense_same = next(r for r in rows if r["variant"] == "dense" and r["runtime"] == c["runtime"] and r["path"] == c["path"])
@@ -388,12 +408,19 @@ def cuda_kernel_parity(lib_path, args) -> list[dict]:
     return rows
 
 
+def kept_cell(r: dict) -> str:
+    if "kept_match" not in r:
+        return ""
+    return "True" if r["kept_match"] else f"False ({r['kept_overlap']:.4f} of kept)" if "kept_overlap" in r else "False"
+
+
 def markdown(res: dict) -> str:
     head = (f"ONNX prefill, {res['device']}, onnxruntime {res['onnxruntime']}, torch {res['torch']}, {res['date']}, "
             f"commit {res['commit']}\n\n`{res['command']}`\n\nmodel: {res['model']} ({res['weights']}), protect "
-            f"{res['protect']}, dtype {res['dtype']}, budget {res['budget']}: linear schedule solved at each L "
-            + "; ".join(f"L={L}: ratios {v['keep_ratios']}, FLOPs ratio {v['flops_ratio']:.3f}"
-                        for L, v in res["sparse_specs"].items()) + "\n\n")
+            f"{res['protect']}, dtype {res['dtype']}, budget {res['budget']}: linear schedule solved at each L"
+            + (f" (CUDA EP use_tf32={res['cuda_tf32']})" if res.get("cuda_tf32") is not None else "") + " "
+            + "; ".join(f"L={k}: ratios {v['keep_ratios']}, FLOPs ratio {v['flops_ratio']:.3f}"
+                        for k, v in res["sparse_specs"].items()) + "\n\n")
     lines = ["| L | B | threads | variant | runtime | path | median ms | min ms | dense / this (same path) | "
              "PyTorch / this | rel RMS vs PyTorch | kept match |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -402,7 +429,7 @@ def markdown(res: dict) -> str:
         rr = f"{r['rel_rms_vs_pytorch']:.1e}" if "rel_rms_vs_pytorch" in r else ""
         lines.append(f"| {r['seq_len']} | {r['batch']} | {r['threads']} | {r['variant']} | {r['runtime']} | {r['path']} | "
                      f"{r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['speedup_vs_dense']:.2f} | {vs_torch} | {rr} | "
-                     f"{r.get('kept_match', '')} |")
+                     f"{kept_cell(r)} |")
     out = head + "\n".join(lines) + "\n"
     for key, prof in res.get("profile", {}).items():
         out += f"\nProfile {key}: {prof['wall_ms']:.1f} ms/run, nodes {prof['nodes_ms']:.1f} ms ({prof['node_count']} nodes): "
@@ -436,6 +463,10 @@ def main(argv=None):
                     help="onnxruntime intra-op threads, each a separate set of rows (0: its default)")
     ap.add_argument("--protect", type=int, default=64)
     ap.add_argument("--budget", type=float, default=0.6, help="FLOPs budget of the sparse model (linear schedule)")
+    ap.add_argument("--prune-every", type=int, nargs="+", default=[1], metavar="K",
+                    help="one sparse file per K: the linear schedule stepped over K layers (prune points every K)")
+    ap.add_argument("--cuda-tf32", type=int, choices=[0, 1], default=None,
+                    help="the CUDA EP's use_tf32 option (default: onnxruntime's own default, TF32 on)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
@@ -485,19 +516,26 @@ def main(argv=None):
             ort.preload_dlls()
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             print("onnxruntime has no CUDAExecutionProvider: only the raw CUDA kernels are measured", file=sys.stderr)
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if args.cuda else ["CPUExecutionProvider"])
+    cuda_ep = ("CUDAExecutionProvider", {} if args.cuda_tf32 is None else {"use_tf32": str(args.cuda_tf32)})
+    providers = [cuda_ep, "CPUExecutionProvider"] if args.cuda else ["CPUExecutionProvider"]
     # Exports trace on the CPU (the same seeded weights as on the GPU): nothing in a file depends on the device.
     dense, weights = build_model(args.model, "cpu" if args.export_only else device, args.torch_dtype)
-    specs = {L: budget_ratios(dense.config, args.budget, L, args.protect) for L in args.lengths}
-    models = {"dense": dense, "sparse": {L: PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
-                                         for L, (r, _) in specs.items()}}
+    args.variant_names = [sparse_name(k) for k in dict.fromkeys(args.prune_every)] + ["dense"]
+    specs = {(sparse_name(k), L): budget_ratios(dense.config, args.budget, L, args.protect, k)
+             for k in dict.fromkeys(args.prune_every) for L in args.lengths}
+    models = {"dense": dense}
+    for (v, L), (r, _) in specs.items():
+        models.setdefault(v, {})[L] = PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
     res = dict(date=datetime.date.today().isoformat(), commit=git_commit(),
                platform=platform.platform(),
                device=torch.cuda.get_device_name() if args.cuda else
                f"CPU ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)",
                torch=torch.__version__, onnxruntime=ort.__version__, numpy=np.__version__, python=platform.python_version(),
                model=args.model, weights=weights, batches=args.batch, protect=args.protect, dtype=args.dtype,
-               budget=args.budget, sparse_specs={L: {"keep_ratios": list(r), "flops_ratio": f} for L, (r, f) in specs.items()},
+               budget=args.budget, prune_every=list(dict.fromkeys(args.prune_every)),
+               cuda_tf32=args.cuda_tf32 if args.cuda else None,
+               sparse_specs={(str(L) if v == "sparse" else f"{L} {v}"): {"keep_ratios": list(r), "flops_ratio": f}
+                             for (v, L), (r, f) in specs.items()},
                library=str(lib) if lib else None, baseline=str(args.baseline) if args.baseline else None,
                loadavg_start=_loadavg(),
                rows=[], exports={}, profile={})
@@ -510,24 +548,25 @@ def main(argv=None):
         if not run_ort and not args.export_only:  # no onnxruntime-gpu: only the raw kernels below
             args.lengths = []
         files = {}  # (variant, L or None) -> {path name: (file, library)}
-        jobs = [("dense", None, dense)] + [("sparse", L, m) for L, m in models["sparse"].items()] if args.lengths else []
-        if args.export_only:
-            jobs = [j for j in jobs if j[0] in args.variants.split(",")]
+        jobs = [("dense", None, dense)] + [(v, L, m) for v in args.variant_names[:-1]
+                                           for L, m in models[v].items()] if args.lengths else []
+        if args.export_only:  # "sparse" names every sparse variant (each --prune-every)
+            jobs = [j for j in jobs if j[0].split("-")[0] in args.variants.split(",")]
         for variant, L, model in jobs:
-            path = Path(tmp) / f"{args.model}-{args.dtype}" / f"{variant}{L or ''}" / "model.onnx"
+            path = Path(tmp) / f"{args.model}-{args.dtype}" / tag(variant, L) / "model.onnx"
             key = dict(model=args.model, weights=weights, dtype=args.dtype, protect=args.protect, variant=variant,
-                       keep_ratios=list(specs[L][0]) if L else None, commit=res["commit"])
+                       keep_ratios=list(specs[(variant, L)][0]) if L else None, commit=res["commit"])
             meta = path.parent / "export.json"
             old = json.loads(meta.read_text()) if meta.is_file() and path.is_file() else {}
             if old.get("key") == key:
-                res["exports"][f"{variant}{L or ''}"] = dict(old["report"], reused=str(path))
+                res["exports"][tag(variant, L)] = dict(old["report"], reused=str(path))
             else:
                 t0 = time.perf_counter()
                 rep = export_onnx(model, path, protect=args.protect, dtype=args.dtype, library=False, check=False,
                                   step=False)
                 report = dict({k: rep[k] for k in ("size_bytes", "custom_nodes")},
                               export_seconds=round(time.perf_counter() - t0, 1), op_counts=file_op_counts(path))
-                res["exports"][f"{variant}{L or ''}"] = report
+                res["exports"][tag(variant, L)] = report
                 meta.write_text(json.dumps({"key": key, "report": report}, indent=1))
             files[(variant, L)] = {"portable": (path, False)} if args.portable or not lib else {}
             if lib:
@@ -538,8 +577,8 @@ def main(argv=None):
         if args.export_only:
             args.lengths, args.threads = [], []
         if args.baseline and args.lengths:
-            base_jobs = [(v, (1.0,) * dense.config.n_layer if v == "dense" else specs[L][0],
-                          Path(tmp) / "baseline" / f"{v}{L or ''}" / "model.onnx") for v, L, _ in jobs]
+            base_jobs = [(v, (1.0,) * dense.config.n_layer if v == "dense" else specs[(v, L)][0],
+                          Path(tmp) / "baseline" / tag(v, L) / "model.onnx") for v, L, _ in jobs]
             export_baseline(args.baseline, base_jobs, args)
             base_lib = args.baseline / "kernels" / "build" / "libsimba_ort_ops.so"
             for (v, L, _), (_, _, p) in zip(jobs, base_jobs):
@@ -556,8 +595,8 @@ def main(argv=None):
         if args.profile and args.lengths and not args.cuda:
             for L in args.lengths:
                 feed = {"input_ids": np.random.default_rng(L).integers(0, dense.config.vocab_size, (1, L))}
-                for variant in ("sparse", "dense"):
-                    for name, (p, lb) in files[(variant, L if variant == "sparse" else None)].items():
+                for variant in args.variant_names:
+                    for name, (p, lb) in files[(variant, L if variant != "dense" else None)].items():
                         key = f"L={L} {variant} {name}"
                         # portable: one run (its Scan bodies' nodes overflow the profiler's event buffer), and its
                         # node sum counts each Scan body's nodes inside the Scan node as well
@@ -567,7 +606,7 @@ def main(argv=None):
         if args.cuda and args.lengths:
             feed = {"input_ids": np.zeros((args.batch[0], args.lengths[0]), dtype=np.int64)}
             res["node_providers"] = {
-                f"{v}{L or ''}/{name}": node_providers(p, lb, providers, feed, None)
+                f"{tag(v, L)}/{name}": node_providers(p, lb, providers, feed, None)
                 for (v, L), fs in files.items() for name, (p, lb) in fs.items()}
             print(f"node providers: {json.dumps(res['node_providers'])}", file=sys.stderr, flush=True)
             if args.gpu_profile:

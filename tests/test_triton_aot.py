@@ -103,7 +103,7 @@ def load(path: Path) -> ctypes.CDLL:
     lib.simba_aot_score_plan.argtypes = [i64, i64, i64, ctypes.POINTER(i64)]
     lib.simba_aot_selective_scan.argtypes = [c] + [p] * 10 + [i64, i64, i64, c, p, ctypes.c_size_t, p]
     lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
-    lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 5 + [i64, i64, i64, c, c, p]
+    lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 4 + [i64, i64, i64, c, c, p]
     lib.simba_aot_select_kept.argtypes = [p, p, i64, i64, i64, i64, p]
     lib.simba_cuda_select_kept_host.argtypes = [p, p, i64, i64, i64, i64, p]
     lib.simba_aot_last_error.restype = ctypes.c_char_p
@@ -150,7 +150,7 @@ def test_without_a_gpu_the_launch_is_refused_cleanly(aot_lib):
         assert aot_lib.simba_aot_last_error().decode()
     rc = aot_lib.simba_aot_selective_scan(0, *([None] * 10), 1, 64, 32, 8, None, 0, None)
     assert rc == -1 and b"d_state 16" in aot_lib.simba_aot_last_error()
-    rc = aot_lib.simba_aot_causal_conv1d(0, *([None] * 5), 1, 64, 32, 3, 1, None)
+    rc = aot_lib.simba_aot_causal_conv1d(0, *([None] * 4), 1, 64, 32, 3, 1, None)
     assert rc == -1 and b"width 4" in aot_lib.simba_aot_last_error()
 
 

@@ -49,7 +49,7 @@ def load(path: Path):
         lib.simba_aot_triton_version_string.restype = ctypes.c_char_p
         lib.simba_aot_impact_score_last.argtypes = [c] + [p] * 7 + [i64, i64, i64, c, i64, p, ctypes.c_size_t, p]
         if hasattr(lib, "simba_aot_causal_conv1d"):
-            lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 5 + [i64, i64, i64, c, c, p]
+            lib.simba_aot_causal_conv1d.argtypes = [c] + [p] * 4 + [i64, i64, i64, c, c, p]
     return lib
 
 
