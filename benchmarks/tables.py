@@ -26,7 +26,8 @@ DOC = HERE.parent / "BENCHMARKS.md"
 
 # A case measured in several files is taken from the first that has it: re-runs come first.
 VS_MAMBA_FILES = ("vs_mamba_h200.json",)
-VS_MAMBA2_FILES = ("vs_mamba2_h200.json",)
+VS_MAMBA2_FILES = ("vs_mamba2_h200_k8k16.json",)
+VS_MAMBA2_EARLIER_FILES = ("vs_mamba2_h200.json",)  # K = 1 and the triton backend, an earlier commit
 VS_MAMBA2_SSD_FILES = ("vs_mamba2_h200_triton.json",)
 VS_MAMBA2_PROFILE_FILES = ("vs_mamba2_h200_profile.json",)
 SSD_SWEEP_FILES = ("ssd_sweep_h200.json",)
@@ -174,7 +175,7 @@ def vs_mamba2(runs: list[dict]) -> str:
     for case in dict.fromkeys((r["B"], r["L"]) for r in rows):
         got = [r for r in rows if (r["B"], r["L"]) == case]
         cells = [_f(next((r.get("graph_ms") for r in got if (r["impl"], r["backend"]) == c), None)) for c in cols]
-        p6 = next((r for r in got if r["impl"] == "ours-pruned-0.6"), {})
+        p6 = next((r for r in got if (_pruned_kind(r["impl"]) or (0,))[0] == 0.6), {})
         ratios = "; ".join(f"{be}: " + " / ".join(
             _f(next((r.get("graph_vs_ours_dense") for r in got if r["backend"] == be and _pruned_kind(r["impl"]) == k),
                     None), "{:.2f}×") for k in kinds)
@@ -212,6 +213,7 @@ def regions() -> dict[str, str]:
         "vs_mamba_every": vs_mamba_every(runs),
         "prune_every_quality": prune_every_quality(_load(("prune_every_cpu.json",))),
         "vs_mamba2": vs_mamba2(m2),
+        "vs_mamba2_earlier": vs_mamba2(_load(VS_MAMBA2_EARLIER_FILES)),
         "vs_mamba2_ssd": ssd_kernels(m2_ssd),
         "ssd_sweep": ssd_kernels(_load(SSD_SWEEP_FILES)),
         "vs_mamba2_profile": mamba2_profile(_load(VS_MAMBA2_PROFILE_FILES)),
