@@ -143,10 +143,11 @@ struct SsdAttrs : ImpactScoreAttrs {
 // SelectKept's attribute protect (>= 0): the last min(protect, L) positions are always kept.
 struct KeepAttrs {
   int64_t protect = 0;
+  std::string error;  // a bad attribute, reported by check_select when the node runs
 
   KeepAttrs(const OrtApi*, const OrtKernelInfo* info) {
     try { protect = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("protect"); } catch (const Ort::Exception&) {}
-    if (protect < 0) protect = 0;
+    if (protect < 0) error = "SelectKept: protect must be >= 0, got " + std::to_string(protect);
   }
 };
 
@@ -154,6 +155,7 @@ struct KeepAttrs {
 inline std::string check_select(const char* ep, const std::vector<int64_t>& score,
                                 const std::vector<int64_t>& k_shape, const int64_t* k, const KeepAttrs& at,
                                 int64_t* B, int64_t* L, int64_t* K) {
+  if (!at.error.empty()) return at.error;
   if (score.size() != 2) return "SelectKept: score must be [B, L]";
   int64_t n = 1;
   for (int64_t d : k_shape) n *= d;

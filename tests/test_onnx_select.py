@@ -67,3 +67,9 @@ def test_counts_out_of_range_are_refused(k, ops_library):
     sess = ort_session(select_model(5), ops_library)
     with pytest.raises(Exception, match="SelectKept: need min"):
         sess.run(None, {"score": np.zeros((1, 10), np.float32), "k": np.array([k], dtype=np.int64)})
+
+
+def test_a_negative_protect_is_refused(ops_library):
+    sess = ort_session(select_model(-1), ops_library)
+    with pytest.raises(Exception, match="SelectKept: protect must be >= 0, got -1"):
+        sess.run(None, {"score": np.zeros((1, 10), np.float32), "k": np.array([4], dtype=np.int64)})
