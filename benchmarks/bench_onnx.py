@@ -222,6 +222,12 @@ def kept_overlap(got: np.ndarray, ref: np.ndarray) -> float:
     return float((got.astype(bool) & ref).sum() / max(1, ref.sum()))
 
 
+def agreement(out, ref_logits: np.ndarray, ref_mask: np.ndarray) -> dict:
+    """A file's outputs (logits, kept_mask, ...) against PyTorch's: the row's parity columns."""
+    return dict(rel_rms_vs_pytorch=rel_rms(out[0], ref_logits), kept_match=bool(np.array_equal(out[1], ref_mask)),
+                kept_overlap=kept_overlap(out[1], ref_mask))
+
+
 def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
     """Every variant x path at one (L, batch, threads), timed in interleaved rounds; ratios from this run."""
     from simba_convert.export.verify import reference_outputs
@@ -238,20 +244,13 @@ def bench_case(models, sessions, L, bsz, threads, args, device) -> list[dict]:
             cases.append(dict(variant=variant, runtime="pytorch", path=args.torch_backend,
                               fn=lambda m=model, x=ids.to(device): m(x, num_last=P)))
         for path_name, sess in sessions[(variant, L if variant != "dense" else None, threads)].items():
-            out = sess.run(None, feed)
-            row = dict(variant=variant, runtime="onnxruntime", path=path_name, fn=lambda s=sess: s.run(None, feed))
-            row["rel_rms_vs_pytorch"] = rel_rms(out[0], ref_logits)
-            row["kept_match"] = bool(np.array_equal(out[1], ref_mask))
-            row["kept_overlap"] = kept_overlap(out[1], ref_mask)
-            cases.append(row)
+            cases.append(dict(variant=variant, runtime="onnxruntime", path=path_name, fn=lambda s=sess: s.run(None, feed),
+                              **agreement(sess.run(None, feed), ref_logits, ref_mask)))
             if args.iobinding:
                 bound = BoundRun(sess, feed)
                 bound()
-                got = bound.outputs()
                 cases.append(dict(variant=variant, runtime="onnxruntime", path=f"{path_name}+iobinding", fn=bound,
-                                  rel_rms_vs_pytorch=rel_rms(got[0], ref_logits),
-                                  kept_match=bool(np.array_equal(got[1], ref_mask)),
-                                  kept_overlap=kept_overlap(got[1], ref_mask)))
+                                  **agreement(bound.outputs(), ref_logits, ref_mask)))
     for c in cases:
         c["runs_ms"] = []
         for _ in range(args.warmup):
@@ -520,9 +519,10 @@ def main(argv=None):
     providers = [cuda_ep, "CPUExecutionProvider"] if args.cuda else ["CPUExecutionProvider"]
     # Exports trace on the CPU (the same seeded weights as on the GPU): nothing in a file depends on the device.
     dense, weights = build_model(args.model, "cpu" if args.export_only else device, args.torch_dtype)
-    args.variant_names = [sparse_name(k) for k in dict.fromkeys(args.prune_every)] + ["dense"]
+    everies = list(dict.fromkeys(args.prune_every))
+    args.variant_names = [sparse_name(k) for k in everies] + ["dense"]
     specs = {(sparse_name(k), L): budget_ratios(dense.config, args.budget, L, args.protect, k)
-             for k in dict.fromkeys(args.prune_every) for L in args.lengths}
+             for k in everies for L in args.lengths}
     models = {"dense": dense}
     for (v, L), (r, _) in specs.items():
         models.setdefault(v, {})[L] = PrunedMambaLM(dense, PruningSpec(r, criterion="last", protect=args.protect))
@@ -532,7 +532,7 @@ def main(argv=None):
                f"CPU ({platform.processor() or 'x86_64'}, {os.cpu_count()} cores)",
                torch=torch.__version__, onnxruntime=ort.__version__, numpy=np.__version__, python=platform.python_version(),
                model=args.model, weights=weights, batches=args.batch, protect=args.protect, dtype=args.dtype,
-               budget=args.budget, prune_every=list(dict.fromkeys(args.prune_every)),
+               budget=args.budget, prune_every=everies,
                cuda_tf32=args.cuda_tf32 if args.cuda else None,
                sparse_specs={(str(L) if v == "sparse" else f"{L} {v}"): {"keep_ratios": list(r), "flops_ratio": f}
                              for (v, L), (r, f) in specs.items()},

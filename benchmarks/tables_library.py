@@ -88,16 +88,18 @@ STAGES = ("scan", "matmul", "memcpy", "score", "gather/index", "selection", "con
 def ort_cuda_profile() -> str:
     """GPU kernel time per stage of one session run (CUPTI through torch.profiler; outputs copied to the host, so
     memcpy includes the logits and kept masks), for the runs that recorded it, fp32 then fp16."""
-    rows = []
+    rows, profiled = [], []
     for name, prec in ORT_CUDA:
         run = load(name)
+        if run.get("gpu_profile"):
+            profiled.append(name)
         for key, prof in run.get("gpu_profile", {}).items():
             B, variant = key.split()[1], key.split()[2]
             st = prof["stages"]
             rows.append([run["model"], prec, B.split("=")[1], variant, f"{prof['wall_ms']:.1f}", f"{prof['kernel_ms']:.2f}",
                          *(f"{st.get(k, 0.0):.2f}" for k in STAGES)])
     head = ["model", "precision", "B", "file", "wall ms (profiled)", "kernels ms", *STAGES]
-    return table(head, rows) + "\n\n" + sources(*(n for n, _ in ORT_CUDA if load(n).get("gpu_profile")))
+    return table(head, rows) + "\n\n" + sources(*profiled)
 
 
 def regions() -> dict[str, str]:
