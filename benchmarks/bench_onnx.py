@@ -520,7 +520,8 @@ def main(argv=None):
     # Exports trace on the CPU (the same seeded weights as on the GPU): nothing in a file depends on the device.
     dense, weights = build_model(args.model, "cpu" if args.export_only else device, args.torch_dtype)
     everies = list(dict.fromkeys(args.prune_every))
-    args.variant_names = [sparse_name(k) for k in everies] + ["dense"]
+    sparse_names = [sparse_name(k) for k in everies]
+    args.variant_names = sparse_names + ["dense"]
     specs = {(sparse_name(k), L): budget_ratios(dense.config, args.budget, L, args.protect, k)
              for k in everies for L in args.lengths}
     models = {"dense": dense}
@@ -548,7 +549,7 @@ def main(argv=None):
         if not run_ort and not args.export_only:  # no onnxruntime-gpu: only the raw kernels below
             args.lengths = []
         files = {}  # (variant, L or None) -> {path name: (file, library)}
-        jobs = [("dense", None, dense)] + [(v, L, m) for v in args.variant_names[:-1]
+        jobs = [("dense", None, dense)] + [(v, L, m) for v in sparse_names
                                            for L, m in models[v].items()] if args.lengths else []
         if args.export_only:  # "sparse" names every sparse variant (each --prune-every)
             jobs = [j for j in jobs if j[0].split("-")[0] in args.variants.split(",")]

@@ -139,24 +139,23 @@ class PrefillGraph(nn.Module):
         return torch.where(protected, torch.full_like(score, float("inf")), score.float())
 
     def _counts(self, n: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-        """k_l = ceil(r_l·n) in float64 (rounded to 9 decimals first), clamped to [min(L, P), L], for every layer at
-        once: [n_layer] int64. Tensor ops, not Python floats: the counts must be computed by the graph from the
-        dynamic length (one set of nodes for all layers, not one per layer)."""
-        r = torch.tensor(self.ratios, dtype=torch.float64)
-        k = torch.ceil(torch.round(r * n * 1e9) / 1e9).long()
-        return torch.minimum(torch.maximum(k, self._floor(L)), L)
+        """k_l = ceil(r_l·n) for every layer at once: [n_layer] int64. Tensor ops, not Python floats: the counts must
+        be computed by the graph from the dynamic length (one set of nodes for all layers, not one per layer)."""
+        return self._bounded_count(torch.tensor(self.ratios, dtype=torch.float64), n, L)
 
     def _count(self, r: float, n: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
         """One layer's count as `_counts` forms it (a 0-d int64 tensor)."""
-        k = torch.ceil(torch.round(torch.tensor(r, dtype=torch.float64) * n * 1e9) / 1e9).long()
-        return torch.minimum(torch.maximum(k, self._floor(L)), L)
+        return self._bounded_count(torch.tensor(r, dtype=torch.float64), n, L)
 
-    def _floor(self, L: torch.Tensor) -> torch.Tensor:
-        """min(L, P) as Min(L, P), not L.clamp(max=P): that exports as Clip with an omitted `min` input, and
+    def _bounded_count(self, r: torch.Tensor, n: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        """ceil(r·n) in float64 (rounded to 9 decimals first), clamped to [min(L, P), L].
+
+        min(L, P) is Min(L, P), not L.clamp(max=P): that exports as Clip with an omitted `min` input, and
         onnxruntime's GPU providers keep a node of the count arithmetic on the CPU only when each input is a CPU
         tensor or a small constant (an omitted one is neither). On the GPU the counts then feed SelectKept's host
         input `k` through a device-to-host copy and a wait at every prune point."""
-        return torch.minimum(L, torch.tensor(self.protect, dtype=L.dtype))
+        k = torch.ceil(torch.round(r * n * 1e9) / 1e9).long()
+        return torch.minimum(torch.maximum(k, torch.minimum(L, torch.tensor(self.protect, dtype=L.dtype))), L)
 
     def _slots(self, key: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """[B, k] slots of the top-k keys (the last P protected), in original order: one `SelectKept` node."""
